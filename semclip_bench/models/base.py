@@ -1,0 +1,113 @@
+"""The contract every method of the benchmark implements.
+
+A method is a plain :class:`torch.nn.Module` (runs without Lightning) split into three steps so that
+the runner can cache the expensive frozen part across shots, seeds and methods:
+
+1. ``extract(images) -> Features``: frozen backbone computation, per image, deterministic. Its
+   result depends only on the image and ``feature_key()``; the runner caches it.
+2. ``setup_support(support)``: non-gradient preparation from the support set (memory banks, text
+   embeddings, prototype statistics). Called once per episode, before any training.
+3. ``predict(features) -> MethodOutput``: the trainable / memory-based head.
+
+Trainable methods also implement ``training_loss`` and are optimised by a Lightning Trainer through
+:class:`semclip_bench.models.lightning.FewShotModule`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+#: Per-image frozen features: each value is batch-first (first dim = number of images).
+Features = dict[str, Tensor]
+
+Supervision = Literal["zero-shot", "normal", "normal+defects"]
+
+SUPERVISION_TEXT: dict[str, str] = {
+    "zero-shot": "no support images",
+    "normal": "K normal images",
+    "normal+defects": "K normal + K per defect type, with masks",
+}
+
+
+@dataclass
+class MethodOutput:
+    """What every method returns for a batch of B query images of size H x W.
+
+    ``image_score``: (B,) real-valued, higher = more anomalous (any scale; metrics are rank-based).
+    ``anomaly_map``: (B, H, W) at input resolution, higher = more anomalous.
+    ``class_logits``: (B, C) over ``class_names`` (index 0 = normal) or None if the method does not
+    classify.
+    """
+
+    image_score: Tensor
+    anomaly_map: Tensor
+    class_logits: Tensor | None = None
+
+    def detach_cpu(self) -> MethodOutput:
+        return MethodOutput(
+            self.image_score.detach().float().cpu(),
+            self.anomaly_map.detach().float().cpu(),
+            None if self.class_logits is None else self.class_logits.detach().float().cpu(),
+        )
+
+
+@dataclass
+class SupportSet:
+    """An episode's support set in feature space.
+
+    ``features``: extracted support features (N images). ``labels``: (N,) class ids into
+    ``class_names`` (0 = normal). ``masks``: (N, H, W) float {0, 1} at input resolution (zeros for
+    normal images). ``category``: the category name (used by prompts). N may be 0 (zero-shot).
+    """
+
+    features: Features
+    labels: Tensor
+    masks: Tensor
+    class_names: tuple[str, ...]
+    category: str
+
+
+class FewShotMethod(nn.Module, ABC):
+    """Base class of every method; see the module docstring for the contract."""
+
+    #: Registry name, e.g. "semclip", "winclip", "anomalyclip", "patchcore", "linear_probe".
+    name: ClassVar[str]
+    #: Supervision the method uses from the support set.
+    supervision: ClassVar[Supervision]
+    #: Whether ``predict`` returns class logits.
+    classifies: ClassVar[bool] = False
+    #: Whether the method has parameters optimised on the support set.
+    trainable: ClassVar[bool] = False
+
+    @abstractmethod
+    def feature_key(self) -> str:
+        """Identity of ``extract``'s computation (backbone, weights, size, taps ...) for caching."""
+
+    @abstractmethod
+    def extract(self, images: Tensor) -> Features:
+        """Frozen features of a batch of normalised images (B, 3, H, W)."""
+
+    def setup_support(self, support: SupportSet) -> None:
+        """Prepare from the support set without gradients. Default: nothing to prepare."""
+
+    @abstractmethod
+    def predict(self, features: Features) -> MethodOutput:
+        """Scores, maps (and logits) from extracted features."""
+
+    def training_loss(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        """Loss terms on a support batch; the dict must contain the total under ``"loss"``."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the support-set training optimises (the backbone is always frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, images: Tensor) -> MethodOutput:
+        with torch.no_grad():
+            features = self.extract(images)
+        return self.predict(features)

@@ -1,0 +1,106 @@
+"""Thin Lightning wrapper around any :class:`FewShotMethod`, and the episode fitting routine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+
+
+@dataclass
+class TrainingConfig:
+    """Support-set optimisation settings of a trainable method (from its YAML config)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class _SupportFeatures(Dataset):
+    """Rows of a :class:`SupportSet` as (features, label, mask) items."""
+
+    def __init__(self, support: SupportSet) -> None:
+        self.support = support
+
+    def __len__(self) -> int:
+        return int(self.support.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Features, Tensor, Tensor]:
+        feats = {k: v[i] for k, v in self.support.features.items()}
+        return feats, self.support.labels[i], self.support.masks[i]
+
+
+class FewShotModule(L.LightningModule):
+    """Optimises a method's trainable head on the support set; predicts on query features."""
+
+    def __init__(self, method: FewShotMethod, config: TrainingConfig | None = None) -> None:
+        super().__init__()
+        self.method = method
+        self.config = config or TrainingConfig()
+
+    def training_step(self, batch: tuple[Features, Tensor, Tensor], batch_idx: int) -> Tensor:
+        features, labels, masks = batch
+        terms = self.method.training_loss(features, labels, masks)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(labels))
+        return terms["loss"]
+
+    def predict_step(self, batch: Features, batch_idx: int) -> MethodOutput:
+        return self.method.predict(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.method.trainable_parameters(),
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            betas=self.config.betas,
+        )
+
+
+def fit_method(
+    method: FewShotMethod,
+    support: SupportSet,
+    config: TrainingConfig | None = None,
+    seed: int = 0,
+    **trainer_kwargs: object,
+) -> FewShotModule:
+    """Prepare ``method`` from ``support`` and, if it is trainable, train it with a Lightning Trainer.
+
+    Seeded (``L.seed_everything``) and deterministic on CPU. Extra keyword arguments go to
+    :class:`lightning.Trainer` (for example ``accelerator``, ``logger``, ``precision``).
+    """
+    config = config or TrainingConfig()
+    L.seed_everything(seed, workers=True, verbose=False)
+    method.setup_support(support)
+    module = FewShotModule(method, config)
+    if not method.trainable or config.epochs <= 0 or len(support.labels) == 0:
+        return module
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        _SupportFeatures(support),
+        batch_size=min(config.batch_size, len(support.labels)),
+        shuffle=True,
+        generator=generator,
+    )
+    defaults: dict[str, object] = dict(
+        max_epochs=config.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        accelerator="cpu",
+        devices=1,
+    )
+    defaults.update(trainer_kwargs)
+    trainer = L.Trainer(**defaults)
+    trainer.fit(module, train_dataloaders=loader)
+    method.eval()
+    return module
