@@ -1,0 +1,177 @@
+"""``sweep``, ``ablate`` and ``report`` commands.
+
+Precedence of settings: built-in defaults < the YAML file given with ``--config`` < flags given on
+the command line. Flags left out do not override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from semclip_bench.errors import UserError
+from semclip_bench.runner.config import (
+    ABLATIONS,
+    CONFIG_DIR,
+    RunConfig,
+    ablation_variants,
+    merge_config,
+    read_yaml,
+    sweep_variants,
+)
+
+log = logging.getLogger(__name__)
+
+_RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--shots", dict(help="comma-separated shot counts K (0 = zero-shot where a method allows)")),
+    ("--seeds", dict(help="comma-separated seeds; each draws its own support set")),
+    ("--methods", dict(help="comma-separated methods")),
+    ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
+    ("--categories", dict(help="comma-separated categories (default: all in the data)")),
+    ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
+    ("--pretrained", dict(help="open_clip pretrained tag or a local checkpoint file")),
+    ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
+    ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
+    ("--out", dict(help="output folder for tables, plots and episode rows")),
+    (
+        "--wandb",
+        dict(
+            choices=["auto", "online", "offline", "disabled"],
+            help="W&B mode; auto = online if an API key is configured, else offline",
+        ),
+    ),
+    ("--shard", dict(help="i/n: run only episodes with index %% n == i (job arrays, GPUs)")),
+    ("--batch-size", dict(type=int, help="images per batch for feature extraction/inference")),
+]
+
+
+def _defaults_text(name: str, config: RunConfig) -> str:
+    value = getattr(config, name.lstrip("-").replace("-", "_"), None)
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    if isinstance(value, tuple):
+        value = "/".join(map(str, value))
+    return "" if value is None else f" (default: {value})"
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, defaults: RunConfig, skip=()) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="YAML file of options (keys as the flags, with underscores); flags override it",
+    )
+    for flag, kwargs in _RUN_FLAGS:
+        if flag in skip:
+            continue
+        kwargs = dict(kwargs)
+        kwargs["help"] = kwargs["help"] + _defaults_text(flag, defaults)
+        parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+
+
+def add_parser(subparsers, formatter_class) -> None:
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run every method over shot counts and seeds; write results/sweep.md",
+        description="Few-shot sweep: methods x shots x seeds x categories, one CSV row per "
+        "episode (resumable), tables in <out>/sweep.md and plots <out>/sweep_<metric>.png.",
+        formatter_class=formatter_class,
+    )
+    _add_run_flags(sweep, RunConfig())
+    sweep.set_defaults(func=_sweep)
+
+    ablate_defaults = RunConfig(kind="ablation", shots=[10], methods=["semclip"])
+    ablate = subparsers.add_parser(
+        "ablate",
+        help="SEM-CLIP and its ablations; write results/ablation.md",
+        description="SEM-CLIP full model against its ablations (no expert prompts, single path, "
+        "no text guidance, and all three combined); tables in <out>/ablation.md.",
+        formatter_class=formatter_class,
+    )
+    _add_run_flags(ablate, ablate_defaults, skip=("--methods",))
+    ablate.add_argument(
+        "--ablations",
+        default=argparse.SUPPRESS,
+        help=f"comma-separated ablations from {', '.join(ABLATIONS)} (default: all of them)",
+    )
+    ablate.set_defaults(func=_ablate)
+
+    report = subparsers.add_parser(
+        "report",
+        help="rebuild tables from episode folders (merging shards)",
+        description="Rebuild <out>/<kind>.md from the episode rows under one or more folders, "
+        "e.g. shards run on different machines.",
+        formatter_class=formatter_class,
+    )
+    report.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        type=Path,
+        required=True,
+        help="folders holding episodes.csv files (searched recursively)",
+    )
+    report.add_argument(
+        "--kind", choices=["sweep", "ablation"], default="sweep", help="which tables to build"
+    )
+    report.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    report.set_defaults(func=_report)
+
+
+def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
+    config = base
+    preset = CONFIG_DIR / f"{base.kind}.yaml"
+    if preset.exists():
+        config = merge_config(config, read_yaml(preset), str(preset))
+    if hasattr(args, "config"):
+        config = merge_config(config, read_yaml(args.config), f"--config {args.config}")
+    flags = {
+        name: getattr(args, name)
+        for name in (*RunConfig.field_names(), "image_size", "batch_size")
+        if hasattr(args, name)
+    }
+    return merge_config(config, flags, "command line")
+
+
+def _command_line() -> str:
+    return "python -m semclip_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _execute(config: RunConfig, variants) -> int:
+    from semclip_bench.runner.engine import run
+    from semclip_bench.runner.report import write_report
+
+    result = run(config, variants, _command_line())
+    path, _ = write_report([result.folder], config.kind, config.out)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+    print(
+        f"{config.kind}: {result.written} episodes run, {result.already_done} resumed, "
+        f"{result.skipped} skipped in {result.wall_seconds:.1f}s ({stages})"
+    )
+    print(f"tables: {path}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config = _config_from_args(args, RunConfig(kind="sweep"))
+    return _execute(config, sweep_variants(config))
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    config = _config_from_args(args, RunConfig(kind="ablation", shots=[10], methods=["semclip"]))
+    return _execute(config, ablation_variants(config))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from semclip_bench.runner.report import write_report
+
+    for source in args.sources:
+        if not source.exists():
+            raise UserError(f"--from: folder not found: {source}")
+    path, rows = write_report(args.sources, args.kind, args.out, _command_line())
+    print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
+    return 0

@@ -1,0 +1,482 @@
+"""The episode loop shared by ``sweep`` and ``ablate``.
+
+For every (category, shots, seed) episode of PROTOCOL.md and every variant: build the method, fit
+it on the support set (frozen features from the cache), predict the query set, evaluate exactly,
+and append one row to ``<out>/<kind>/episodes.csv`` at once. Finished episodes are skipped on a
+rerun, so an interrupted run loses at most the episode in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from semclip_bench import __version__
+from semclip_bench.errors import UserError
+from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.runner.config import RunConfig, Variant
+from semclip_bench.runner.features import FeatureCache
+from semclip_bench.runner.store import (
+    METRIC_COLUMNS,
+    PROVENANCE_FILE,
+    EpisodeStore,
+    episode_id,
+)
+from semclip_bench.runner.tracking import Tracker, overlay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run did: where, how many rows, and how long each stage took."""
+
+    folder: Path
+    written: int = 0
+    already_done: int = 0
+    skipped: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    cache_summary: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    if name not in {"cpu", "cuda"}:
+        raise UserError(f"--device: unknown device '{name}'; choose from auto, cpu, cuda")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _Stages:
+    """Accumulates wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResult:
+    """Run every episode x variant of ``config`` not already in the output folder."""
+    from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
+    from semclip_bench.data import load_dataset
+    from semclip_bench.data.episodes import make_episode, support_manifest
+    from semclip_bench.models import method_class
+
+    start = time.perf_counter()
+    stages = _Stages()
+    device = resolve_device(config.device)
+    folder = Path(config.out) / config.kind
+    store = EpisodeStore(folder)
+    result = RunResult(folder=folder)
+
+    t0 = time.perf_counter()
+    dataset = load_dataset(config.data)
+    stages.add("data", time.perf_counter() - t0)
+    categories = _categories(config, dataset)
+    classes = {v.method: method_class(v.method) for v in variants}
+
+    t0 = time.perf_counter()
+    default = default_backbone_spec()
+    spec = BackboneSpec(
+        name=config.backbone or default.name,
+        pretrained=config.pretrained
+        if config.pretrained is not None
+        else (
+            default.pretrained if not config.backbone or config.backbone == default.name else None
+        ),
+        image_size=config.image_size,
+    )
+    backbone = build_backbone(spec, device=device)
+    stages.add("backbone", time.perf_counter() - t0)
+
+    units = [
+        (category, shots, seed, variant)
+        for category in categories
+        for shots in config.shots
+        for seed in config.seeds
+        for variant in variants
+    ]
+    shard_index, shard_count = config.shard
+    mine = [u for i, u in enumerate(units) if i % shard_count == shard_index]
+    done = store.done_ids()
+    supports_done = store.supports_done()
+    todo = [u for u in mine if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
+    result.already_done = len(mine) - len(todo)
+    if result.already_done:
+        log.info(
+            "resuming: %d of %d episodes already in %s", result.already_done, len(mine), folder
+        )
+    _check_shots(config, dataset, categories)
+
+    cache = FeatureCache(device, batch_size=config.batch_size)
+    tracker = Tracker(config.wandb, config.wandb_project, folder / "wandb")
+    episodes: dict[tuple[str, int, int], Any] = {}
+    progress = tqdm(todo, desc=config.kind, unit="episode", dynamic_ncols=True, leave=False)
+    for category, shots, seed, variant in progress:
+        key = (category, shots, seed)
+        if key not in episodes:
+            episodes.clear()  # the loop order visits one (category, shots, seed) at a time
+            episodes[key] = make_episode(dataset, category, shots, seed)
+        episode = episodes[key]
+        support_key = f"{category}/k{shots}/s{seed}"
+        if support_key not in supports_done and episode.skipped is None:
+            store.append_support(
+                {
+                    "episode": support_key,
+                    "dataset": dataset.name,
+                    "category": category,
+                    "shots": shots,
+                    "seed": seed,
+                    "files": support_manifest(episode),
+                }
+            )
+            supports_done.add(support_key)
+        row = _run_one(
+            episode=episode,
+            variant=variant,
+            method_cls=classes[variant.method],
+            backbone=backbone,
+            cache=cache,
+            device=device,
+            tracker=tracker,
+            stages=stages,
+            config=config,
+        )
+        row.update(
+            episode_id=episode_id(category, variant.label, shots, seed),
+            kind=config.kind,
+            dataset=dataset.name,
+            backbone=spec.name,
+            weights=str(spec.pretrained) if spec.pretrained else "random init",
+            device=device_name(device),
+        )
+        store.append(row)
+        if row["status"] == "ok":
+            result.written += 1
+            progress.write(_one_line(row))
+        else:
+            result.skipped += 1
+            progress.write(f"skipped {row['episode_id']}: {row['reason']}")
+    progress.close()
+    stages.add("features", cache.stats.seconds)
+    result.cache_summary = cache.stats.summary()
+    log.info(result.cache_summary)
+
+    result.wall_seconds = time.perf_counter() - start
+    result.stage_seconds = dict(stages.seconds)
+    _write_provenance(folder, config, command, spec, device, dataset, result)
+    return result
+
+
+def _categories(config: RunConfig, dataset) -> list[str]:
+    available = dataset.categories()
+    if not config.categories:
+        return available
+    unknown = [c for c in config.categories if c not in available]
+    if unknown:
+        raise UserError(
+            f"--categories: unknown category '{unknown[0]}' in {dataset.name}; "
+            f"available: {', '.join(available)}"
+        )
+    return list(config.categories)
+
+
+def _check_shots(config: RunConfig, dataset, categories: Sequence[str]) -> None:
+    """A shot count that no category can serve is an option error, not a table of skips."""
+    for shots in config.shots:
+        fits = False
+        for category in categories:
+            normal = len(dataset.select(category=category, split="train", label="good"))
+            if normal >= shots:
+                fits = True
+                break
+        if not fits:
+            most = max(
+                len(dataset.select(category=c, split="train", label="good")) for c in categories
+            )
+            raise UserError(
+                f"--shots: {shots} shots is more than the data allows "
+                f"(at most {most} normal training images per category in {dataset.name})"
+            )
+
+
+def _run_one(
+    *,
+    episode,
+    variant: Variant,
+    method_cls: type[FewShotMethod],
+    backbone,
+    cache: FeatureCache,
+    device: torch.device,
+    tracker: Tracker,
+    stages: _Stages,
+    config: RunConfig,
+) -> dict[str, Any]:
+    """Fit and evaluate one variant on one episode; returns its row (without identity columns)."""
+    from semclip_bench.metrics import NotAvailable, evaluate
+    from semclip_bench.models.lightning import TrainingConfig, fit_method
+
+    supervision = method_cls.supervision
+    if episode.shots == 0 and supervision != "zero-shot":
+        supervision = "zero-shot"
+    row: dict[str, Any] = dict(
+        category=episode.category,
+        variant=variant.label,
+        method=variant.method,
+        supervision=SUPERVISION_TEXT.get(supervision, supervision),
+        shots=episode.shots,
+        seed=episode.seed,
+        status="skipped",
+        reason="",
+    )
+    if episode.skipped:
+        row["reason"] = episode.skipped
+        return row
+    if episode.shots == 0 and not getattr(method_cls, "zero_shot", False):
+        row["reason"] = f"{variant.method} needs support images (K = 0 is zero-shot only)"
+        return row
+
+    torch.manual_seed(episode.seed)
+    method = method_cls(backbone, episode.class_names, **variant.options).to(device)
+    method.eval()
+    size = int(getattr(method, "image_size", backbone.image_size))
+    mean = getattr(method, "mean", backbone.mean)
+    std = getattr(method, "std", backbone.std)
+
+    support = list(episode.normal_support)
+    if method_cls.supervision == "normal+defects":
+        support += list(episode.defect_support_flat)
+    class_index = {name: i for i, name in enumerate(episode.class_names)}
+    support_set = SupportSet(
+        features=cache.features(method, support, size, mean, std),
+        labels=torch.tensor([class_index[s.label] for s in support], dtype=torch.long),
+        masks=cache.masks(support, size),
+        class_names=episode.class_names,
+        category=episode.category,
+    )
+    if support_set.features:
+        support_set.features = {k: v.to(device) for k, v in support_set.features.items()}
+        support_set.labels = support_set.labels.to(device)
+        support_set.masks = support_set.masks.to(device)
+
+    name = f"{variant.label}-{episode.category}-k{episode.shots}-s{episode.seed}"
+    logger = tracker.start(
+        name=name,
+        group=f"{config.kind}/{variant.label}/k{episode.shots}",
+        config={
+            "variant": variant.label,
+            "method": variant.method,
+            "options": variant.options,
+            "training": variant.training,
+            "category": episode.category,
+            "shots": episode.shots,
+            "seed": episode.seed,
+            "supervision": row["supervision"],
+        },
+    )
+    t0 = time.perf_counter()
+    fit_method(
+        method,
+        support_set,
+        TrainingConfig(**variant.training),
+        seed=episode.seed,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        logger=logger if logger is not None else False,
+    )
+    row["fit_seconds"] = round(time.perf_counter() - t0, 3)
+    stages.add("fit", row["fit_seconds"])
+
+    query = list(episode.query)
+    t0 = time.perf_counter()
+    features = cache.features(method, query, size, mean, std)
+    outputs = _predict(method, features, config.batch_size, device)
+    row["predict_seconds"] = round(time.perf_counter() - t0, 3)
+    stages.add("predict", row["predict_seconds"])
+
+    t0 = time.perf_counter()
+    labels = np.array([int(s.is_anomalous) for s in query])
+    produces_maps = getattr(method, "produces_maps", True)
+    metrics = evaluate(
+        outputs.image_score.numpy(),
+        labels,
+        maps=outputs.anomaly_map.numpy() if produces_maps else None,
+        masks=cache.masks(query, size).numpy() if produces_maps else None,
+        types=[s.label for s in query],
+        class_pred=None
+        if outputs.class_logits is None
+        else outputs.class_logits.argmax(dim=1).numpy(),
+        class_target=np.array([class_index[s.label] for s in query]),
+        num_classes=len(episode.class_names),
+    )
+    stages.add("metrics", time.perf_counter() - t0)
+
+    reasons: dict[str, str] = {}
+    per_type: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if isinstance(value, NotAvailable):
+            reasons[key] = value.reason
+        if key.startswith("iAUROC/"):
+            per_type[key.split("/", 1)[1]] = None if np.isnan(value) else float(value)
+    for column in METRIC_COLUMNS:
+        value = metrics.get(column)
+        if value is None:
+            reason = (
+                f"{variant.method} does not produce anomaly maps"
+                if column in {"pAUROC", "pF1max", "AUPRO"}
+                else f"{variant.method} does not classify defect types"
+            )
+            reasons.setdefault(column, reason)
+            row[column] = float("nan")
+        else:
+            row[column] = float(value)
+    row.update(
+        status="ok",
+        n_query=len(query),
+        n_query_normal=int((labels == 0).sum()),
+        n_query_defect=int(labels.sum()),
+        per_type_auroc=per_type,
+        na_reasons=reasons,
+    )
+    overlays = None
+    if logger is not None and episode.seed == config.seeds[0]:
+        overlays = _overlays(query, outputs, size, cache)
+    tracker.finish(logger, {k: row[k] for k in METRIC_COLUMNS}, overlays)
+    return row
+
+
+def _predict(
+    method: FewShotMethod, features: dict[str, torch.Tensor], batch_size: int, device
+) -> MethodOutput:
+    """Batched prediction; outputs concatenated on the CPU."""
+    n = next(iter(features.values())).shape[0]
+    parts: list[MethodOutput] = []
+    with torch.no_grad():
+        for begin in range(0, n, batch_size):
+            batch = {k: v[begin : begin + batch_size].to(device) for k, v in features.items()}
+            parts.append(method.predict(batch).detach_cpu())
+    logits = [p.class_logits for p in parts]
+    return MethodOutput(
+        image_score=torch.cat([p.image_score for p in parts]),
+        anomaly_map=torch.cat([p.anomaly_map for p in parts]),
+        class_logits=None if logits[0] is None else torch.cat(logits),
+    )
+
+
+def _overlays(query, outputs: MethodOutput, size: int, cache: FeatureCache, count: int = 4):
+    """A few defect query images with their anomaly maps, for W&B."""
+    import cv2
+
+    from semclip_bench.data.images import read_image
+
+    chosen = [i for i, s in enumerate(query) if s.is_anomalous][:count]
+    pictures = []
+    for i in chosen:
+        image = read_image(query[i].image_path)
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        heat = outputs.anomaly_map[i].numpy()
+        pictures.append(
+            (overlay(image, heat), heat, f"{query[i].label}: {query[i].image_path.name}")
+        )
+    return pictures
+
+
+def _one_line(row: dict[str, Any]) -> str:
+    def fmt(key: str) -> str:
+        value = row.get(key)
+        return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+    return (
+        f"{row['episode_id']}: iAUROC {fmt('iAUROC')} pAUROC {fmt('pAUROC')} "
+        f"pF1max {fmt('pF1max')} cls_acc {fmt('cls_accuracy')} "
+        f"(fit {row.get('fit_seconds', 0):.1f}s, predict {row.get('predict_seconds', 0):.1f}s)"
+    )
+
+
+def _write_provenance(folder, config, command, spec, device, dataset, result) -> None:
+    """Provenance of this invocation (the tables print it in their header)."""
+    path = folder / PROVENANCE_FILE
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    counts: dict[str, int] = {}
+    for sample in dataset.samples:
+        counts[sample.split] = counts.get(sample.split, 0) + 1
+    record = {
+        "command": command,
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "dataset": dataset.name,
+        "dataset_root": str(dataset.root) if dataset.root else "",
+        "dataset_size": {"images": len(dataset.samples), **counts},
+        "categories": _categories(config, dataset),
+        "backbone": spec.name,
+        "weights": str(spec.pretrained) if spec.pretrained else "random init",
+        "image_size": config.image_size,
+        "device": device_name(device),
+        "seeds": list(config.seeds),
+        "shots": list(config.shots),
+        "shard": f"{config.shard[0]}/{config.shard[1]}",
+        "wall_seconds": round(result.wall_seconds, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
+        "cache": result.cache_summary,
+        "episodes_written": result.written,
+        "episodes_resumed": result.already_done,
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+    }
+    if previous and result.already_done:
+        record["earlier_invocations"] = [
+            *previous.get("earlier_invocations", []),
+            {k: previous.get(k) for k in ("date", "git_commit", "wall_seconds", "device")},
+        ]
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

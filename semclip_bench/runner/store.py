@@ -1,0 +1,170 @@
+"""Episode rows on disk: one CSV row per finished episode, appended at once (resumable, mergeable).
+
+Layout of a run folder ``<out>/<kind>/``:
+- ``episodes.csv``: one row per (category, variant, shots, seed), fixed columns (``COLUMNS``).
+  Per-defect-type AUROCs and the reasons of undefined metrics are JSON columns.
+- ``supports.jsonl``: the support files chosen for each (category, shots, seed) episode.
+- ``provenance.json``: what produced the rows (command, version, commit, device, timings).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from semclip_bench.errors import UserError
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "iAUROC",
+    "iAP",
+    "iF1max",
+    "pAUROC",
+    "pF1max",
+    "AUPRO",
+    "cls_accuracy",
+    "cls_precision",
+    "cls_recall",
+    "cls_f1",
+)
+
+COLUMNS: tuple[str, ...] = (
+    "episode_id",
+    "kind",
+    "dataset",
+    "category",
+    "variant",
+    "method",
+    "supervision",
+    "shots",
+    "seed",
+    "status",
+    "reason",
+    "n_query",
+    "n_query_normal",
+    "n_query_defect",
+    *METRIC_COLUMNS,
+    "per_type_auroc",
+    "na_reasons",
+    "fit_seconds",
+    "predict_seconds",
+    "backbone",
+    "weights",
+    "device",
+)
+
+EPISODES_FILE = "episodes.csv"
+SUPPORTS_FILE = "supports.jsonl"
+PROVENANCE_FILE = "provenance.json"
+
+
+def episode_id(category: str, variant: str, shots: int, seed: int) -> str:
+    return f"{category}/{variant}/k{shots}/s{seed}"
+
+
+class EpisodeStore:
+    """Append-only episode rows of one run folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.csv_path = self.folder / EPISODES_FILE
+        self.supports_path = self.folder / SUPPORTS_FILE
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out: cannot create {self.folder}: {exc.strerror}") from None
+        self._repair_tail(self.csv_path)
+        self._repair_tail(self.supports_path)
+
+    @staticmethod
+    def _repair_tail(path: Path) -> None:
+        """Drop a last line cut short by an interruption (no trailing newline)."""
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def done_ids(self) -> set[str]:
+        return set(read_rows([self.folder])["episode_id"]) if self.csv_path.exists() else set()
+
+    def supports_done(self) -> set[str]:
+        if not self.supports_path.exists():
+            return set()
+        with self.supports_path.open() as handle:
+            return {json.loads(line)["episode"] for line in handle if line.strip()}
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row and flush it to disk before returning."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown columns {sorted(unknown)}")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+        _append_durably(self.csv_path, buffer.getvalue())
+
+    def append_support(self, record: dict[str, Any]) -> None:
+        _append_durably(self.supports_path, json.dumps(record, sort_keys=True) + "\n")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return "" if value is None else value
+
+
+def _append_durably(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
+    """Rows of every ``episodes.csv`` under the given folders, merged; duplicates (same episode
+    id, e.g. a shard run twice) keep the first occurrence."""
+    frames = []
+    for folder in folders:
+        folder = Path(folder)
+        paths = [folder] if folder.is_file() else sorted(folder.rglob(EPISODES_FILE))
+        if not folder.exists():
+            raise UserError(f"--from: folder not found: {folder}")
+        for path in paths:
+            try:
+                frames.append(pd.read_csv(path, dtype={"reason": str}, keep_default_na=False))
+            except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read episode rows {path}: {exc}") from None
+    if not frames:
+        raise UserError(f"no {EPISODES_FILE} found under {', '.join(map(str, folders))}")
+    rows = pd.concat(frames, ignore_index=True)
+    missing = set(COLUMNS) - set(rows.columns)
+    if missing:
+        raise UserError(f"episode rows lack columns {sorted(missing)}: not written by this tool?")
+    for column in (*METRIC_COLUMNS, "fit_seconds", "predict_seconds"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    rows = rows.drop_duplicates(subset="episode_id", keep="first")
+    return rows.reset_index(drop=True)
+
+
+def read_supports(folders: Iterable[Path]) -> list[dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob(SUPPORTS_FILE)):
+            with path.open() as handle:
+                for line in handle:
+                    if line.strip():
+                        record = json.loads(line)
+                        records.setdefault(record["episode"], record)
+    return [records[k] for k in sorted(records)]
