@@ -1,1 +1,69 @@
-"""backbones."""
+"""Shared frozen CLIP backbone (open_clip) and the model configs registered with open_clip.
+
+Importing this package registers "semclip-tiny" (tests) and "semclip-vit-s16" (compact CPU default)
+with open_clip. :func:`default_backbone_spec` is the single place that decides the default weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import open_clip
+
+from semclip_bench.backbones.clip import (
+    FEATURE_VERSION,
+    BackboneSpec,
+    ClipBackbone,
+    VisualTokens,
+    build_backbone,
+    count_parameters,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+#: Name of the compact default architecture.
+DEFAULT_MODEL = "semclip-vit-s16"
+#: Packaged weights of the default architecture; used by default when the file exists.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / f"{DEFAULT_MODEL}.pt"
+
+_warned_default = False
+
+
+def default_backbone_spec(warn: bool = True) -> BackboneSpec:
+    """The default backbone: packaged ``weights/semclip-vit-s16.pt`` if present, else random init.
+
+    This is the one place to change when trained default weights are shipped.
+    """
+    global _warned_default
+    if DEFAULT_WEIGHTS.is_file():
+        return BackboneSpec(DEFAULT_MODEL, str(DEFAULT_WEIGHTS))
+    if warn and not _warned_default:
+        _warned_default = True
+        log.warning(
+            "no packaged weights at %s: the default backbone %s is randomly initialised",
+            DEFAULT_WEIGHTS,
+            DEFAULT_MODEL,
+        )
+    return BackboneSpec(DEFAULT_MODEL, None)
+
+
+#: Default spec, resolved at import (packaged weights if shipped, else random init).
+DEFAULT_BACKBONE: BackboneSpec = default_backbone_spec(warn=False)
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "DEFAULT_MODEL",
+    "DEFAULT_WEIGHTS",
+    "FEATURE_VERSION",
+    "MODEL_CONFIG_DIR",
+    "BackboneSpec",
+    "ClipBackbone",
+    "VisualTokens",
+    "build_backbone",
+    "count_parameters",
+    "default_backbone_spec",
+]

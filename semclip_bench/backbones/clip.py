@@ -1,0 +1,582 @@
+"""Frozen open_clip ViT backbone shared by every CLIP-based method of the benchmark.
+
+One wrapper, :class:`ClipBackbone`, runs the visual transformer block by block (reading open_clip's
+modules directly, no forward hooks) so that methods can tap intermediate patch tokens, add the CLIP
+Surgery v-v attention branch, re-encode WinCLIP windows, and run the text tower from learnable
+token embeddings (AnomalyCLIP-style prompts). The weights are never modified.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import resize_pos_embed, resize_text_pos_embed
+from torch import Tensor, nn
+
+from semclip_bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the numerics of the feature paths change, so feature caches keyed on
+#: :meth:`BackboneSpec.key` are invalidated.
+FEATURE_VERSION = "v1"
+
+#: Seed of the random initialisation used when ``pretrained`` is None.
+RANDOM_INIT_SEED = 0
+
+#: Anchor key used to locate the open_clip model inside a wrapped state dict.
+_ANCHOR_KEY = "visual.conv1.weight"
+
+
+# --------------------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbone to build: open_clip model name, weights and input size.
+
+    ``pretrained``: None = seeded random init; an open_clip tag (e.g. "laion400m_e32"); or a path
+    to a local checkpoint file (plain state dict, or ``{"state_dict": ...}``; "module."/"model."
+    or any wrapper prefix in front of the open_clip keys is stripped).
+    ``image_size``: None = the model's native size; otherwise the position embeddings are
+    interpolated to the new grid.
+    """
+
+    name: str = "semclip-vit-s16"
+    pretrained: str | None = None
+    image_size: int | None = None
+
+    def key(self) -> str:
+        """Stable identity for feature caches (weights file content hash, resolved image size)."""
+        if self.pretrained is None:
+            weights = f"random{RANDOM_INIT_SEED}"
+        elif _is_file(self.pretrained):
+            weights = "file-" + _file_digest(str(Path(self.pretrained).resolve()))
+        else:
+            weights = f"tag-{self.pretrained}"
+        size = self.image_size if self.image_size is not None else _native_image_size(self.name)
+        return f"{self.name}|{weights}|{size}|{FEATURE_VERSION}"
+
+
+def _is_file(value: str) -> bool:
+    return os.path.isfile(os.path.expanduser(value))
+
+
+def _native_image_size(name: str) -> int | str:
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        return "native"
+    size = cfg.get("vision_cfg", {}).get("image_size", "native")
+    return size if isinstance(size, int) else "x".join(str(s) for s in size)
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    return _file_digest_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ outputs
+@dataclass
+class VisualTokens:
+    """Result of :meth:`ClipBackbone.forward_features`.
+
+    ``cls``: (B, embed_dim) projected CLS of the vanilla path (== encode_image).
+    ``patches``: per tap, (B, L, width) raw vanilla-path patch tokens (no CLS, no ln_post).
+    ``patches_vv``: per tap, (B, L, width) raw v-v-stream patch tokens, or None where the tap
+    precedes the first v-v block (or vv_blocks == 0).
+    ``taps``: the 1-based block indices; ``grid``: (rows, cols) of the patch grid.
+    """
+
+    cls: Tensor
+    patches: list[Tensor]
+    patches_vv: list[Tensor | None]
+    taps: tuple[int, ...]
+    grid: tuple[int, int]
+
+
+# ----------------------------------------------------------------------------------- building
+_warned_random: set[str] = set()
+
+
+def build_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> ClipBackbone:
+    """Build the frozen backbone described by ``spec`` on ``device``.
+
+    Raises UserError for an unknown model name, an unknown or unreachable pretrained tag, or a
+    checkpoint file that cannot be read or does not fit the architecture.
+    """
+    model = _create_model(spec)
+    return ClipBackbone(spec, model).to(device)
+
+
+def _create_model(spec: BackboneSpec) -> nn.Module:
+    if spec.name not in open_clip.list_models():
+        raise UserError(
+            f"backbone name {spec.name!r} is not an open_clip model "
+            "(e.g. semclip-tiny, semclip-vit-s16, ViT-B-16-plus-240; see open_clip.list_models())"
+        )
+    if spec.image_size is not None and spec.image_size <= 0:
+        raise UserError(f"backbone image_size must be positive, got {spec.image_size}")
+    kwargs: dict = {"force_image_size": spec.image_size} if spec.image_size is not None else {}
+
+    if spec.pretrained is not None and not _is_file(spec.pretrained):
+        return _create_from_tag(spec, kwargs)
+
+    # Random init (seeded, without disturbing the caller's RNG), then optionally a local file.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = open_clip.create_model(spec.name, pretrained=None, pretrained_text=False, **kwargs)
+    if spec.pretrained is None:
+        if spec.name not in _warned_random:
+            _warned_random.add(spec.name)
+            log.warning(
+                "backbone %s has random weights (pretrained=None): fine for tests and smoke runs, "
+                "meaningless for results",
+                spec.name,
+            )
+    else:
+        _load_local_checkpoint(model, os.path.expanduser(spec.pretrained))
+    return model
+
+
+def _create_from_tag(spec: BackboneSpec, kwargs: dict) -> nn.Module:
+    tag = spec.pretrained
+    assert tag is not None
+    known = open_clip.list_pretrained_tags_by_model(spec.name)
+    if tag not in known:
+        raise UserError(
+            f"backbone pretrained {tag!r} is neither an existing file nor an open_clip tag of "
+            f"{spec.name} (tags: {', '.join(known) or 'none'})"
+        )
+    try:
+        return open_clip.create_model(spec.name, pretrained=tag, **kwargs)
+    except Exception as exc:  # download / cache failures surface as various exception types
+        raise UserError(
+            f"could not load open_clip weights {spec.name}/{tag} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); offline, pass a local "
+            "checkpoint file as pretrained instead"
+        ) from exc
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat {key: tensor} dict; UserError naming the file if not."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as exc:  # fmt: skip
+        raise UserError(
+            f"backbone checkpoint {path} cannot be read as a torch state dict "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(
+            f"backbone checkpoint {path} holds no state dict (got {type(obj).__name__})"
+        )
+    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
+    if not state:
+        raise UserError(f"backbone checkpoint {path} holds no tensors")
+    return state
+
+
+def _strip_prefix(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
+    """Remove a wrapper prefix ("module.", "model.", "backbone.model.", ...) from the keys.
+
+    The prefix is found from the anchor key ``visual.conv1.weight``; keys outside the prefix
+    (e.g. a method's head in a Lightning checkpoint) are dropped.
+    """
+    if model_keys & state.keys():
+        return state
+    prefixes = sorted({k[: -len(_ANCHOR_KEY)] for k in state if k.endswith(_ANCHOR_KEY)}, key=len)
+    for prefix in prefixes:
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if model_keys & candidate.keys():
+            return candidate
+    out = state
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "model."):
+            if out and all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix) :]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def _load_local_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a local state dict into ``model`` strictly, resizing position embeddings if needed."""
+    own = model.state_dict()
+    state = _strip_prefix(_read_state_dict(path), set(own))
+    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    try:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+    except Exception as exc:  # a grid that is not square or a width mismatch
+        raise UserError(
+            f"backbone checkpoint {path}: position embeddings do not fit the model ({exc})"
+        ) from exc
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)})"
+            )
+        raise UserError(
+            f"backbone checkpoint {path} does not match the architecture: " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------------- backbone
+class ClipBackbone(nn.Module):
+    """Frozen open_clip model with the feature paths the methods need; see the module docstring.
+
+    All image/text encoders run under ``torch.no_grad`` (pass ``grad=True`` to keep the graph).
+    :meth:`project_tokens` and :meth:`encode_text_tokens` follow the ambient grad mode so that
+    gradients reach trainable inputs (the weights themselves never require grad). Calling
+    ``.train()`` keeps the backbone in eval mode.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module) -> None:
+        super().__init__()
+        visual = getattr(model, "visual", None)
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise UserError(
+                f"backbone {spec.name}: only open_clip ViT towers are supported "
+                f"(got {type(visual).__name__})"
+            )
+        if visual.attn_pool is not None or visual.pool_type != "tok":
+            raise UserError(f"backbone {spec.name}: needs CLS-token pooling (no attentional pool)")
+        self.spec = spec
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        size = visual.image_size
+        self.image_size: int = int(size[0] if isinstance(size, tuple | list) else size)
+        pp = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean: tuple[float, ...] = tuple(
+            float(m) for m in pp.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        )
+        self.std: tuple[float, ...] = tuple(
+            float(s) for s in pp.get("std", open_clip.OPENAI_DATASET_STD)
+        )
+        patch = visual.patch_size
+        self.patch_size: int = int(patch[0] if isinstance(patch, tuple | list) else patch)
+        self.grid_size: tuple[int, int] = (int(visual.grid_size[0]), int(visual.grid_size[1]))
+        self.width: int = int(visual.conv1.out_channels)
+        self.embed_dim: int = int(visual.output_dim)
+        self.num_blocks: int = len(visual.transformer.resblocks)
+
+    # ---------------------------------------------------------------- module plumbing
+    def train(self, mode: bool = True) -> ClipBackbone:
+        """The backbone is frozen: it always stays in eval mode."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.conv1.weight.device
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def default_taps(self) -> tuple[int, ...]:
+        """Four 1-based taps spread over the depth: 12 blocks -> (3, 6, 9, 12)."""
+        n = self.num_blocks
+        taps = sorted({min(n, max(1, round(n * i / 4))) for i in range(1, 5)})
+        return tuple(taps)
+
+    def _prep(self, images: Tensor) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        expect = tuple(int(s) for s in _pair(self.model.visual.image_size))
+        if tuple(images.shape[-2:]) != expect:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])}, backbone {self.spec.name} expects {expect}"
+            )
+        return images.to(device=self.device, dtype=self.model.visual.conv1.weight.dtype)
+
+    def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
+        """Run one visual residual block on batch-first ``x`` whatever the tower's layout."""
+        if self._visual_batch_first:
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    @property
+    def _visual_batch_first(self) -> bool:
+        return bool(getattr(self.model.visual.transformer, "batch_first", True))
+
+    @property
+    def _text_batch_first(self) -> bool:
+        return bool(getattr(self._text_transformer(), "batch_first", True))
+
+    # ---------------------------------------------------------------- image side
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """(T, context_length) token ids on the backbone's device."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True, *, grad: bool = False):
+        """(T, embed_dim) text embeddings of ``texts`` (L2-normalised by default)."""
+        with torch.set_grad_enabled(grad):
+            return self.model.encode_text(self.tokenize(texts), normalize=normalize)
+
+    def encode_image(self, images: Tensor, normalize: bool = False, *, grad: bool = False):
+        """(B, embed_dim) image embeddings; identical to ``model.encode_image``."""
+        with torch.set_grad_enabled(grad):
+            return self.model.encode_image(self._prep(images), normalize=normalize)
+
+    def _embed_tokens(self, images: Tensor) -> Tensor:
+        """conv1 -> CLS + positional embedding -> patch dropout -> ln_pre: (B, 1+L, width)."""
+        v = self.model.visual
+        x = v.conv1(images)
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        return v.ln_pre(x)
+
+    def _vv_attention(self, block: nn.Module, x: Tensor) -> Tensor:
+        """CLIP Surgery v-v branch of one block: ls_1(out_proj(softmax(v v^T s) v)) on ln_1(x)."""
+        attn = block.attn
+        if not isinstance(attn, nn.MultiheadAttention) or not getattr(
+            attn, "_qkv_same_embed_dim", True
+        ):
+            raise UserError(f"backbone {self.spec.name}: v-v attention needs nn.MultiheadAttention")
+        y = block.ln_1(x)
+        b, n, c = y.shape
+        h = attn.num_heads
+        w_v = attn.in_proj_weight[2 * c :]
+        b_v = attn.in_proj_bias[2 * c :] if attn.in_proj_bias is not None else None
+        v = F.linear(y, w_v, b_v).view(b, n, h, c // h).transpose(1, 2)  # (B, H, N, hd)
+        # softmax(v v^T * hd**-0.5) v per head: SDPA with q = k = v and its default scale.
+        o = F.scaled_dot_product_attention(v, v, v)
+        o = o.transpose(1, 2).reshape(b, n, c)
+        o = attn.out_proj(o)
+        return block.ls_1(o)
+
+    def _check_taps(self, taps: Sequence[int] | None) -> tuple[int, ...]:
+        if taps is None:
+            return self.default_taps()
+        out = tuple(int(t) for t in taps)
+        bad = [t for t in out if not 1 <= t <= self.num_blocks]
+        if bad:
+            raise UserError(f"taps {bad} outside 1..{self.num_blocks} (blocks of {self.spec.name})")
+        return out
+
+    def forward_features(
+        self,
+        images: Tensor,
+        taps: Sequence[int] | None = None,
+        vv_blocks: int = 0,
+        *,
+        grad: bool = False,
+    ) -> VisualTokens:
+        """Vanilla path (== encode_image) with patch tokens at ``taps`` and an optional v-v stream.
+
+        ``vv_blocks``: the last ``vv_blocks`` blocks also feed the CLIP Surgery v-v branch; its
+        stream starts from the residual entering the first of them and accumulates the v-v
+        attention outputs (no MLP). The vanilla stream is untouched by it.
+        """
+        taps_t = self._check_taps(taps)
+        if not 0 <= int(vv_blocks) <= self.num_blocks:
+            raise UserError(f"vv_blocks={vv_blocks} outside 0..{self.num_blocks}")
+        first_vv = self.num_blocks - int(vv_blocks)  # 0-based index of the first modified block
+        want = set(taps_t)
+        with torch.set_grad_enabled(grad):
+            x = self._embed_tokens(self._prep(images))
+            vv: Tensor | None = None
+            by_block: dict[int, Tensor] = {}
+            by_block_vv: dict[int, Tensor] = {}
+            for i, block in enumerate(self.model.visual.transformer.resblocks):
+                if i >= first_vv:
+                    if vv is None:
+                        vv = x
+                    vv = vv + self._vv_attention(block, x)
+                x = self._run_block(block, x)
+                if i + 1 in want:
+                    by_block[i + 1] = x[:, 1:]
+                    if vv is not None:
+                        by_block_vv[i + 1] = vv[:, 1:]
+            cls = self.project_tokens(x[:, 0])
+        return VisualTokens(
+            cls=cls,
+            patches=[by_block[t] for t in taps_t],
+            patches_vv=[by_block_vv.get(t) for t in taps_t],
+            taps=taps_t,
+            grid=self.grid_size,
+        )
+
+    def project_tokens(self, tokens: Tensor) -> Tensor:
+        """ln_post then the visual projection: (..., width) -> (..., embed_dim).
+
+        Follows the ambient grad mode so gradients can reach trainable inputs.
+        """
+        v = self.model.visual
+        out = v.ln_post(tokens)
+        return out @ v.proj.to(out.dtype) if v.proj is not None else out
+
+    def encode_token_subsets(
+        self,
+        images: Tensor,
+        subsets: Tensor,
+        *,
+        max_tokens: int = 1 << 16,
+        grad: bool = False,
+    ) -> Tensor:
+        """WinCLIP window embeddings: (B, W, embed_dim) projected CLS of each re-encoded subset.
+
+        ``subsets`` (W, n) indexes patch tokens 0..L-1 (row-major). Each subset, with the CLS token
+        prepended, goes through the whole transformer after patch + position embedding and ln_pre;
+        windows are processed in chunks of about ``max_tokens`` tokens to bound memory.
+        """
+        subsets = torch.as_tensor(subsets, dtype=torch.long, device=self.device)
+        n_patches = self.grid_size[0] * self.grid_size[1]
+        if subsets.ndim != 2 or subsets.shape[1] == 0:
+            raise ValueError(f"subsets must be (W, n) with n >= 1, got {tuple(subsets.shape)}")
+        if subsets.numel() and (subsets.min() < 0 or subsets.max() >= n_patches):
+            raise ValueError(f"subset indices must lie in 0..{n_patches - 1}")
+        with torch.set_grad_enabled(grad):
+            x = self._embed_tokens(self._prep(images))  # (B, 1+L, C); ln_pre is per-token
+            b, _, c = x.shape
+            n_win, n = subsets.shape
+            cls, patches = x[:, :1], x[:, 1:]
+            chunk = max(1, max_tokens // max(1, b * (n + 1)))
+            outs = []
+            for s in range(0, n_win, chunk):
+                idx = subsets[s : s + chunk]  # (w, n)
+                w = idx.shape[0]
+                tok = patches[:, idx.reshape(-1)].view(b, w, n, c)
+                seq = torch.cat([cls.unsqueeze(1).expand(b, w, 1, c), tok], dim=2)
+                seq = seq.reshape(b * w, n + 1, c)
+                for block in self.model.visual.transformer.resblocks:
+                    seq = self._run_block(block, seq)
+                outs.append(self.project_tokens(seq[:, 0]).view(b, w, -1))
+            return torch.cat(outs, dim=1)
+
+    # ---------------------------------------------------------------- text side
+    def _text_tower(self) -> nn.Module:
+        return getattr(self.model, "text", self.model)
+
+    def _text_transformer(self) -> nn.Module:
+        return self._text_tower().transformer
+
+    @property
+    def text_width(self) -> int:
+        """Width of the text transformer (size of token embeddings)."""
+        return int(self._text_tower().positional_embedding.shape[-1])
+
+    def token_embeddings(self, tokens: Tensor) -> Tensor:
+        """(T, ctx, text_width) token embeddings (no positional embedding) of token ids."""
+        return self._text_tower().token_embedding(tokens.to(self.device))
+
+    def encode_text_tokens(
+        self,
+        token_embeddings: Tensor,
+        eot_indices: Tensor,
+        deep_prompts: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        """Text tower from token embeddings: (T, ctx, width) -> (T, embed_dim), not normalised.
+
+        Adds the positional embedding, applies the model's (causal) attention mask, ln_final, takes
+        the token at ``eot_indices`` and applies the text projection. Gradients flow to
+        ``token_embeddings`` and ``deep_prompts`` (ambient grad mode).
+
+        ``deep_prompts[j]`` ((n, width) or (T, n, width)) replaces the n hidden tokens right after
+        SOS (positions 1..n) at the INPUT of text block j+1, 0-based, i.e. from the second block on
+        (the first block's prompt tokens are those inside ``token_embeddings``); None entries skip a
+        block. So at most ``num_text_blocks - 1`` deep prompts.
+        """
+        tower = self._text_tower()
+        blocks = tower.transformer.resblocks
+        if token_embeddings.ndim != 3:
+            raise ValueError(
+                f"token_embeddings must be (T, ctx, width), got {token_embeddings.shape}"
+            )
+        t, ctx, _ = token_embeddings.shape
+        deep = list(deep_prompts or [])
+        if len(deep) > len(blocks) - 1:
+            raise ValueError(
+                f"{len(deep)} deep prompts for {len(blocks)} text blocks (max {len(blocks) - 1})"
+            )
+        cast = tower.transformer.get_cast_dtype()
+        x = token_embeddings.to(self.device, cast) + tower.positional_embedding[:ctx].to(cast)
+        mask = tower.attn_mask
+        if mask is not None:
+            mask = mask[:ctx, :ctx]
+        for i, block in enumerate(blocks):
+            if 1 <= i <= len(deep) and deep[i - 1] is not None:
+                p = deep[i - 1].to(x.dtype)
+                p = p.unsqueeze(0).expand(t, -1, -1) if p.ndim == 2 else p
+                x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1] :]], dim=1)
+            x = self._run_text_block(block, x, mask)
+        x = tower.ln_final(x)
+        eot = torch.as_tensor(eot_indices, dtype=torch.long, device=x.device)
+        pooled = x[torch.arange(t, device=x.device), eot]
+        proj = tower.text_projection
+        if proj is None:
+            return pooled
+        if isinstance(proj, nn.Linear):
+            return proj(pooled)
+        return pooled @ proj.to(pooled.dtype)
+
+    def _run_text_block(self, block: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+        if self._text_batch_first:
+            return block(x, attn_mask=mask)
+        return block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (for reports)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "FEATURE_VERSION",
+    "BackboneSpec",
+    "ClipBackbone",
+    "VisualTokens",
+    "build_backbone",
+    "count_parameters",
+]

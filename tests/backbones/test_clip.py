@@ -1,0 +1,386 @@
+"""Tests of the shared CLIP backbone on the tiny random "semclip-tiny" model."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semclip_bench.backbones import (
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    ClipBackbone,
+    build_backbone,
+    default_backbone_spec,
+)
+from semclip_bench.errors import UserError
+
+TINY = BackboneSpec("semclip-tiny", None)
+
+
+@pytest.fixture(scope="module")
+def bb() -> ClipBackbone:
+    return build_backbone(TINY)
+
+
+@pytest.fixture
+def images(bb: ClipBackbone) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, bb.image_size, bb.image_size, generator=g)
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _naive_vv(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Reference v-v attention written out per head with an explicit softmax."""
+    attn = block.attn
+    c = x.shape[-1]
+    h = attn.num_heads
+    hd = c // h
+    y = F.layer_norm(x, (c,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+    qkv = y @ attn.in_proj_weight.T + attn.in_proj_bias
+    v = qkv[..., 2 * c :]
+    heads = []
+    for i in range(h):
+        vi = v[..., i * hd : (i + 1) * hd]
+        logits = vi @ vi.transpose(-1, -2) * hd**-0.5
+        w = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
+        w = w / w.sum(dim=-1, keepdim=True)
+        heads.append(w @ vi)
+    o = torch.cat(heads, dim=-1)
+    return block.ls_1(o @ attn.out_proj.weight.T + attn.out_proj.bias)
+
+
+def _naive_forward(bb: ClipBackbone, images: torch.Tensor, vv_blocks: int):
+    """Vanilla stream and v-v stream recomputed with open_clip's own block forward."""
+    v = bb.model.visual
+    with torch.no_grad():
+        x = v._embeds(images)
+        blocks = list(v.transformer.resblocks)
+        first = len(blocks) - vv_blocks
+        vanilla, streams = [], []
+        vv = None
+        for i, blk in enumerate(blocks):
+            if i >= first:
+                vv = (x if vv is None else vv) + _naive_vv(blk, x)
+            x = blk(x)
+            vanilla.append(x)
+            streams.append(vv)
+    return vanilla, streams
+
+
+def test_attributes(bb: ClipBackbone) -> None:
+    assert bb.image_size == 64 and bb.patch_size == 16 and bb.grid_size == (4, 4)
+    assert bb.width == 64 and bb.embed_dim == 64 and bb.num_blocks == 4
+    assert bb.default_taps() == (1, 2, 3, 4)
+    assert len(bb.mean) == 3 and len(bb.std) == 3
+    assert bb.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    assert not any(p.requires_grad for p in bb.parameters())
+    assert not bb.training
+    bb.train()
+    assert not bb.training and not bb.model.visual.training
+    assert bb.num_parameters < 5_000_000
+
+
+def test_default_taps_scale_with_depth() -> None:
+    bb = build_backbone(BackboneSpec("semclip-vit-s16", None))
+    assert bb.num_blocks == 12 and bb.default_taps() == (3, 6, 9, 12)
+    assert bb.grid_size == (14, 14)
+
+
+def test_default_spec() -> None:
+    assert DEFAULT_BACKBONE.name == "semclip-vit-s16"
+    assert default_backbone_spec().name == "semclip-vit-s16"
+
+
+def test_vanilla_path_matches_encode_image(bb: ClipBackbone, images: torch.Tensor) -> None:
+    ref = bb.model.encode_image(images)
+    out = bb.forward_features(images)
+    assert out.taps == bb.default_taps() and out.grid == (4, 4)
+    torch.testing.assert_close(out.cls, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(bb.encode_image(images), ref, atol=0, rtol=0)
+    vanilla, _ = _naive_forward(bb, images, 0)
+    for tap, p in zip(out.taps, out.patches, strict=True):
+        assert p.shape == (3, 16, 64)
+        torch.testing.assert_close(p, vanilla[tap - 1][:, 1:], atol=1e-6, rtol=0)
+    assert out.patches_vv == [None] * 4
+    assert not out.cls.requires_grad
+
+
+@pytest.mark.parametrize("vv_blocks", [1, 2, 4])
+def test_vv_branch_matches_naive(bb: ClipBackbone, images: torch.Tensor, vv_blocks: int) -> None:
+    out = bb.forward_features(images, taps=(1, 2, 3, 4), vv_blocks=vv_blocks)
+    vanilla, streams = _naive_forward(bb, images, vv_blocks)
+    first_tap = bb.num_blocks - vv_blocks + 1
+    torch.testing.assert_close(out.cls, bb.model.encode_image(images), atol=1e-5, rtol=0)
+    for tap, p, pv in zip(out.taps, out.patches, out.patches_vv, strict=True):
+        torch.testing.assert_close(p, vanilla[tap - 1][:, 1:], atol=1e-5, rtol=0)
+        if tap < first_tap:
+            assert pv is None
+        else:
+            assert pv is not None and pv.shape == p.shape
+            torch.testing.assert_close(pv, streams[tap - 1][:, 1:], atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(pv, p)
+
+
+def test_vv_single_block_by_hand(bb: ClipBackbone, images: torch.Tensor) -> None:
+    """With one modified block the v-v stream is the residual entering it plus one v-v output."""
+    out = bb.forward_features(images, taps=(3, 4), vv_blocks=1)
+    last = bb.model.visual.transformer.resblocks[-1]
+    x_in = bb.forward_features(images, taps=(3,)).patches[0]
+    full_in = None
+    with torch.no_grad():
+        x = bb.model.visual._embeds(images)
+        for blk in list(bb.model.visual.transformer.resblocks)[:-1]:
+            x = blk(x)
+        full_in = x
+        expected = full_in + _naive_vv(last, full_in)
+    torch.testing.assert_close(full_in[:, 1:], x_in, atol=1e-6, rtol=0)
+    assert out.patches_vv[0] is None
+    torch.testing.assert_close(out.patches_vv[1], expected[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_taps_validation(bb: ClipBackbone, images: torch.Tensor) -> None:
+    with pytest.raises(UserError, match="taps"):
+        bb.forward_features(images, taps=(0, 2))
+    with pytest.raises(UserError, match="taps"):
+        bb.forward_features(images, taps=(5,))
+    with pytest.raises(UserError, match="vv_blocks"):
+        bb.forward_features(images, vv_blocks=5)
+
+
+def test_project_tokens(bb: ClipBackbone, images: torch.Tensor) -> None:
+    out = bb.forward_features(images, taps=(4,))
+    proj = bb.project_tokens(out.patches[0])
+    assert proj.shape == (3, 16, bb.embed_dim)
+    v = bb.model.visual
+    torch.testing.assert_close(proj, v.ln_post(out.patches[0]) @ v.proj)
+    # gradients reach a trainable input through the frozen projection
+    t = out.patches[0].clone().requires_grad_(True)
+    bb.project_tokens(t).sum().backward()
+    assert t.grad is not None and t.grad.abs().sum() > 0
+
+
+def test_token_subsets_full_set_matches_encode_image(
+    bb: ClipBackbone, images: torch.Tensor
+) -> None:
+    full = torch.arange(16).unsqueeze(0)
+    out = bb.encode_token_subsets(images, full)
+    assert out.shape == (3, 1, bb.embed_dim)
+    torch.testing.assert_close(out[:, 0], bb.model.encode_image(images), atol=1e-5, rtol=0)
+
+
+def test_token_subsets_windows_and_chunks(bb: ClipBackbone, images: torch.Tensor) -> None:
+    # all 2x2 windows of the 4x4 grid, stride 1
+    r, c = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
+    base = (r * 4 + c).reshape(-1, 1)
+    windows = base + torch.tensor([0, 1, 4, 5]).view(1, -1)
+    out = bb.encode_token_subsets(images, windows)
+    small = bb.encode_token_subsets(images, windows, max_tokens=7)  # one window per chunk
+    assert out.shape == (3, 9, bb.embed_dim)
+    torch.testing.assert_close(out, small, atol=1e-5, rtol=0)
+    # window w of image b equals the model run on exactly those tokens
+    v = bb.model.visual
+    with torch.no_grad():
+        tok = v._embeds(images[1:2])
+        seq = torch.cat([tok[:, :1], tok[:, 1 + windows[4]]], dim=1)
+        ref = v.ln_post(v.transformer(seq)[:, 0]) @ v.proj
+    torch.testing.assert_close(out[1, 4], ref[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        bb.encode_token_subsets(images, torch.tensor([[0, 16]]))
+
+
+def test_encode_text_and_text_tokens(bb: ClipBackbone) -> None:
+    texts = ["a SEM image of a particle on wafer surface", "flawless wafer", "bridge"]
+    tokens = bb.tokenize(texts)
+    ref = bb.model.encode_text(tokens)
+    torch.testing.assert_close(bb.encode_text(texts, normalize=False), ref)
+    torch.testing.assert_close(bb.encode_text(texts), F.normalize(ref, dim=-1))
+    emb = bb.token_embeddings(tokens)
+    out = bb.encode_text_tokens(emb, tokens.argmax(dim=-1))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_encode_text_tokens_gradients_and_deep_prompts(bb: ClipBackbone) -> None:
+    tokens = bb.tokenize(["X X X X object", "X X X X damaged object"])
+    eot = tokens.argmax(dim=-1)
+    emb = bb.token_embeddings(tokens).detach()
+    learn = torch.zeros(4, bb.text_width, requires_grad=True)
+    deep = torch.randn(4, bb.text_width, requires_grad=True)
+    x = torch.cat([emb[:, :1], learn.unsqueeze(0).expand(2, -1, -1), emb[:, 5:]], dim=1)
+    out = bb.encode_text_tokens(x, eot, deep_prompts=[deep])
+    out.sum().backward()
+    assert learn.grad is not None and learn.grad.abs().sum() > 0
+    assert deep.grad is not None and deep.grad.abs().sum() > 0
+    assert not any(p.grad is not None for p in bb.parameters())
+    # deep prompt replaces tokens 1..n at the input of block 1 (0-based): check by hand
+    tower = bb.model
+    with torch.no_grad():
+        h = x + tower.positional_embedding
+        blocks = tower.transformer.resblocks
+        h = blocks[0](h, attn_mask=tower.attn_mask)
+        h = torch.cat([h[:, :1], deep.unsqueeze(0).expand(2, -1, -1), h[:, 5:]], dim=1)
+        h = blocks[1](h, attn_mask=tower.attn_mask)
+        h = tower.ln_final(h)[torch.arange(2), eot] @ tower.text_projection
+    torch.testing.assert_close(out.detach(), h, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        bb.encode_text_tokens(x, eot, deep_prompts=[deep, deep])
+
+
+def test_weights_unchanged_and_no_hooks(bb: ClipBackbone, images: torch.Tensor) -> None:
+    before = _state_hash(bb)
+    bb.forward_features(images, vv_blocks=4)
+    bb.encode_token_subsets(images, torch.arange(16).view(4, 4))
+    bb.encode_text(["a"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bb.forward_features(images, vv_blocks=2)
+    assert _state_hash(bb) == before
+    for m in bb.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+        assert not m._backward_hooks
+
+
+def test_autocast_bf16(bb: ClipBackbone, images: torch.Tensor) -> None:
+    ref = bb.forward_features(images, vv_blocks=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bb.forward_features(images, vv_blocks=2)
+        win = bb.encode_token_subsets(images, torch.arange(16).unsqueeze(0))
+        txt = bb.encode_text(["a wafer"])
+        tt = bb.encode_text_tokens(bb.token_embeddings(bb.tokenize(["a"])), torch.tensor([2]))
+    assert torch.isfinite(out.cls.float()).all() and torch.isfinite(win.float()).all()
+    assert torch.isfinite(txt.float()).all() and torch.isfinite(tt.float()).all()
+    cos = F.cosine_similarity(out.cls.float(), ref.cls, dim=-1)
+    assert cos.min() > 0.98
+    assert F.cosine_similarity(out.patches_vv[-1].float(), ref.patches_vv[-1], dim=-1).min() > 0.98
+
+
+def test_batch_first_false_layout(images: torch.Tensor) -> None:
+    """A sequence-first transformer (older open_clip) gives the same features."""
+    bb = build_backbone(TINY)
+    ref = bb.forward_features(images, vv_blocks=2)
+    ref_win = bb.encode_token_subsets(images, torch.arange(16).view(2, 8))
+    ref_txt = bb.encode_text_tokens(bb.token_embeddings(bb.tokenize(["ab"])), torch.tensor([2]))
+    for tr in (bb.model.visual.transformer, bb.model.transformer):
+        tr.batch_first = False
+        for blk in tr.resblocks:
+            blk.attn.batch_first = False
+    out = bb.forward_features(images, vv_blocks=2)
+    torch.testing.assert_close(out.cls, ref.cls, atol=1e-5, rtol=0)
+    for a, b in zip(
+        out.patches + out.patches_vv[2:], ref.patches + ref.patches_vv[2:], strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    win = bb.encode_token_subsets(images, torch.arange(16).view(2, 8))
+    torch.testing.assert_close(win, ref_win, atol=1e-5, rtol=0)
+    txt = bb.encode_text_tokens(bb.token_embeddings(bb.tokenize(["ab"])), torch.tensor([2]))
+    torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=0)
+
+
+def test_random_init_deterministic_and_rng_untouched() -> None:
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = build_backbone(TINY)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = build_backbone(TINY)
+    assert _state_hash(a) == _state_hash(b)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "module", "lightning"])
+def test_checkpoint_roundtrip(bb: ClipBackbone, images: torch.Tensor, tmp_path, wrap) -> None:
+    # perturb a copy so the loaded weights differ from the random init
+    src = build_backbone(TINY)
+    with torch.no_grad():
+        for p in src.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    sd = src.model.state_dict()
+    if wrap == "state_dict":
+        obj = {"state_dict": sd, "epoch": 3}
+    elif wrap == "module":
+        obj = {f"module.{k}": v for k, v in sd.items()}
+    elif wrap == "lightning":
+        obj = {"state_dict": {f"method.backbone.model.{k}": v for k, v in sd.items()}}
+        obj["state_dict"]["method.head.weight"] = torch.zeros(2, 2)
+    else:
+        obj = sd
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    loaded = build_backbone(BackboneSpec("semclip-tiny", str(path)))
+    assert _state_hash(loaded.model) == _state_hash(src.model)
+    torch.testing.assert_close(loaded.encode_image(images), src.encode_image(images))
+    assert not torch.allclose(loaded.encode_image(images), bb.encode_image(images))
+    key = BackboneSpec("semclip-tiny", str(path)).key()
+    assert key != TINY.key() and "semclip-tiny" in key
+
+
+def test_checkpoint_with_other_grid_is_interpolated(images: torch.Tensor, tmp_path) -> None:
+    src = build_backbone(TINY)
+    path = tmp_path / "w.pt"
+    torch.save(src.model.state_dict(), path)
+    big = build_backbone(BackboneSpec("semclip-tiny", str(path), image_size=96))
+    assert big.grid_size == (6, 6) and big.image_size == 96
+    x = F.interpolate(images, size=96, mode="bilinear")
+    out = big.forward_features(x)
+    assert out.patches[0].shape == (3, 36, 64)
+    torch.testing.assert_close(out.cls, big.model.encode_image(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        big.model.visual.conv1.weight, src.model.visual.conv1.weight, atol=0, rtol=0
+    )
+
+
+def test_bad_checkpoints(tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match=r"corrupt\.pt"):
+        build_backbone(BackboneSpec("semclip-tiny", str(corrupt)))
+    other = tmp_path / "other.pt"
+    torch.save(build_backbone(BackboneSpec("semclip-vit-s16")).model.state_dict(), other)
+    with pytest.raises(UserError, match=r"other\.pt"):
+        build_backbone(BackboneSpec("semclip-tiny", str(other)))
+    partial = tmp_path / "partial.pt"
+    sd = build_backbone(TINY).model.state_dict()
+    sd.pop("visual.proj")
+    torch.save(sd, partial)
+    with pytest.raises(UserError, match=r"partial\.pt.*missing"):
+        build_backbone(BackboneSpec("semclip-tiny", str(partial)))
+
+
+def test_unknown_name_and_tags(monkeypatch) -> None:
+    with pytest.raises(UserError, match="no-such-model"):
+        build_backbone(BackboneSpec("no-such-model", None))
+    with pytest.raises(UserError, match="not-a-tag"):
+        build_backbone(BackboneSpec("semclip-tiny", "not-a-tag"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    with pytest.raises(UserError, match=r"laion400m_e32.*local checkpoint file"):
+        build_backbone(BackboneSpec("ViT-B-16-plus-240", "laion400m_e32"))
+
+
+def test_image_size_override_changes_grid() -> None:
+    bb = build_backbone(BackboneSpec("semclip-tiny", None, image_size=96))
+    assert bb.image_size == 96 and bb.grid_size == (6, 6)
+    x = torch.randn(2, 3, 96, 96)
+    out = bb.forward_features(x, vv_blocks=1)
+    assert out.grid == (6, 6) and out.patches[-1].shape == (2, 36, 64)
+    with pytest.raises(ValueError, match="expects"):
+        bb.forward_features(torch.randn(1, 3, 64, 64))
+    assert BackboneSpec("semclip-tiny", None, 96).key() != TINY.key()
+    assert BackboneSpec("semclip-tiny", None, 64).key() == TINY.key()
+
+
+def test_param_count_vit_s16_under_25mb_fp16() -> None:
+    bb = build_backbone(BackboneSpec("semclip-vit-s16"))
+    assert bb.num_parameters * 2 < 25 * 2**20
+    assert math.isclose(bb.embed_dim, 256) and bb.width == 192
