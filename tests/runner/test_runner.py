@@ -1,0 +1,200 @@
+"""End-to-end sweep / ablate / report on the tiny model and a tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from semclip_bench.cli import main
+from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
+
+ALL = "semclip,winclip,anomalyclip,patchcore,linear_probe"
+
+
+def _sweep(data: Path, config: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "sweep",
+            "--config",
+            str(config),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--shots",
+            "1,2",
+            *extra,
+        ]
+    )
+
+
+def _metrics(rows: pd.DataFrame) -> pd.DataFrame:
+    columns = ["episode_id", "status", "reason", *METRIC_COLUMNS, "per_type_auroc"]
+    return rows[columns].sort_values("episode_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data: Path, fast_config: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    assert _sweep(tiny_data, fast_config, out, "--methods", ALL) == 0
+    return out
+
+
+def test_sweep_writes_rows_tables_and_plots(full_run: Path) -> None:
+    rows = read_rows([full_run / "sweep"])
+    # 1 category x 2 shots x 2 seeds x 5 methods
+    assert len(rows) == 20
+    assert set(rows["status"]) == {"ok"}
+    assert rows["episode_id"].is_unique
+    ok = rows.set_index("variant")
+    assert ok.loc["semclip", "cls_accuracy"].notna().all()
+    assert ok.loc["patchcore", "cls_accuracy"].isna().all()
+    reasons = json.loads(ok.loc["patchcore", "na_reasons"].iloc[0])
+    assert "cls_accuracy" in reasons
+    text = (full_run / "sweep.md").read_text()
+    assert "## Provenance" in text and "semclip-tiny" in text and "Wall-clock" in text
+    assert "n/a (" in text
+    assert "**" in text  # best per column in bold
+    assert (full_run / "sweep_iAUROC.png").stat().st_size > 0
+    supports = (full_run / "sweep" / "supports.jsonl").read_text().splitlines()
+    assert len(supports) == 4  # (shots, seed) pairs of the one category
+    files = json.loads(supports[0])["files"]
+    assert files, "support files are recorded"
+
+
+def test_feature_cache_is_reused(full_run: Path) -> None:
+    provenance = json.loads((full_run / "sweep" / "provenance.json").read_text())
+    cache = provenance["cache"]
+    hits = int(cache.split(" hits")[0].split()[-1])
+    misses = int(cache.split(" misses")[0].split()[-1])
+    assert hits > misses  # 4 episodes share every query image
+
+
+def test_rerun_skips_finished_and_resume_is_identical(
+    full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
+) -> None:
+    # an "interrupted" copy: the first 7 rows plus a half-written line
+    src = (full_run / "sweep" / "episodes.csv").read_text().splitlines(keepends=True)
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "episodes.csv").write_text("".join(src[:8]) + src[8][:20])
+    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL) == 0
+    resumed = read_rows([folder])
+    assert len(resumed) == 20 and resumed["episode_id"].is_unique
+    pd.testing.assert_frame_equal(_metrics(resumed), _metrics(read_rows([full_run / "sweep"])))
+    # a rerun does nothing new
+    before = (folder / "episodes.csv").read_text()
+    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL) == 0
+    assert (folder / "episodes.csv").read_text() == before
+
+
+def test_two_shards_merge_to_single_run(
+    full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
+) -> None:
+    for i in range(2):
+        assert (
+            _sweep(
+                tiny_data, fast_config, tmp_path / f"s{i}", "--methods", ALL, "--shard", f"{i}/2"
+            )
+            == 0
+        )
+    parts = [len(read_rows([tmp_path / f"s{i}"])) for i in range(2)]
+    assert parts == [10, 10]
+    assert (
+        main(
+            [
+                "report",
+                "--from",
+                str(tmp_path / "s0"),
+                str(tmp_path / "s1"),
+                "--out",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
+    merged = read_rows([tmp_path / "s0", tmp_path / "s1"])
+    pd.testing.assert_frame_equal(_metrics(merged), _metrics(read_rows([full_run / "sweep"])))
+    assert "Part 2" in (tmp_path / "merged" / "sweep.md").read_text()
+
+
+def test_ablate_reports_deltas(tiny_data: Path, fast_config: Path, tmp_path: Path) -> None:
+    code = main(
+        [
+            "ablate",
+            "--config",
+            str(fast_config),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path),
+            "--shots",
+            "2",
+            "--seeds",
+            "0",
+        ]
+    )
+    assert code == 0
+    rows = read_rows([tmp_path / "ablation"])
+    assert set(rows["variant"]) == {
+        "semclip",
+        "semclip-generic_prompts",
+        "semclip-single_path",
+        "semclip-no_text_guidance",
+        "semclip-all",
+    }
+    text = (tmp_path / "ablation.md").read_text()
+    assert "Δ iAUROC vs semclip" in text
+
+
+def test_wandb_offline_run_is_written(tiny_data: Path, fast_config: Path, tmp_path: Path) -> None:
+    code = _sweep(
+        tiny_data,
+        fast_config,
+        tmp_path,
+        "--methods",
+        "patchcore",
+        "--seeds",
+        "0",
+        "--shots",
+        "1",
+        "--wandb",
+        "offline",
+    )
+    assert code == 0
+    runs = list((tmp_path / "sweep" / "wandb").rglob("offline-run-*"))
+    assert runs, "an offline W&B run directory exists"
+    summaries = list((tmp_path / "sweep" / "wandb").rglob("wandb-summary.json"))
+    assert summaries
+    summary = json.loads(summaries[0].read_text())
+    assert "test/iAUROC" in summary
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--methods", "nosuch"], "--methods"),
+        (["--shots", "500"], "--shots"),
+        (["--data", "/no/such/folder"], "/no/such/folder"),
+        (["--shots", "x"], "shots"),
+    ],
+)
+def test_bad_inputs_give_one_line(
+    args: list[str], needle: str, tiny_data: Path, fast_config: Path, tmp_path: Path, capsys
+) -> None:
+    base = ["sweep", "--config", str(fast_config), "--data", str(tiny_data), "--out", str(tmp_path)]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+
+
+def test_unreadable_config_gives_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shots: [1, 2\n  nope: {")
+    assert main(["sweep", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
