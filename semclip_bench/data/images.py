@@ -1,0 +1,112 @@
+"""Reading images and masks from disk, scaled by their bit depth.
+
+SEM images are usually grayscale and often 16-bit; both must survive loading unchanged. Images are
+decoded with OpenCV (``IMREAD_UNCHANGED``, so 16-bit and 1-channel data are kept as stored), BGR is
+turned into RGB, an alpha channel is dropped, and the values are divided by the largest value of the
+storage type (255 for 8-bit, 65535 for 16-bit) -- never by the image's own maximum, so brightness
+differences between images are preserved. A 1-channel image stays 1-channel here; the transform
+(:mod:`semclip_bench.data.datamodule`) repeats it to 3 channels for RGB models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from semclip_bench.errors import UserError
+
+#: File name suffixes read as images (lower case).
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
+
+#: Bit depth of each supported storage type.
+_BIT_DEPTHS: dict[np.dtype, int] = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``data check`` reports about one image file."""
+
+    height: int
+    width: int
+    channels: int  # after dropping alpha
+    bit_depth: int
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names a (non-hidden) file with an image suffix."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode an image as stored: uint8/uint16, (H, W) or (H, W, C) RGB order, alpha removed.
+
+    Raises :class:`UserError` naming the file when it is missing, unreadable, truncated or of an
+    unsupported type (anything but 8- or 16-bit unsigned integers).
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: handles non-ASCII paths
+    except FileNotFoundError:
+        raise UserError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read image file ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise UserError(f"{path}: image file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise UserError(f"{path}: cannot decode image (unreadable, truncated or not an image)")
+    if image.dtype not in _BIT_DEPTHS:
+        raise UserError(
+            f"{path}: unsupported pixel type {image.dtype} "
+            "(expected 8- or 16-bit unsigned integers)"
+        )
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels in (1, 2):  # gray, or gray + alpha
+            image = image[:, :, 0]
+        elif channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif channels == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        else:
+            raise UserError(f"{path}: unsupported number of channels ({channels})")
+    elif image.ndim != 2:
+        raise UserError(f"{path}: unsupported image shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def bit_depth(image: np.ndarray) -> int:
+    """Bit depth of a raw image's storage type (8 or 16)."""
+    return _BIT_DEPTHS[image.dtype]
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Size, channels and bit depth of an image file (decodes it, so it also verifies it)."""
+    raw = read_raw(path)
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    return ImageInfo(int(raw.shape[0]), int(raw.shape[1]), int(channels), bit_depth(raw))
+
+
+def to_float(raw: np.ndarray) -> np.ndarray:
+    """Scale a raw uint8/uint16 image to float32 [0, 1] by its type's range; always (H, W, C)."""
+    scale = float(np.iinfo(raw.dtype).max)
+    image = raw.astype(np.float32) / np.float32(scale)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 (H, W, C) in [0, 1], C = 1 or 3, scaled by its bit depth."""
+    return to_float(read_raw(path))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a defect mask as bool (H, W): a pixel is defective where any channel is nonzero."""
+    raw = read_raw(path)
+    if raw.ndim == 3:
+        return np.any(raw != 0, axis=2)
+    return raw != 0
