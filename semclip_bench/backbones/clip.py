@@ -8,13 +8,16 @@ token embeddings (AnomalyCLIP-style prompts). The weights are never modified.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import pickle
+import socket
+import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,13 +169,52 @@ def _create_from_tag(spec: BackboneSpec, kwargs: dict) -> nn.Module:
             f"{spec.name} (tags: {', '.join(known) or 'none'})"
         )
     try:
-        return open_clip.create_model(spec.name, pretrained=tag, **kwargs)
+        with _hub_offline_unless_reachable():
+            return open_clip.create_model(spec.name, pretrained=tag, **kwargs)
     except Exception as exc:  # download / cache failures surface as various exception types
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise UserError(
-            f"could not load open_clip weights {spec.name}/{tag} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); offline, pass a local "
-            "checkpoint file as pretrained instead"
+            f"could not load open_clip weights {spec.name}/{tag} ({type(exc).__name__}: {first}); "
+            "offline, pass a local checkpoint file as pretrained instead"
         ) from exc
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether ``host`` resolves within ``timeout`` s (a cheap test for "we are offline")."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode while the hub is unreachable.
+
+    Cached weights still load; missing ones fail at once instead of after ~45 s of retries.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # open_clip then downloads by URL, which fails fast when offline
+        yield
+        return
+    if constants.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:

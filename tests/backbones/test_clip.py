@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import huggingface_hub
 import open_clip
 import pytest
 import torch
@@ -17,6 +18,7 @@ from semclip_bench.backbones import (
     build_backbone,
     default_backbone_spec,
 )
+from semclip_bench.backbones import clip as clip_module
 from semclip_bench.errors import UserError
 
 TINY = BackboneSpec("semclip-tiny", None)
@@ -360,12 +362,19 @@ def test_unknown_name_and_tags(monkeypatch) -> None:
     with pytest.raises(UserError, match="not-a-tag"):
         build_backbone(BackboneSpec("semclip-tiny", "not-a-tag"))
 
+    seen: list[bool] = []
+
     def offline(*args, **kwargs):
+        seen.append(huggingface_hub.constants.is_offline_mode())
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    monkeypatch.setattr(clip_module, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(UserError, match=r"laion400m_e32.*local checkpoint file"):
         build_backbone(BackboneSpec("ViT-B-16-plus-240", "laion400m_e32"))
+    # the hub was put offline during the attempt (no retries), and restored afterwards
+    assert seen == [True] and not huggingface_hub.constants.HF_HUB_OFFLINE
 
 
 def test_image_size_override_changes_grid() -> None:
