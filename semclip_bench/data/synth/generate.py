@@ -1,0 +1,226 @@
+"""Write a ``sem-synth`` dataset in the MVTec AD layout, and a contact sheet to judge its look."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from semclip_bench import __version__
+from semclip_bench.data.synth.config import SynthConfig
+from semclip_bench.data.synth.render import SynthImage, render_image
+from semclip_bench.data.types import NORMAL_LABEL
+from semclip_bench.errors import UserError
+
+#: Written last: its presence marks a complete dataset folder.
+MANIFEST_NAME = "synth.json"
+#: One JSON line per image (parameters for captions), written just before the manifest.
+META_NAME = "synth_meta.jsonl"
+
+Task = tuple[str, str, str, int]  # (category, split, label, index)
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What :func:`generate` did; it prints nothing itself."""
+
+    root: Path
+    n_images: int
+    seconds: float
+    workers: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.seconds if self.seconds > 0 else float("inf")
+
+
+def image_tasks(config: SynthConfig) -> list[Task]:
+    """Every image of the dataset, in a fixed order (category, split, label, index)."""
+    return [
+        (category, split, label, index)
+        for category in config.categories
+        for (split, label), n in config.counts().items()
+        for index in range(n)
+    ]
+
+
+def relative_paths(config: SynthConfig, task: Task) -> tuple[str, str | None]:
+    """(image path, mask path or None) of one image, relative to the dataset root."""
+    category, split, label, index = task
+    digits = max(3, len(str(max(config.counts()[(split, label)] - 1, 0))))
+    stem = f"{index:0{digits}d}"
+    image = f"{category}/{split}/{label}/{stem}{config.extension}"
+    if label == NORMAL_LABEL:
+        return image, None
+    return image, f"{category}/ground_truth/{label}/{stem}_mask.png"
+
+
+def _encode(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(path.suffix, image)
+    if not ok:  # pragma: no cover - cv2 always encodes these dtypes
+        raise OSError(f"could not encode {path}")
+    path.write_bytes(buf.tobytes())
+
+
+def _write_batch(root: str, config: SynthConfig, tasks: list[Task]) -> list[dict[str, Any]]:
+    """Render and write a batch of images; returns their meta records (for the JSONL file)."""
+    out = []
+    for task in tasks:
+        result = render_image(config, *task)
+        image_rel, mask_rel = relative_paths(config, task)
+        _encode(Path(root) / image_rel, result.image)
+        if mask_rel is not None:
+            assert result.mask is not None
+            _encode(Path(root) / mask_rel, result.mask.astype(np.uint8) * 255)
+        out.append({"image": image_rel, "mask": mask_rel, **result.meta})
+    return out
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core; no oversubscription
+
+
+def _batches(tasks: list[Task], size: int) -> Iterator[list[Task]]:
+    for start in range(0, len(tasks), size):
+        yield tasks[start : start + size]
+
+
+def generate(
+    root: Path,
+    config: SynthConfig,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> GenerationReport:
+    """Write the dataset of ``config`` under ``root`` (MVTec AD layout); ``synth.json`` last.
+
+    Files are byte-identical whatever ``workers`` is. ``progress`` is called with the number of
+    images finished since its previous call (like ``tqdm.update``). A non-empty ``root`` is an
+    error unless ``overwrite``, which first removes ``synth.json`` and the configured category
+    folders (nothing else).
+    """
+    root = Path(root)
+    if workers < 1:
+        raise UserError(f"synth option 'workers' must be >= 1, got {workers}")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"synth output {root} exists and is not a folder")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UserError(f"synth output folder {root} is not empty (use overwrite)")
+        (root / MANIFEST_NAME).unlink(missing_ok=True)
+        (root / META_NAME).unlink(missing_ok=True)
+        for category in config.categories:
+            if (root / category).is_dir():
+                shutil.rmtree(root / category)
+    tasks = image_tasks(config)
+    for task in tasks:
+        for rel in relative_paths(config, task):
+            if rel is not None:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    if workers == 1 or len(tasks) <= 1:
+        for batch in _batches(tasks, 8):
+            records.extend(_write_batch(str(root), config, batch))
+            if progress is not None:
+                progress(len(batch))
+    else:
+        batch_size = int(np.clip(len(tasks) // (workers * 4), 1, 32))
+        ctx = multiprocessing.get_context("spawn")  # safe next to torch / cv2 thread pools
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            pending = {
+                pool.submit(_write_batch, str(root), config, batch): len(batch)
+                for batch in _batches(tasks, batch_size)
+            }
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    records.extend(future.result())
+                    n = pending.pop(future)
+                    if progress is not None:
+                        progress(n)
+    seconds = time.perf_counter() - start
+
+    order = {relative_paths(config, t)[0]: i for i, t in enumerate(tasks)}
+    records.sort(key=lambda r: order[r["image"]])
+    with open(root / META_NAME, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+    manifest = {
+        "generator": "semclip_bench sem-synth",
+        "version": __version__,
+        "config": config.to_dict(),
+        "n_images": len(tasks),
+        "meta_file": META_NAME,
+    }
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return GenerationReport(root=root, n_images=len(tasks), seconds=seconds, workers=workers)
+
+
+def _to_bgr8(result: SynthImage) -> np.ndarray:
+    image = result.image
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+
+
+def write_preview(
+    path: Path,
+    config: SynthConfig,
+    *,
+    examples: int = 1,
+    first_index: int = 0,
+    outline: bool = True,
+) -> Path:
+    """Contact sheet PNG: rows = categories (x ``examples``), columns = good + each defect type.
+
+    Mask outlines are drawn in colour (red; yellow for hard defects) and every cell is captioned
+    with the defect's size and contrast so a person can judge the look.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"synth preview {path} must be a .png file")
+    labels = [NORMAL_LABEL, *config.defect_types]
+    cell = config.image_size
+    head, side, cap = 20, 110, 14
+    n_rows = len(config.categories) * examples
+    sheet = np.full((head + n_rows * (cell + cap), side + len(labels) * cell, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for j, label in enumerate(labels):
+        cv2.putText(sheet, label, (side + j * cell + 3, 14), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, category in enumerate(config.categories):
+        for e in range(examples):
+            r = i * examples + e
+            y0 = head + r * (cell + cap)
+            cv2.putText(sheet, category, (3, y0 + cell // 2), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+            for j, label in enumerate(labels):
+                split = "test"
+                result = render_image(config, category, split, label, first_index + e)
+                tile = _to_bgr8(result)
+                caption = f"{result.meta['material'][:14]}"
+                if result.mask is not None:
+                    colour = (0, 255, 255) if result.meta["hard"] else (0, 0, 255)
+                    if outline:
+                        contours, _ = cv2.findContours(
+                            result.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+                        )
+                        cv2.drawContours(tile, contours, -1, colour, 1)
+                    caption = f"{result.meta['size_px']}px c={result.meta['contrast']:.2f}"
+                x0 = side + j * cell
+                sheet[y0 : y0 + cell, x0 : x0 + cell] = tile
+                cv2.putText(
+                    sheet, caption, (x0 + 3, y0 + cell + 11), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _encode(path, sheet)
+    return path
