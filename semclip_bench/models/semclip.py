@@ -1,0 +1,481 @@
+"""SEM-CLIP (Jin et al., ICCAD 2024): few-shot segmentation and classification of SEM wafer defects.
+
+Pipeline (see ``shared/design/REFERENCE.md``; unpublished details are named options):
+
+* **Frozen features** (``extract``, cached by the runner): the CLIP ViT's projected CLS embedding
+  and raw patch tokens at the tapped blocks, from the vanilla path (q-k attention + MLP) and, in
+  ``paths="dual"``, from the CLIP Surgery v-v stream (``backbone.forward_features``).
+* **Expert prompts** (``semclip_bench/prompts.py``): per class, template x state phrases embedded
+  and averaged into one text vector; class ``good`` uses the normal-state phrases.
+* **Transformation Layer** ``T_l`` per tapped level (APRIL-GAN style, trainable): maps a raw token
+  into the joint text space, ``T_l(x) = W_l LN(x) + b_l`` with a parameter-free LayerNorm (the
+  frozen ``ln_post`` affine is folded into ``W_l``, ``b_l``). ``transform_init="projection"``
+  (default) starts ``T_l`` at the backbone's own ``ln_post`` + projection and trains a zero-
+  initialised correction on top of it, so weight decay pulls towards the zero-shot CLIP mapping
+  and the text prompts keep their meaning; ``"random"`` is APRIL-GAN's plain ``nn.Linear`` init.
+  ``transform="shared"`` (default) uses one ``T_l`` per level for both paths: the two streams live
+  in the same residual space (CLIP Surgery projects v-v tokens with the same ``ln_post`` + proj),
+  and it halves the trainable parameters for few-shot training. ``"separate"`` gives the v-v path
+  its own ``T_l``.
+* **Maps**: per level ``l`` and path ``p`` (F = vanilla, V = v-v), the transformed tokens are L2-
+  normalised, compared with the class text embeddings after CLIP Surgery feature surgery
+  (``surgery=True``: class weights ``w_c`` from the image embedding and removal of the class-
+  common part, :func:`~semclip_bench.models.common.feature_surgery_similarity`), softmaxed over
+  classes at ``temperature``; the anomaly map of (l, p) is ``1 - p(normal)``, the per-class maps
+  are kept for type segmentation. ``A = mean over levels of (A_F + A_V) / 2`` (the paper's sum
+  over levels and paths divided by the number of maps: same ranking, values in [0, 1]),
+  upsampled bilinearly to the input size and smoothed with a Gaussian of ``sigma`` pixels.
+* **Classification Head** (trainable) on the frozen image embedding: ``Linear(embed_dim, C)`` on
+  the LayerNorm-standardised (no affine) CLS embedding, or a one-hidden-layer GELU MLP with
+  ``head_hidden > 0``. Its logits are fused with the CLIP image-text logits
+  ``cos(cls, t_c) / temperature``: ``logits = (1 - lambda) head + lambda clip`` with
+  ``lambda = class_logit_weight``.
+* **Image score**: ``(1 - w) max(A) + w (1 - softmax(logits)[normal])``, ``w =
+  image_score_weight`` (both terms in [0, 1]).
+* **Loss** (``training_loss``, optimised with AdamW by ``FewShotModule``): for every map (l, p), a
+  focal loss (gamma 2) on the per-class probabilities against the pixel class targets plus a Dice
+  loss on the anomaly probability against the mask (APRIL-GAN), averaged over maps, plus cross-
+  entropy on the fused class logits. Maps are taken before smoothing. ``loss_resolution="grid"``
+  (default, fast) compares them on the patch grid with the masks area-averaged per patch (soft
+  targets, so a defect of a few pixels still counts); ``"input"`` upsamples the maps to the input
+  size instead. A defect image whose mask is empty (no pixel annotation) gets no pixel loss.
+
+Ablation switches (constructor options; each removes exactly this):
+
+* ``prompts="generic"``: WinCLIP-style "a photo of a {}" prompts with bare class names instead of
+  the expert bank (or ``prompts=<path>`` for a user bank). Nothing else changes.
+* ``paths="vanilla"`` (single path): the v-v branch is not computed at all (``vv_blocks=0`` is
+  passed to the backbone, no ``patches_vv`` feature, no v-v transformation layers); ``A = A_F``.
+* ``text_guidance=False``: no Transformation Layer and no CLIP text logits. Maps come from the
+  frozen ``ln_post`` + projection (``backbone.project_tokens``) compared with the text embeddings
+  (zero-shot maps, not trained); classification comes from the head alone. Only the head trains.
+
+``vv_blocks=None`` applies the v-v branch to every block (as PromptAD does) so that every tap has
+a v-v level; with fewer v-v blocks only the taps after the first v-v block get a V map.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semclip_bench.errors import UserError
+from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.common import (
+    cosine_logits,
+    dice_loss,
+    downsample_masks,
+    feature_surgery_similarity,
+    focal_loss,
+    gaussian_blur,
+    upsample_maps,
+)
+from semclip_bench.prompts import PromptBank, class_text_embeddings, load_prompt_bank
+
+log = logging.getLogger(__name__)
+
+Paths = Literal["dual", "vanilla"]
+
+#: Text embeddings already computed, keyed by (backbone weights, bank content, class names).
+_TEXT_CACHE: dict[tuple, Tensor] = {}
+
+
+@dataclass
+class SemClipMaps:
+    """Everything SEM-CLIP predicts for B images of size H x W.
+
+    ``anomaly_map`` (B, H, W) smoothed; ``class_maps`` (B, C, H, W) smoothed mean class
+    probabilities (type segmentation); ``image_score`` (B,); ``class_logits`` (B, C) fused;
+    ``head_logits`` (B, C); ``clip_logits`` (B, C) or None without text guidance.
+    """
+
+    anomaly_map: Tensor
+    class_maps: Tensor
+    image_score: Tensor
+    class_logits: Tensor
+    head_logits: Tensor
+    clip_logits: Tensor | None
+
+
+class TransformationLayer(nn.Module):
+    """``T(x) = (W0 + W) LN(x) + (b0 + b)``: raw width-d tokens -> joint embedding space.
+
+    ``LN`` is a LayerNorm without affine parameters. ``W0``, ``b0`` are frozen buffers (the
+    backbone's folded ``ln_post`` + projection, or zeros); ``W``, ``b`` are the trainable
+    ``linear`` (zero-initialised when a base is given, default ``nn.Linear`` init otherwise).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        embed_dim: int,
+        base_weight: Tensor | None = None,
+        base_bias: Tensor | None = None,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.eps = eps
+        self.linear = nn.Linear(width, embed_dim)
+        if base_weight is None:
+            base_weight = torch.zeros(embed_dim, width)
+            base_bias = torch.zeros(embed_dim)
+        else:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+            if base_bias is None:
+                base_bias = torch.zeros(embed_dim)
+        self.register_buffer("base_weight", base_weight.detach().clone().float())
+        self.register_buffer("base_bias", base_bias.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x, (self.width,), eps=self.eps)
+        return F.linear(y, self.base_weight + self.linear.weight, self.base_bias + self.linear.bias)
+
+
+def folded_projection(backbone) -> tuple[Tensor, Tensor, float]:
+    """(W0 (embed_dim, width), b0 (embed_dim,), eps) with ``project_tokens(x) = W0 LN(x) + b0``.
+
+    Folds the affine of the visual ``ln_post`` into the projection matrix.
+    """
+    visual = backbone.model.visual
+    ln = visual.ln_post
+    proj = visual.proj
+    width = backbone.width
+    gamma = ln.weight.detach().float() if ln.weight is not None else torch.ones(width)
+    beta = ln.bias.detach().float() if ln.bias is not None else torch.zeros(width)
+    p = proj.detach().float() if proj is not None else torch.eye(width, device=gamma.device)
+    weight = (gamma[:, None] * p).t().contiguous()
+    bias = beta @ p
+    return weight.cpu(), bias.cpu(), float(ln.eps)
+
+
+class SemClip(FewShotMethod):
+    """SEM-CLIP core (plain ``nn.Module``); see the module docstring for the method and options.
+
+    Args:
+        backbone: frozen :class:`~semclip_bench.backbones.ClipBackbone` (kept as a submodule so
+            ``.to(device)`` moves it; its weights never train).
+        class_names: (normal, *defect types); index 0 is the normal class.
+        prompts: "expert" | "generic" | path to a prompt bank YAML.
+        paths: "dual" (vanilla + v-v maps) | "vanilla" (single path, no v-v branch).
+        text_guidance: Transformation Layer + CLIP text logits on (True) or off (False).
+        taps: 1-based tapped blocks; None = ``backbone.default_taps()``.
+        vv_blocks: number of last blocks with the v-v branch; None = all blocks.
+        transform: "shared" | "separate" Transformation Layers for the two paths.
+        transform_init: "projection" | "random" initialisation of the Transformation Layers.
+        head_hidden: 0 = linear head; > 0 = MLP with that many hidden units.
+        class_logit_weight: lambda, weight of the CLIP image-text logits vs the head's.
+        image_score_weight: w of the image-score rule.
+        temperature: softmax temperature of every image/token-text similarity.
+        sigma: Gaussian smoothing of the maps at input resolution, in pixels (0 = off).
+        surgery: CLIP Surgery feature surgery on the similarities (False = plain cosine).
+        loss_resolution: "grid" | "input" (see the module docstring).
+        focal_weight, dice_weight, ce_weight: weights of the loss terms.
+    """
+
+    name: ClassVar[str] = "semclip"
+    supervision: ClassVar = "normal+defects"
+    classifies: ClassVar[bool] = True
+    trainable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        backbone,
+        class_names: tuple[str, ...],
+        *,
+        prompts: str | Path | PromptBank = "expert",
+        paths: Paths = "dual",
+        text_guidance: bool = True,
+        taps: tuple[int, ...] | list[int] | None = None,
+        vv_blocks: int | None = None,
+        transform: Literal["shared", "separate"] = "shared",
+        transform_init: Literal["projection", "random"] = "projection",
+        head_hidden: int = 0,
+        class_logit_weight: float = 0.5,
+        image_score_weight: float = 0.5,
+        temperature: float = 0.07,
+        sigma: float = 4.0,
+        surgery: bool = True,
+        loss_resolution: Literal["grid", "input"] = "grid",
+        focal_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        if len(self.class_names) < 2:
+            raise UserError(f"semclip needs the normal class and >= 1 defect type: {class_names}")
+        _check_choice("paths", paths, ("dual", "vanilla"))
+        _check_choice("transform", transform, ("shared", "separate"))
+        _check_choice("transform_init", transform_init, ("projection", "random"))
+        _check_choice("loss_resolution", loss_resolution, ("grid", "input"))
+        for opt, value in (("class_logit_weight", class_logit_weight),
+                           ("image_score_weight", image_score_weight)):  # fmt: skip
+            if not 0.0 <= float(value) <= 1.0:
+                raise UserError(f"semclip option {opt} must lie in [0, 1], got {value}")
+        if temperature <= 0:
+            raise UserError(f"semclip option temperature must be > 0, got {temperature}")
+        if sigma < 0:
+            raise UserError(f"semclip option sigma must be >= 0, got {sigma}")
+        if head_hidden < 0:
+            raise UserError(f"semclip option head_hidden must be >= 0, got {head_hidden}")
+
+        self.backbone = backbone
+        self.prompt_bank = load_prompt_bank(prompts)
+        self.paths: Paths = paths
+        self.text_guidance = bool(text_guidance)
+        n_blocks = int(backbone.num_blocks)
+        self.taps: tuple[int, ...] = (
+            tuple(backbone.default_taps()) if taps is None else tuple(int(t) for t in taps)
+        )
+        bad = [t for t in self.taps if not 1 <= t <= n_blocks]
+        if not self.taps or bad or len(set(self.taps)) != len(self.taps):
+            raise UserError(
+                f"semclip option taps {list(self.taps)}: need distinct blocks in 1..{n_blocks}"
+            )
+        if paths == "vanilla":
+            self.vv_blocks = 0
+        else:
+            self.vv_blocks = n_blocks if vv_blocks is None else int(vv_blocks)
+            if not 1 <= self.vv_blocks <= n_blocks:
+                raise UserError(
+                    f"semclip option vv_blocks={vv_blocks}: need 1..{n_blocks} with paths=dual"
+                )
+        first_vv = n_blocks - self.vv_blocks  # taps after this block have a v-v level
+        #: Indices into ``taps`` of the levels that have a v-v map (dual mode).
+        self.vv_levels: tuple[int, ...] = tuple(
+            i for i, t in enumerate(self.taps) if self.vv_blocks and t > first_vv
+        )
+        if paths == "dual" and not self.vv_levels:
+            raise UserError(
+                f"semclip options vv_blocks={self.vv_blocks}, taps={list(self.taps)}: no tap has a "
+                "v-v level (raise vv_blocks or use paths=vanilla)"
+            )
+        self.transform = transform
+        self.transform_init = transform_init
+        self.class_logit_weight = float(class_logit_weight)
+        self.image_score_weight = float(image_score_weight)
+        self.temperature = float(temperature)
+        self.sigma = float(sigma)
+        self.surgery = bool(surgery)
+        self.loss_resolution = loss_resolution
+        self.focal_weight = float(focal_weight)
+        self.dice_weight = float(dice_weight)
+        self.ce_weight = float(ce_weight)
+        self.grid: tuple[int, int] = (int(backbone.grid_size[0]), int(backbone.grid_size[1]))
+        self.image_size = int(backbone.image_size)
+        width, embed_dim, n_classes = int(backbone.width), int(backbone.embed_dim), len(class_names)
+
+        self.transforms: nn.ModuleList | None = None
+        self.transforms_vv: nn.ModuleList | None = None
+        if self.text_guidance:
+            base = folded_projection(backbone) if transform_init == "projection" else None
+
+            def make() -> TransformationLayer:
+                if base is None:
+                    return TransformationLayer(width, embed_dim)
+                return TransformationLayer(width, embed_dim, base[0], base[1], eps=base[2])
+
+            self.transforms = nn.ModuleList(make() for _ in self.taps)
+            if paths == "dual" and transform == "separate":
+                self.transforms_vv = nn.ModuleList(make() for _ in self.vv_levels)
+
+        if head_hidden > 0:
+            self.head: nn.Module = nn.Sequential(
+                nn.Linear(embed_dim, head_hidden), nn.GELU(), nn.Linear(head_hidden, n_classes)
+            )
+        else:
+            self.head = nn.Linear(embed_dim, n_classes)
+
+        self.register_buffer("text_embeddings", torch.zeros(n_classes, embed_dim))
+        self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
+
+    # ------------------------------------------------------------------ frozen part
+    @property
+    def n_maps(self) -> int:
+        """Number of (level, path) maps averaged into the anomaly map."""
+        return len(self.taps) + (len(self.vv_levels) if self.paths == "dual" else 0)
+
+    def feature_key(self) -> str:
+        taps = ",".join(map(str, self.taps))
+        return f"semclip|{self.backbone.spec.key()}|taps={taps}|vv={self.vv_blocks}|{self.paths}"
+
+    @torch.no_grad()
+    def extract(self, images: Tensor) -> Features:
+        """Frozen features: ``cls`` (B, D), ``patches`` (B, n_levels, L, width) and, in dual mode,
+        ``patches_vv`` (B, n_vv_levels, L, width) (all levels with the default ``vv_blocks``)."""
+        tokens = self.backbone.forward_features(images, self.taps, self.vv_blocks)
+        feats: Features = {"cls": tokens.cls, "patches": torch.stack(tokens.patches, dim=1)}
+        if self.paths == "dual":
+            vv = [tokens.patches_vv[i] for i in self.vv_levels]
+            if any(v is None for v in vv):
+                raise RuntimeError("backbone returned no v-v tokens for a v-v level")
+            feats["patches_vv"] = torch.stack(vv, dim=1)  # type: ignore[arg-type]
+        return feats
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def compute_text_embeddings(self, class_names: tuple[str, ...] | None = None) -> Tensor:
+        """(C, embed_dim) class text embeddings from the prompt bank (cached per backbone)."""
+        names = tuple(class_names or self.class_names)
+        bank = self.prompt_bank
+        key = (self.backbone.spec.key(), bank.templates, tuple(sorted(bank.states.items())), names)
+        if key not in _TEXT_CACHE:
+            _TEXT_CACHE[key] = class_text_embeddings(self.backbone, names, self.prompt_bank).cpu()
+        return _TEXT_CACHE[key]
+
+    def setup_support(self, support: SupportSet) -> None:
+        """Embed the class prompts (no gradients); the support images are used in training."""
+        if tuple(support.class_names) != self.class_names:
+            raise ValueError(
+                f"support classes {support.class_names} differ from the method's {self.class_names}"
+            )
+        self._set_text(self.compute_text_embeddings())
+
+    def _set_text(self, emb: Tensor) -> None:
+        self.text_embeddings.copy_(emb.to(self.text_embeddings))
+        self.text_ready.fill_(True)
+
+    def _text(self) -> Tensor:
+        if not bool(self.text_ready):
+            self._set_text(self.compute_text_embeddings())
+        return self.text_embeddings
+
+    # ------------------------------------------------------------------ head
+    def _dtype(self) -> torch.dtype:
+        return next(self.head.parameters()).dtype
+
+    def _tokens_in_text_space(self, features: Features) -> Tensor:
+        """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
+        dtype = self._dtype()
+        patches = features["patches"].to(dtype)
+        levels = []
+        if self.transforms is not None:
+            levels = [t(patches[:, i]) for i, t in enumerate(self.transforms)]
+        else:
+            levels = [self.backbone.project_tokens(patches[:, i]) for i in range(len(self.taps))]
+        if self.paths == "dual":
+            if "patches_vv" not in features:
+                raise KeyError("semclip with paths=dual needs the 'patches_vv' feature")
+            vv = features["patches_vv"].to(dtype)
+            for j, level in enumerate(self.vv_levels):
+                if self.transforms_vv is not None:
+                    levels.append(self.transforms_vv[j](vv[:, j]))
+                elif self.transforms is not None:
+                    levels.append(self.transforms[level](vv[:, j]))
+                else:
+                    levels.append(self.backbone.project_tokens(vv[:, j]))
+        return torch.stack([x.to(dtype) for x in levels], dim=1)
+
+    def class_probabilities(self, features: Features) -> Tensor:
+        """(B, n_maps, L, C) per-token class probabilities of every (level, path) map."""
+        text = self._text().to(self._dtype())
+        tokens = self._tokens_in_text_space(features)
+        b, m, n, d = tokens.shape
+        flat = tokens.reshape(b, m * n, d)
+        if self.surgery:
+            cls = features["cls"].to(tokens.dtype)
+            sim = feature_surgery_similarity(flat, text, cls)
+        else:
+            sim = F.normalize(flat, dim=-1) @ F.normalize(text, dim=-1).t()
+        return (sim / self.temperature).softmax(dim=-1).reshape(b, m, n, -1)
+
+    def logits(self, features: Features) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(fused, head, clip) class logits; clip is None without text guidance."""
+        cls = features["cls"].to(self._dtype())
+        head = self.head(F.layer_norm(cls, (cls.shape[-1],)))
+        if not self.text_guidance:
+            return head, head, None
+        clip = cosine_logits(cls, self._text().to(cls.dtype), self.temperature)
+        lam = self.class_logit_weight
+        return (1 - lam) * head + lam * clip, head, clip
+
+    # ------------------------------------------------------------------ prediction
+    def _finish_maps(self, per_token: Tensor) -> Tensor:
+        """(..., L) grid values -> (..., H, W) upsampled and smoothed at input resolution."""
+        maps = upsample_maps(per_token, self.grid, self.image_size)
+        return gaussian_blur(maps, self.sigma)
+
+    def _image_score(self, anomaly_map: Tensor, fused: Tensor) -> Tensor:
+        w = self.image_score_weight
+        p_defect = 1 - fused.softmax(dim=-1)[:, 0]
+        return (1 - w) * anomaly_map.flatten(1).amax(dim=1) + w * p_defect
+
+    def predict(self, features: Features) -> MethodOutput:
+        probs = self.class_probabilities(features)
+        anomaly = self._finish_maps(1 - probs[..., 0].mean(dim=1))
+        fused, _, _ = self.logits(features)
+        return MethodOutput(self._image_score(anomaly, fused), anomaly, fused)
+
+    def predict_maps(self, features: Features) -> SemClipMaps:
+        """Like :meth:`predict`, plus per-class maps and the separate logits."""
+        probs = self.class_probabilities(features)  # (B, M, L, C)
+        mean_probs = probs.mean(dim=1).transpose(1, 2)  # (B, C, L)
+        class_maps = self._finish_maps(mean_probs)
+        anomaly = 1 - class_maps[:, 0]  # linear ops commute with the mean
+        fused, head, clip = self.logits(features)
+        return SemClipMaps(
+            anomaly, class_maps, self._image_score(anomaly, fused), fused, head, clip
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        """Focal + Dice on every (level, path) map, + cross-entropy on the fused class logits."""
+        labels = labels.long()
+        n_classes = len(self.class_names)
+        probs = self.class_probabilities(features)  # (B, M, L, C)
+        b, m = probs.shape[:2]
+        masks = masks.to(probs.dtype)
+        # Pixel supervision only where it exists: normal images, or defect images with a mask.
+        pixel_weight = ((labels == 0) | (masks.flatten(1).amax(dim=1) > 0)).to(probs.dtype)
+        if self.loss_resolution == "grid":
+            target = downsample_masks(masks, self.grid)  # (B, L) area fractions
+            class_probs = probs.permute(0, 3, 1, 2)  # (B, C, M, L)
+        else:
+            target = masks.flatten(1)  # (B, H*W)
+            size = masks.shape[-2:]
+            up = upsample_maps(probs.permute(0, 1, 3, 2), self.grid, tuple(size))  # (B,M,C,H,W)
+            class_probs = up.flatten(3).permute(0, 2, 1, 3)  # (B, C, M, H*W)
+        onehot = F.one_hot(labels, n_classes).to(probs.dtype)  # (B, C)
+        normal = torch.zeros_like(onehot)
+        normal[:, 0] = 1
+        # Soft pixel class targets: defect class on the masked fraction, normal elsewhere.
+        q = (1 - target)[:, None, :] * normal[:, :, None] + target[:, None, :] * onehot[:, :, None]
+        q = q[:, :, None, :].expand_as(class_probs)
+        focal = focal_loss(class_probs, q, gamma=2.0, soft_classes=True, weight=pixel_weight)
+        anomaly = 1 - class_probs[:, 0]  # (B, M, N)
+        dice = dice_loss(
+            anomaly.reshape(b * m, -1),
+            target[:, None, :].expand(b, m, -1).reshape(b * m, -1),
+            weight=pixel_weight.repeat_interleave(m),
+        )
+        fused, _, _ = self.logits(features)
+        ce = F.cross_entropy(fused, labels)
+        total = self.ce_weight * ce
+        if self.text_guidance:  # without it the maps have no trainable parameter
+            total = total + self.focal_weight * focal + self.dice_weight * dice
+        return {"loss": total, "focal": focal.detach(), "dice": dice.detach(), "ce": ce.detach()}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The Transformation Layers and the head (never the backbone)."""
+        own = [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+        return [p for p in own if p.requires_grad]
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        """The method's own state (transformation layers, head, text) without the backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+
+def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"semclip option {option}={value!r}: choose from {', '.join(choices)}")
+
+
+__all__ = ["SemClip", "SemClipMaps", "TransformationLayer", "folded_projection"]
