@@ -38,7 +38,6 @@ Choices where the paper is silent (all named options):
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -49,6 +48,8 @@ from torch import Tensor
 
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.common import gaussian_blur, upsample_maps
+from semclip_bench.prompts import embed_prompt_groups, prompt_dirs
 
 PatchSpace = Literal["projected", "ln_post"]
 
@@ -121,9 +122,8 @@ def min_cosine_distance(queries: Tensor, memory: Tensor, max_elements: int = 1 <
 # ----------------------------------------------------------------------------------------------
 def default_prompt_file() -> Path:
     """``configs/prompts/winclip.yaml`` of the package (installed) or of the repository."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[1], here.parents[2]):
-        path = root / "configs" / "prompts" / "winclip.yaml"
+    for folder in prompt_dirs():
+        path = folder / "winclip.yaml"
         if path.is_file():
             return path
     raise UserError("WinCLIP prompt file configs/prompts/winclip.yaml not found (option prompts)")
@@ -168,6 +168,8 @@ class WinClip(FewShotMethod):
     supervision: ClassVar = "normal"
     classifies: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    #: K = 0 is a valid episode (zero-shot WinCLIP); the runner reads this flag.
+    zero_shot: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -215,6 +217,7 @@ class WinClip(FewShotMethod):
         self.text_embeddings: Tensor | None = None  # (2, D): [normal, anomalous]
         self.prompt_object: str | None = None
         self.memory: dict[str, Tensor] = {}  # "patch", "win2", ... -> (M, D) normalised
+        self._text_cache: dict[str, Tensor] = {}  # object name -> (2, D); prompts are fixed
 
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -242,12 +245,18 @@ class WinClip(FewShotMethod):
         """(2, D) normalised [normal, anomalous] ensemble text vectors for ``object_name``."""
         cfg = self.prompt_config
         templates: list[str] = cfg["templates"]  # type: ignore[assignment]
-        groups = []
-        for key in ("normal_states", "anomalous_states"):
-            prompts = compose_prompts(cfg[key], templates, object_name)  # type: ignore[arg-type]
-            emb = F.normalize(self.backbone.encode_text(prompts, normalize=True).float(), dim=-1)
-            groups.append(F.normalize(emb.mean(dim=0), dim=-1))
-        return torch.stack(groups)
+        groups = [
+            compose_prompts(cfg[key], templates, object_name)  # type: ignore[arg-type]
+            for key in ("normal_states", "anomalous_states")
+        ]
+        return embed_prompt_groups(self.backbone, groups)
+
+    def _set_text(self, object_name: str) -> None:
+        """Make ``object_name``'s ensemble vectors the active text embeddings (cached per name)."""
+        if object_name not in self._text_cache:
+            self._text_cache[object_name] = self.build_text_embeddings(object_name)
+        self.prompt_object = object_name
+        self.text_embeddings = self._text_cache[object_name]
 
     def _zero_shot_score(self, embeddings: Tensor) -> Tensor:
         """Anomalous probability softmax(cos(x, [t_n, t_a]) / T)[1] for (..., D) embeddings."""
@@ -282,8 +291,7 @@ class WinClip(FewShotMethod):
     @torch.no_grad()
     def setup_support(self, support: SupportSet) -> None:
         """Text vectors for the category; memory banks from the normal (label 0) support images."""
-        self.prompt_object = self.resolve_object_name(support.category)
-        self.text_embeddings = self.build_text_embeddings(self.prompt_object)
+        self._set_text(self.resolve_object_name(support.category))
         self.memory = {}
         labels = support.labels
         if labels.numel() == 0:
@@ -312,8 +320,7 @@ class WinClip(FewShotMethod):
         """
         if self.text_embeddings is None:
             # Never set up: zero-shot with the configured (or generic) object name.
-            self.prompt_object = self.object_name or "object"
-            self.text_embeddings = self.build_text_embeddings(self.prompt_object)
+            self._set_text(self.object_name or "object")
         out: dict[str, Tensor] = {}
         image_score = self._zero_shot_score(features["cls"])  # (B,)
         out["zero_shot_image"] = image_score
@@ -353,30 +360,6 @@ class WinClip(FewShotMethod):
             grid_map = (grid_map + few) / 2
             image_score = (image_score + few.flatten(1).amax(dim=1)) / 2
         size = int(self.backbone.image_size)
-        maps = F.interpolate(
-            grid_map[:, None], size=(size, size), mode="bilinear", align_corners=False
-        )
-        maps = _gaussian_blur(maps, self.sigma)[:, 0]
+        maps = upsample_maps(grid_map.flatten(1), self.grid, size)  # bilinear, align_corners=False
+        maps = gaussian_blur(maps, self.sigma)
         return MethodOutput(image_score=image_score, anomaly_map=maps)
-
-
-def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, 1, H, W) maps, kernel radius 4 sigma, reflect padding."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, math.ceil(4.0 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    h, w = maps.shape[-2:]
-    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
-    out = maps
-    if pad_w > 0:
-        kw = kernel[radius - pad_w : radius + pad_w + 1]
-        kw = kw / kw.sum()
-        out = F.conv2d(F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), kw.view(1, 1, 1, -1))
-    if pad_h > 0:
-        kh = kernel[radius - pad_h : radius + pad_h + 1]
-        kh = kh / kh.sum()
-        out = F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), kh.view(1, 1, -1, 1))
-    return out
