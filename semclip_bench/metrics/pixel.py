@@ -24,8 +24,8 @@ from semclip_bench.metrics.ranking import (
     RankedCounts,
     auroc_from_counts,
     counts_from_sorted,
-    descending_order,
     f1max_from_counts,
+    sort_descending,
     tie_group_ends,
 )
 
@@ -166,16 +166,14 @@ def pixel_curves(data: PixelData, fpr_limit: float | None) -> PixelCurves:
     weights 1 / (K * size of the pixel's region), so its value at every distinct threshold is a
     cumulative sum along the same sorted order: exact, with no threshold grid.
     """
-    order = descending_order(data.scores)
-    ends = tie_group_ends(data.scores[order])
-    if data.regions is None:
-        counts = counts_from_sorted(data.defect[order], ends)
+    payload = data.defect if data.regions is None else data.regions
+    keys, payload_sorted = sort_descending(data.scores, payload)
+    ends = tie_group_ends(keys)
+    del keys
+    counts = counts_from_sorted(payload_sorted != 0, ends)
+    if data.regions is None or fpr_limit is None:
         return PixelCurves(counts=counts)
-    region_sorted = data.regions[order]
-    del order
-    counts = counts_from_sorted(region_sorted > 0, ends)
-    if fpr_limit is None:
-        return PixelCurves(counts=counts)
+    region_sorted = payload_sorted
     n_neg = counts.n_neg
     # Thresholds up to the first whose FPR exceeds the limit (needed to interpolate there).
     last = min(int(np.searchsorted(counts.fps, fpr_limit * n_neg, side="right")), ends.size - 1)
@@ -184,7 +182,7 @@ def pixel_curves(data: PixelData, fpr_limit: float | None) -> PixelCurves:
     weight = np.zeros_like(sizes)
     weight[1:] = 1.0 / (sizes[1:] * data.n_regions)
     pro_cum = weight[region_sorted[: ends[-1] + 1]]
-    del region_sorted
+    del region_sorted, payload_sorted
     np.cumsum(pro_cum, out=pro_cum)
     pro = np.concatenate(([0.0], pro_cum[ends]))
     fpr = np.concatenate(([0.0], counts.fps[: last + 1] / n_neg))

@@ -10,6 +10,7 @@ the scores gives the identical value. Counts are integers, so AUROC is summed ex
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,7 @@ class RankedCounts:
     """Cumulative counts at each distinct threshold, thresholds in descending order.
 
     ``tps[i]`` / ``fps[i]``: positives / negatives with score >= the i-th largest distinct score.
-    The last entries are the totals. ``ends[i]`` is the index (in the descending order) of the last
-    element of the i-th tie group; region metrics reuse it.
+    The last entries are the totals.
     """
 
     tps: np.ndarray  # int64
@@ -52,17 +52,50 @@ class RankedCounts:
         return int(self.fps[-1])
 
 
-def descending_order(scores: np.ndarray) -> np.ndarray:
-    """Indices that sort ``scores`` in descending order (a reversed view; tie order irrelevant)."""
-    return np.argsort(scores)[::-1]
+def float32_sort_key(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys with the order of the float32 scores (IEEE bits, sign-flipped; -0.0 == +0.0)."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    key = bits >> np.uint32(31)  # 1 for negative numbers
+    np.negative(key, out=key)  # 0 or 0xFFFFFFFF: negatives get all bits flipped ...
+    key |= np.uint32(0x80000000)  # ... positives only the sign bit
+    key ^= bits
+    key[key == np.uint32(0x7FFFFFFF)] = np.uint32(0x80000000)  # -0.0 ties with +0.0
+    return key
+
+
+def sort_descending(scores: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort keys of the scores and the payload, both in descending score order.
+
+    Equal scores have equal keys (tie order is irrelevant: metrics only read tie-group ends).
+    float32 scores with a payload of at most 32 bits (flags, region ids) are packed into one uint64
+    per element and sorted in place: several times faster than ``argsort`` plus two gathers and
+    without the int64 index array. Other dtypes fall back to ``argsort``.
+    """
+    small_payload = payload.dtype == bool or (
+        payload.dtype.itemsize <= 4 and payload.dtype.kind in "iu"
+    )
+    if scores.dtype == np.float32 and small_payload:
+        packed = float32_sort_key(scores).astype(np.uint64)
+        packed <<= np.uint64(32)
+        if payload.dtype == bool:
+            packed |= payload
+        else:
+            packed |= payload.astype(np.uint32, copy=False)
+        packed.sort()
+        words = packed.view(np.uint32).reshape(-1, 2)[::-1]
+        high, low = (1, 0) if sys.byteorder == "little" else (0, 1)
+        return words[:, high], words[:, low]
+    order = np.argsort(scores)[::-1]
+    return scores[order], payload[order]
 
 
 def tie_group_ends(sorted_desc: np.ndarray) -> np.ndarray:
     """Index of the last element of each group of equal values in a sorted array (int64)."""
-    changes = sorted_desc[1:] != sorted_desc[:-1]
-    ends = np.flatnonzero(changes)
-    del changes
-    return np.append(ends, sorted_desc.size - 1)
+    n = sorted_desc.size
+    changes = np.empty(n, dtype=bool)
+    np.not_equal(sorted_desc[1:], sorted_desc[:-1], out=changes[:-1])
+    changes[-1] = True
+    return np.flatnonzero(changes)
 
 
 def counts_from_sorted(positive_sorted: np.ndarray, ends: np.ndarray) -> RankedCounts:
@@ -77,11 +110,10 @@ def counts_from_sorted(positive_sorted: np.ndarray, ends: np.ndarray) -> RankedC
 
 def ranked_counts(scores: np.ndarray, labels: np.ndarray) -> RankedCounts:
     """Sort once and count: the sufficient statistics of every threshold-free binary metric."""
-    order = descending_order(scores)
-    ends = tie_group_ends(scores[order])
-    positive_sorted = labels[order]
-    del order
-    return counts_from_sorted(positive_sorted, ends)
+    keys, positive_sorted = sort_descending(scores, labels)
+    ends = tie_group_ends(keys)
+    del keys
+    return counts_from_sorted(positive_sorted.astype(bool, copy=False), ends)
 
 
 def _chunks(m: int):

@@ -1,0 +1,130 @@
+"""Time and peak memory of the exact pixel metrics on 500 maps of 256 x 256 (33 M pixels).
+
+Run: ``python -m benchmarks.metrics_bench`` (options: ``--images``, ``--size``, ``--cases``).
+Each case runs in a fresh child process so that its peak memory is its own. Two peaks are
+reported, both measured from after the inputs exist (inputs are excluded):
+- ``tracemalloc`` peak: numpy/scipy allocations traced by Python's tracemalloc (numpy registers
+  its data buffers with it); torch allocations are not traced by it.
+- ``ru_maxrss`` delta: growth of the process's peak resident set (``resource.getrusage``), which
+  sees every allocation (numpy, scipy, torch CPU) but only when it exceeds the earlier peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+CASES = ("pixel_auroc", "pixel_f1_max", "aupro", "evaluate")
+
+
+def make_case(images: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 maps and bool masks: half the images hold 1-3 defects of very different sizes.
+
+    Built image by image in float32 so that making the inputs leaves no large temporary peak.
+    """
+    rng = np.random.default_rng(seed)
+    maps = np.empty((images, size, size), dtype=np.float32)
+    masks = np.zeros((images, size, size), dtype=bool)
+    yy, xx = np.ogrid[:size, :size]
+    for i in range(images):
+        maps[i] = rng.standard_normal((size, size), dtype=np.float32)
+        if i % 2:
+            for _ in range(rng.integers(1, 4)):
+                cy, cx = rng.integers(0, size, size=2)
+                ry, rx = rng.integers(1, size // 6, size=2)
+                masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+            maps[i] += 1.5 * masks[i]
+    return maps, masks
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_case(case: str, images: int, size: int) -> dict[str, float | str]:
+    """Run one case in this process; returns the value, time and both peaks."""
+    from semclip_bench.metrics import aupro, evaluate, pixel_auroc, pixel_f1_max
+
+    maps, masks = make_case(images, size)
+    labels = masks.reshape(images, -1).any(axis=1)
+    scores = maps.reshape(images, -1).max(axis=1)
+    funcs: dict[str, Callable[[], object]] = {
+        "pixel_auroc": lambda: pixel_auroc(maps, masks),
+        "pixel_f1_max": lambda: pixel_f1_max(maps, masks),
+        "aupro": lambda: aupro(maps, masks),
+        "evaluate": lambda: evaluate(scores, labels, maps=maps, masks=masks),
+    }
+    rss_before = _rss_mib()
+    tracemalloc.start()
+    start = time.perf_counter()
+    value = funcs[case]()
+    seconds = time.perf_counter() - start
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_delta = _rss_mib() - rss_before
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k in ("pAUROC", "pF1max", "AUPRO")}
+        shown = ", ".join(f"{k}={float(v):.6f}" for k, v in value.items())
+    else:
+        shown = f"{float(value):.6f}"
+    return {
+        "case": case,
+        "device": "cpu (numpy)",
+        "pixels": int(maps.size),
+        "seconds": round(seconds, 3),
+        "tracemalloc_peak_mib": round(traced_peak / 2**20, 1),
+        "ru_maxrss_delta_mib": round(rss_delta, 1),
+        "inputs_mib": round((maps.nbytes + masks.nbytes) / 2**20, 1),
+        "value": shown,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_case(args.child, args.images, args.size)))
+        return
+
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        gpu = False
+    print(
+        f"{args.images} maps of {args.size}x{args.size} = {args.images * args.size**2:,} pixels; "
+        "CPU only: the metrics are numpy/scipy code (torch inputs, also on GPU, are moved to "
+        f"the CPU). torch.cuda available here: {gpu}."
+    )
+    print("peak memory excludes the inputs; tracemalloc = numpy allocations, ru_maxrss = RSS")
+    header = f"{'case':<14}{'seconds':>9}{'tracemalloc MiB':>17}{'ru_maxrss MiB':>15}  value"
+    print(header)
+    for case in args.cases.split(","):
+        if case not in CASES:
+            raise SystemExit(f"--cases: unknown case {case!r}; choose from {', '.join(CASES)}")
+        cmd = [sys.executable, "-m", "benchmarks.metrics_bench", "--child", case]
+        cmd += ["--images", str(args.images), "--size", str(args.size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"{row['case']:<14}{row['seconds']:>9.2f}{row['tracemalloc_peak_mib']:>17.0f}"
+            f"{row['ru_maxrss_delta_mib']:>15.0f}  {row['value']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
