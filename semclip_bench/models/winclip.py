@@ -39,7 +39,7 @@ Choices where the paper is silent (all named options):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,9 @@ from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.common import gaussian_blur, upsample_maps
 from semclip_bench.prompts import embed_prompt_groups, prompt_dirs
+
+if TYPE_CHECKING:
+    from semclip_bench.backbones import ClipBackbone
 
 PatchSpace = Literal["projected", "ln_post"]
 
@@ -173,7 +176,7 @@ class WinClip(FewShotMethod):
 
     def __init__(
         self,
-        backbone,
+        backbone: ClipBackbone,
         class_names: tuple[str, ...],
         *,
         object_name: str | None = None,
@@ -218,9 +221,6 @@ class WinClip(FewShotMethod):
         self.prompt_object: str | None = None
         self.memory: dict[str, Tensor] = {}  # "patch", "win2", ... -> (M, D) normalised
         self._text_cache: dict[str, Tensor] = {}  # object name -> (2, D); prompts are fixed
-
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
 
     # -- helpers ---------------------------------------------------------------------------------
     def window_index(self, k: int) -> Tensor:
@@ -301,7 +301,7 @@ class WinClip(FewShotMethod):
             return
         for key in ("patch", *(f"win{k}" for k in self.window_sizes)):
             if key not in support.features:
-                raise KeyError(f"support features lack '{key}' (extracted with another method?)")
+                raise ValueError(f"support features lack '{key}' (extracted by another method?)")
             bank = support.features[key][normal.to(support.features[key].device)]
             self.memory[key] = F.normalize(bank.float().reshape(-1, bank.shape[-1]), dim=-1)
 

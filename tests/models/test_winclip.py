@@ -168,6 +168,20 @@ def test_window_embeddings_are_the_reencoded_subsets(backbone, method) -> None:
     torch.testing.assert_close(feats["win3"][1:, :4], direct.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_window_covering_the_whole_grid_reproduces_encode_image(backbone) -> None:
+    """Batch-first pitfall guard: re-encoding all patch tokens (+ CLS) as one window must give the
+    image embedding exactly, for every image of the batch."""
+    gh, gw = backbone.grid_size
+    assert gh == gw
+    full = WinClip(backbone, CLASSES, window_sizes=(gh,))
+    images = _images(backbone, 3, 8)
+    feats = full.extract(images)
+    assert feats[f"win{gh}"].shape == (3, 1, backbone.embed_dim)
+    expected = backbone.encode_image(images).float()
+    torch.testing.assert_close(feats[f"win{gh}"][:, 0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feats["cls"], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_zero_shot_output_contract_and_fusion(backbone, method) -> None:
     method.setup_support(_support(method, None, []))
     assert not method.has_memory
