@@ -228,9 +228,10 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as exc:  # fmt: skip
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise UserError(
             f"backbone checkpoint {path} cannot be read as a torch state dict "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            f"({type(exc).__name__}: {first}); save a plain model.state_dict() with torch.save"
         ) from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
