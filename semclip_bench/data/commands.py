@@ -152,7 +152,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``data synth``: generate a dataset into ``--out`` and optionally a preview sheet."""
-    from semclip_bench.data.dataset import generate_into
+    from semclip_bench.data.dataset import ProgressLog, generate_into
     from semclip_bench.data.synth import SynthConfig, write_preview
 
     if args.workers < 1:
@@ -163,7 +163,7 @@ def run_synth(args: argparse.Namespace) -> int:
             options[name] = _csv_list(options[name])
     config = SynthConfig(**{k: v for k, v in options.items() if v is not None})
     out = Path(args.out).expanduser()
-    report = generate_into(out, config, workers=args.workers)
+    report = generate_into(out, config, workers=args.workers, progress=ProgressLog(config.n_images))
     print(
         f"wrote {report.n_images} images to {out} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} images/s, {args.workers} worker(s))"

@@ -8,8 +8,12 @@ mean/std (images are already in [0, 1]); conversion to tensors. Sizes are always
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
+
+# albumentations asks PyPI for a newer version on import (a network call, slow offline).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2

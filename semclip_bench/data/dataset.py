@@ -31,14 +31,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from semclip_bench.data.images import image_info, is_image_file, read_mask
 from semclip_bench.data.types import NORMAL_LABEL, DefectDataset, Sample
 from semclip_bench.errors import UserError
 
 if TYPE_CHECKING:
-    from semclip_bench.data.synth import SynthConfig
+    from semclip_bench.data.synth import GenerationReport, SynthConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,13 @@ def default_cache_dir() -> Path:
 
 def synth_config_hash(config: SynthConfig) -> str:
     """Short stable hash of a generator configuration (names its cache folder)."""
+    from semclip_bench import __version__
     from semclip_bench.data import synth
 
     payload = {
         "config": dataclasses.asdict(config),
-        # A generator that changes what it draws should bump its version so caches are redone.
+        # A new release (or generator version) may draw differently: it gets its own cache.
+        "package_version": __version__,
         "generator_version": getattr(synth, "GENERATOR_VERSION", None),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
@@ -127,8 +129,9 @@ def ensure_synth(
     if target.is_dir():
         return target
     log.info("generating %s into %s (first use; later runs reuse it)", SYNTH_NAME, target)
-    workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
-    report = generate_into(target, config, workers=workers)
+    if workers is None:  # worker processes start slowly: worth it for real sizes only
+        workers = 1 if config.n_images < 64 else max(1, min(8, os.cpu_count() or 1))
+    report = generate_into(target, config, workers=workers, progress=ProgressLog(config.n_images))
     log.info(
         "generated %d images in %.1f s (%.1f images/s)",
         report.n_images,
@@ -138,18 +141,35 @@ def ensure_synth(
     return target
 
 
+class ProgressLog:
+    """``progress(n)`` callback that logs every tenth of ``total`` images generated."""
+
+    def __init__(self, total: int, every: float = 0.1) -> None:
+        self.total = max(1, total)
+        self.done = 0
+        self.step = max(1, int(self.total * every))
+        self.next = self.step
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.next or self.done == self.total:
+            log.info("  %d / %d images", self.done, self.total)
+            self.next = (self.done // self.step + 1) * self.step
+
+
 def generate_into(
     target: str | Path,
     config: SynthConfig,
     workers: int = 1,
-    progress: Callable[..., None] | None = None,
-) -> Any:
+    progress: Callable[[int], None] | None = None,
+) -> GenerationReport:
     """Generate ``config``'s dataset so that ``target`` only ever appears complete.
 
     Writes into a temporary folder next to ``target`` (removed on any failure or interruption)
-    and renames it to ``target`` at the end, with the config as ``synth_config.json``. ``target``
-    must not exist or be an empty folder. If another process completes ``target`` first, its
-    result is kept. Returns the generator's report (n_images, seconds, images_per_second).
+    and renames it to ``target`` at the end (the generator records its config in ``synth.json``).
+    ``target`` must not exist or be an empty folder. If another process completes ``target``
+    first, its result is kept. ``progress(n)`` is called with the number of images finished
+    since its previous call. Returns the generator's report (n_images, seconds, images/s).
     """
     from semclip_bench.data.synth import generate
 
@@ -165,8 +185,6 @@ def generate_into(
         raise UserError(f"{target.parent}: cannot create the output folder ({exc})") from None
     try:
         report = generate(tmp, config, workers=workers, progress=progress)
-        config_text = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str)
-        (tmp / "synth_config.json").write_text(config_text + "\n")
         try:
             os.rename(tmp, target)
         except OSError:
