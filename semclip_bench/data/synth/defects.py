@@ -169,7 +169,7 @@ def _hole(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
 def _residue(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     """Copper residue: an irregular, patchy, grainy film left on the surface after CMP."""
     size = scene.height.shape[0]
-    radius = max(0.75 * d, 1.5)
+    radius = max(0.9 * d, 1.5)
     cy, cx = _centre(rng, 1.3 * radius + 1, rows, size)
     yy, xx = pixel_grid(size)
     aspect = float(rng.uniform(1.0, 2.0))
@@ -181,13 +181,12 @@ def _residue(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     lumpy = smooth_noise(rng, size, max(radius / 3, 1.5))
     level = 1.0 - rn * rn + 0.45 * np.clip(lumpy, -2.0, 2.0)
     cover = smoothstep(level - 0.3, 0.15) * (rn < 1.3)
-    opacity = contrast * float(rng.uniform(0.55, 0.9))
-    grain = 0.08 * smooth_noise(rng, size, 1.2) + 0.05 * smooth_noise(rng, size, 3.0)
-    film = float(rng.uniform(0.5, 0.75))  # copper is bright next to dielectric
+    opacity = contrast * float(rng.uniform(0.7, 1.0))
+    grain = 0.1 * smooth_noise(rng, size, 1.3) + 0.06 * smooth_noise(rng, size, 3.0)
+    # Copper is brighter than the dielectric and resist around it; the film is grainy.
+    film = float(scene.material.mean()) + float(rng.uniform(0.2, 0.4))
     material = scene.material + opacity * (film + grain - scene.material)
-    height = scene.height + opacity * (
-        0.5 * (scene.top_height - scene.height) + 0.08 + 0.05 * lumpy
-    )
+    height = scene.height + opacity * (0.6 * (scene.top_height - scene.height) + 0.35 + 0.1 * lumpy)
     alpha = cover.astype(np.float32)
     return DefectPlan(
         height.astype(np.float32), material.astype(np.float32), alpha, alpha >= 0.5, {}
@@ -234,7 +233,7 @@ def _scratch(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     """Long, thin, gently curved groove (CMP scratch) crossing the pattern, tapered ends."""
     size = scene.height.shape[0]
     s = size / 256.0
-    width = float(np.clip(d / 6.0, 1.0 * max(s, 0.5), 5.0 * max(s, 0.5)))
+    width = float(np.clip(d / 3.0, 1.5 * max(s, 0.5), 7.0 * max(s, 0.5)))
     hw = width / 2
     margin = hw + 2
     length = float(rng.uniform(0.35, 1.1)) * min(rows, size)
@@ -269,9 +268,11 @@ def _scratch(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     taper = np.sqrt(np.clip(np.sin(np.pi * pos), 0.0, 1.0)) * 0.7 + 0.3
     half = np.float32(hw) * taper
     profile = np.clip(1.0 - dist / (half + 0.5), 0.0, 1.0)  # V-shaped groove
-    depth = contrast * float(rng.uniform(0.5, 1.0))
+    depth = contrast * float(rng.uniform(1.0, 2.0))
     height = scene.height - np.float32(depth) * profile
-    material = scene.material * (1.0 - np.float32(0.35 * contrast) * profile)
+    material = scene.material + np.float32(contrast * rng.uniform(0.5, 0.8)) * profile * (
+        np.float32(0.05) - scene.material
+    )
     alpha = smoothstep(half + 0.5 - dist, 0.8)
     return DefectPlan(
         height.astype(np.float32),
@@ -286,7 +287,7 @@ def _bridge(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     """Material joining two neighbouring features across the gap between them."""
     size = scene.height.shape[0]
     gaps = scene.gaps.reshape(-1, 2)
-    width = float(np.clip(d / 3.0, 1.5, 2 * scene.gap_halfwidth_max))
+    width = float(np.clip(d / 1.5, 1.5, 2 * scene.gap_halfwidth_max))
     hw = min(width / 2, scene.gap_halfwidth_max)
     # Pick a point, find the gap it lies in or next to, and span that gap (sometimes two).
     cy, cx = _centre(rng, 0.0, rows, size)

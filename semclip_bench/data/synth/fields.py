@@ -17,6 +17,14 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+@lru_cache(maxsize=64)
+def _upsample_std(cells: int, size: int) -> float:
+    """Std of a cubic-upsampled unit-normal lattice (fixed draws: a constant, not data)."""
+    probe = np.random.default_rng(12345).standard_normal((8, cells, cells), dtype=np.float32)
+    ups = [cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in probe]
+    return float(np.std(ups))
+
+
 def smooth_noise(rng: np.random.Generator, size: int, corr_px: float) -> np.ndarray:
     """Zero-mean Gaussian random field (std about 1) with correlation length ``corr_px`` pixels.
 
@@ -25,13 +33,30 @@ def smooth_noise(rng: np.random.Generator, size: int, corr_px: float) -> np.ndar
     """
     corr_px = max(float(corr_px), 1.0)
     if corr_px <= 1.0:
-        return rng.standard_normal((size, size), dtype=np.float32)
+        return white_noise(rng, size)
     cells = int(np.ceil(size / corr_px)) + 1
     coarse = rng.standard_normal((cells, cells), dtype=np.float32)
-    field = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-    # Cubic upsampling shrinks the variance; rescale with the std of a fixed subsample.
-    sub = field[:: max(size // 32, 1), :: max(size // 32, 1)]
-    return field * np.float32(1.0 / max(float(sub.std()), 1e-3))
+    coarse *= np.float32(1.0 / _upsample_std(cells, size))
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+@lru_cache(maxsize=1)
+def _normal_table() -> np.ndarray:
+    from scipy.special import ndtri
+
+    table = ndtri((np.arange(65536) + 0.5) / 65536).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def white_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Standard-normal ``size`` x ``size`` float32 field.
+
+    Inverse-CDF lookup of 16-bit uniform integers: about 4x faster than
+    ``Generator.standard_normal`` (the slowest step of rendering otherwise); exact up to the
+    2^-16 quantisation of the probabilities (tails end at 4.3 sigma).
+    """
+    return np.take(_normal_table(), rng.integers(0, 65536, size=(size, size), dtype=np.uint16))
 
 
 def smoothstep(signed_distance: np.ndarray, softness: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from semclip_bench.data.synth.fields import log_uniform, smooth_noise
+from semclip_bench.data.synth.fields import log_uniform, smooth_noise, white_noise
 
 #: Reference display width used by SEM vendors to state magnification (Polaroid 4x5 inch).
 _DISPLAY_WIDTH_MM = 127.0
@@ -115,7 +115,7 @@ def form_image(
     scan_corr = rng.uniform(0.0, 0.6)
     row_off = rng.standard_normal(size).astype(np.float32) * np.float32(row_sigma)
     row_gain = rng.standard_normal(size).astype(np.float32) * np.float32(row_gain_sigma)
-    z = rng.standard_normal((size, size), dtype=np.float32)
+    z = white_noise(rng, size)
 
     # Topographic contrast: slope-dependent edge brightening, halo and detector shading.
     gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)

@@ -112,9 +112,9 @@ def _line_space(rng: np.random.Generator, size: int, max_rot: float) -> Scene:
 
     u, v = rotate(yy, xx, base + rot, size / 2, size / 2)
     up = u + np.float32(phase) + np.float32(ler) * smooth_noise(rng, size, ler_corr)
-    t = np.mod(up, np.float32(pitch))
-    inside = t < cd
-    dist = np.where(inside, np.minimum(t, cd - t), -np.minimum(t - cd, pitch - t))
+    # Signed distance to the nearest line edge (> 0 on a line): lines centred at k*pitch + cd/2.
+    w = up - np.float32(cd / 2)
+    dist = np.float32(cd / 2) - np.abs(w - np.float32(pitch) * np.rint(w / np.float32(pitch)))
     height = smoothstep(dist, sidewall)
     texture = tex_amp * smooth_noise(rng, size, 1.5 * max(s, 0.5))
     feature_material = (m_line + texture).astype(np.float32)
@@ -168,14 +168,14 @@ def _contact_array(rng: np.random.Generator, size: int, max_rot: float) -> Scene
     u = u + np.float32(ox)
     v = v + np.float32(oy)
     row = np.floor(v / np.float32(py))
+    row_i = row.astype(np.int32)
     if stagger:
-        u = u - np.mod(row, 2).astype(np.float32) * np.float32(px / 2)
+        u = u - (row_i & 1).astype(np.float32) * np.float32(px / 2)
     col = np.floor(u / np.float32(px))
     du = u - (col + 0.5) * np.float32(px)
     dv = v - (row + 0.5) * np.float32(py)
-    radius = np.float32(diam / 2) * (
-        1.0 + cdu * table[np.mod(row, 16).astype(np.intp), np.mod(col, 16).astype(np.intp)]
-    )
+    cell = (row_i & 15) * 16 + (col.astype(np.int32) & 15)
+    radius = np.float32(diam / 2) * (1.0 + cdu * np.take(table.ravel(), cell))
     r = np.sqrt(du * du + dv * dv) + np.float32(ler) * smooth_noise(rng, size, 2.0 * max(s, 0.5))
     hole = smoothstep(radius - r, sidewall)  # 1 inside the hole
     texture = tex_amp * smooth_noise(rng, size, 1.5 * max(s, 0.5))
@@ -239,7 +239,7 @@ def _metal_cmp(rng: np.random.Generator, size: int, max_rot: float) -> Scene:
     lo, hi = bounds[idx].astype(np.float32), bounds[idx + 1].astype(np.float32)
     d_edge = np.minimum(u - lo, hi - u)
     in_metal = (idx % 2) == 1
-    metal = smoothstep(np.where(in_metal, d_edge, -d_edge), sidewall)
+    metal = smoothstep(d_edge * (2.0 * in_metal - 1.0).astype(np.float32), sidewall)
 
     # Copper grains: a Voronoi tessellation (nearest seed labels), one brightness per grain
     # (channelling contrast) and thin dark grain boundaries.
