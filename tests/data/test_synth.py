@@ -13,6 +13,7 @@ import pytest
 from semclip_bench import __version__
 from semclip_bench.data.synth import (
     FAMILIES,
+    GENERATOR_VERSION,
     MANIFEST_NAME,
     SynthConfig,
     generate,
@@ -53,6 +54,7 @@ def test_generate_writes_mvtec_layout(tmp_path: Path) -> None:
         assert not (root / category / "ground_truth" / "good").exists()
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     assert manifest["version"] == __version__
+    assert manifest["generator_version"] == GENERATOR_VERSION
     assert SynthConfig.from_dict(manifest["config"]) == TINY
     # synth.json is written last: nothing in the folder is newer.
     newest = max(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file())

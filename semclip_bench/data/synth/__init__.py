@@ -6,7 +6,7 @@ charging, drift, rotation, the tool's data bar), written in the MVTec AD layout.
 Each image is a pure function of ``(seed, category, split, label, index)``.
 """
 
-from semclip_bench.data.synth.config import FAMILIES, SynthConfig
+from semclip_bench.data.synth.config import FAMILIES, GENERATOR_VERSION, SynthConfig
 from semclip_bench.data.synth.generate import (
     MANIFEST_NAME,
     META_NAME,
@@ -20,6 +20,7 @@ from semclip_bench.data.synth.render import SynthImage, render_image
 
 __all__ = [
     "FAMILIES",
+    "GENERATOR_VERSION",
     "MANIFEST_NAME",
     "META_NAME",
     "GenerationReport",

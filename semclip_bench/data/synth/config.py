@@ -10,6 +10,9 @@ from typing import Any
 from semclip_bench.data.types import DEFECT_TYPES
 from semclip_bench.errors import UserError
 
+#: Bumped whenever the same config would draw different pixels (dataset caches key on it).
+GENERATOR_VERSION = 1
+
 #: Pattern families the simulator can draw; each is one category of the dataset.
 FAMILIES: tuple[str, ...] = ("line_space", "contact_array", "metal_cmp")
 

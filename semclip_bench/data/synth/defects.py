@@ -196,7 +196,7 @@ def _residue(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
 def _infilm(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     """In-film defect: a buried blob that bulges the film, distorts the pattern, low contrast."""
     size = scene.height.shape[0]
-    radius = max(0.8 * d, 2.5)
+    radius = max(1.0 * d, 4.0)
     cy, cx = _centre(rng, radius + 1, rows, size)
     yy, xx = pixel_grid(size)
     aspect = float(rng.uniform(1.0, 1.6))
@@ -206,11 +206,11 @@ def _infilm(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     a, b = dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
     rn2 = (a * a + b * b) / np.float32(radius * radius)
     bump = np.clip(1.0 - rn2, 0.0, 1.0) ** 2  # smooth, zero at the rim
-    # Push the pattern outwards (as seen through the bulged film): sample closer to the centre.
-    push = np.float32(contrast * rng.uniform(0.25, 0.45) * radius) * bump
-    norm = np.sqrt(dy * dy + dx * dx) + np.float32(1e-3)
-    map_x = (xx - push * dx / norm).astype(np.float32)
-    map_y = (yy - push * dy / norm).astype(np.float32)
+    # Seen through the bulged film the pattern is magnified (a lens): sample closer to the
+    # centre, by a factor that is 1 at the rim, so the warp is continuous.
+    shrink = 1.0 - np.float32(contrast * rng.uniform(0.3, 0.55)) * bump
+    map_x = (np.float32(cx) + dx * shrink).astype(np.float32)
+    map_y = (np.float32(cy) + dy * shrink).astype(np.float32)
     warped_h = cv2.remap(
         scene.height, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
     )

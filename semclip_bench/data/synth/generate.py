@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from semclip_bench import __version__
-from semclip_bench.data.synth.config import SynthConfig
+from semclip_bench.data.synth.config import GENERATOR_VERSION, SynthConfig
 from semclip_bench.data.synth.render import SynthImage, render_image
 from semclip_bench.data.types import NORMAL_LABEL
 from semclip_bench.errors import UserError
@@ -159,6 +159,7 @@ def generate(
     manifest = {
         "generator": "semclip_bench sem-synth",
         "version": __version__,
+        "generator_version": GENERATOR_VERSION,
         "config": config.to_dict(),
         "n_images": len(tasks),
         "meta_file": META_NAME,
