@@ -190,20 +190,26 @@ def test_same_seed_same_trained_outputs(backbone) -> None:
     size = backbone.image_size
     queries = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
 
-    def run(seed: int) -> torch.Tensor:
-        method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, seed=seed)
+    def run() -> torch.Tensor:
+        method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, seed=0)
         fit_method(method, _support(method), FAST, seed=0)
         out = method.predict(method.extract(queries))
         return torch.cat([out.image_score, out.anomaly_map.flatten()])
 
-    first, second = run(0), run(0)
-    assert torch.equal(first, second)
-    assert not torch.equal(first, run(1))
+    assert torch.equal(run(), run())
+    # The seed option drives the initialisation of every learnable token.
+    a, b = AnomalyClip(backbone, CLASS_NAMES, seed=0), AnomalyClip(backbone, CLASS_NAMES, seed=1)
+    assert not torch.equal(a.ctx_normal, b.ctx_normal)
+    assert not torch.equal(a.deep_prompts[0], b.deep_prompts[0])
+    torch.testing.assert_close(
+        torch.cat([a.ctx_normal, a.ctx_abnormal]).std().item(), 0.02, atol=5e-3, rtol=0
+    )
 
 
 def test_without_deep_prompts(backbone) -> None:
     method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, deep_prompt_depth=0)
     assert len(method.deep_prompts) == 0 and len(method.trainable_parameters()) == 2
+    assert AnomalyClip(backbone, CLASS_NAMES, n_ctx=2, deep_prompt_length=4).deep_prompt_length == 2
     support = _support(method)
     with torch.no_grad():
         loss_before = method.training_loss(support.features, support.labels, support.masks)["loss"]
@@ -246,7 +252,7 @@ def test_loss_terms(backbone) -> None:
         {"vv_blocks": -1},
         {"temperature": 0.0},
         {"sigma": -1.0},
-        {"n_ctx": 2, "deep_prompt_length": 3},
+        {"deep_prompt_length": 0},
     ],
 )
 def test_invalid_options(backbone, options) -> None:
