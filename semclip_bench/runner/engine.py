@@ -155,7 +155,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     _check_shots(config, dataset, categories)
 
     cache = FeatureCache(device, batch_size=config.batch_size)
-    tracker = Tracker(config.wandb, config.wandb_project, folder / "wandb")
+    tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
     progress = tqdm(todo, desc=config.kind, unit="episode", dynamic_ncols=True, leave=False)
     for category, shots, seed, variant in progress:
