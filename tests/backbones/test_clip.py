@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import semclip_bench.backbones as backbones_pkg
 from semclip_bench.backbones import (
     DEFAULT_BACKBONE,
     BackboneSpec,
@@ -100,9 +101,25 @@ def test_default_taps_scale_with_depth() -> None:
     assert bb.grid_size == (14, 14)
 
 
-def test_default_spec() -> None:
+def test_default_spec(monkeypatch, tmp_path) -> None:
     assert DEFAULT_BACKBONE.name == "semclip-vit-s16"
     assert default_backbone_spec().name == "semclip-vit-s16"
+    missing = tmp_path / "semclip-vit-s16.pt"
+    monkeypatch.setattr(backbones_pkg, "DEFAULT_WEIGHTS", missing)
+    assert default_backbone_spec() == BackboneSpec("semclip-vit-s16", None)
+    missing.write_bytes(b"weights")
+    assert default_backbone_spec() == BackboneSpec("semclip-vit-s16", str(missing))
+
+
+def test_key_follows_file_content(tmp_path) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"first")
+    spec = BackboneSpec("semclip-tiny", str(path))
+    k1 = spec.key()
+    assert k1 == spec.key()
+    path.write_bytes(b"second, longer")
+    assert spec.key() != k1
+    assert BackboneSpec("semclip-tiny", "laion400m_e32").key() != TINY.key()
 
 
 def test_vanilla_path_matches_encode_image(bb: ClipBackbone, images: torch.Tensor) -> None:
