@@ -11,11 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
-
-try:  # torch is a dependency of the package, but the metrics work without it.
-    import torch
-except ImportError:  # pragma: no cover - torch is always installed with the package
-    torch = None  # type: ignore[assignment]
+import torch
 
 __all__ = ["NotAvailable", "format_metric", "is_available"]
 
@@ -82,13 +78,13 @@ def format_metric(value: Any, digits: int = 1, percent: bool = True) -> str:
 # Input conversion (internal).
 
 
-def _is_tensor(x: Any) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
 
 
 def to_numpy(x: Any) -> np.ndarray:
     """An array view of ``x``: tensors go to CPU; float16/bfloat16 widen exactly to float32."""
-    if _is_tensor(x):
+    if is_tensor(x):
         t = x.detach()
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
@@ -101,7 +97,7 @@ def is_batch_list(x: Any) -> bool:
     return (
         isinstance(x, (list, tuple))
         and len(x) > 0
-        and all(_is_tensor(b) or isinstance(b, np.ndarray) for b in x)
+        and all(is_tensor(b) or isinstance(b, np.ndarray) for b in x)
     )
 
 

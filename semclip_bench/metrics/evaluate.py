@@ -41,6 +41,7 @@ def evaluate(
     num_classes: int | None = None,
     fpr_limit: float = 0.3,
     normal: str = "good",
+    device: Any = None,
 ) -> dict[str, float]:
     """Every metric of ``PROTOCOL.md`` for one query set, exact, on the concatenated raw scores.
 
@@ -50,7 +51,8 @@ def evaluate(
     "no class predictions", "no defect pixels", ...). With ``types`` (each image's defect type,
     ``normal`` for normal images) also ``iAUROC/<type>`` for each defect type present (that type's
     images vs the normal images). ``num_classes`` defaults to the score columns of a 2-D
-    ``class_pred``, else to the largest class id + 1. The pixel metrics share one sort.
+    ``class_pred``, else to the largest class id + 1. The pixel metrics share one sort, done where
+    ``device`` says (see ``semclip_bench.metrics.pixel``: CUDA-tensor maps stay on their GPU).
     """
     scores = score_array(image_scores)
     labels = label_array(image_labels, "image_labels")
@@ -69,7 +71,7 @@ def evaluate(
         result["iAP"] = ap_from_counts(counts)
         result["iF1max"] = f1max_from_counts(counts)
 
-    result.update(_pixel_metrics(maps, masks, fpr_limit, scores.shape[0]))
+    result.update(_pixel_metrics(maps, masks, fpr_limit, device))
     result.update(_classification(class_pred, class_target, num_classes))
 
     if types is not None:
@@ -78,14 +80,14 @@ def evaluate(
     return result
 
 
-def _pixel_metrics(maps: Any, masks: Any, fpr_limit: float, n_images: int) -> dict[str, float]:
+def _pixel_metrics(maps: Any, masks: Any, fpr_limit: float, device: Any) -> dict[str, float]:
     if maps is None:
         return {k: NotAvailable("no pixel maps") for k in PIXEL_KEYS}
     if masks is None:
         return {k: NotAvailable("no ground-truth masks") for k in PIXEL_KEYS}
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    data = pixel_data(maps, masks, with_regions=True)
+    data = pixel_data(maps, masks, with_regions=True, device=device)
     reason = pixel_reason(data)
     if reason:
         return {k: NotAvailable(reason) for k in PIXEL_KEYS}

@@ -9,6 +9,10 @@ A mask whose size differs from its map is resized to the map size with nearest-n
 at pixel centres (source index ``floor((i + 0.5) * h_mask / H_map)``, like PIL ``NEAREST``); maps
 are never resized. All three metrics share one descending sort of the pixel scores, so
 ``evaluate`` sorts the 33 M pixels of 500 maps of 256 x 256 once.
+
+``device``: None (default) sorts CUDA-tensor maps on their GPU with torch and everything else on
+the CPU with numpy; a device ("cpu", "cuda:0") forces the torch path there. Both paths give the
+same values (exact integer counts; masks and connected components are always made on the CPU).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from semclip_bench.metrics.base import NotAvailable, is_batch_list, to_numpy
+from semclip_bench.metrics.base import NotAvailable, is_batch_list, is_tensor, to_numpy
 from semclip_bench.metrics.ranking import (
     RankedCounts,
     auroc_from_counts,
@@ -50,19 +55,20 @@ def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[..., rows[:, None], cols[None, :]]
 
 
-def _blocks(x: Any, name: str) -> list[np.ndarray]:
-    """Maps or masks as a list of (B, H, W) numpy blocks (views where possible)."""
+def _blocks(x: Any, name: str, keep_tensors: bool = False) -> list:
+    """Maps or masks as a list of (B, H, W) blocks: numpy views, or tensors if ``keep_tensors``."""
     items = list(x) if is_batch_list(x) else [x]
     blocks = []
     for item in items:
-        arr = to_numpy(item)
+        arr = item if keep_tensors and is_tensor(item) else to_numpy(item)
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
         elif arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3:
             raise ValueError(
-                f"{name} must be (N, H, W), (N, 1, H, W) or (H, W) arrays, got shape {arr.shape}"
+                f"{name} must be (N, H, W), (N, 1, H, W) or (H, W) arrays, got shape "
+                f"{tuple(arr.shape)}"
             )
         blocks.append(arr)
     return blocks
@@ -76,59 +82,108 @@ def _binary(mask: np.ndarray) -> np.ndarray:
     return mask > 0.5
 
 
+def resolve_device(maps: Any, device: Any) -> torch.device | None:
+    """Where the pixel sort runs: None = numpy on CPU; a torch device = the torch path there.
+
+    ``device=None`` keeps CUDA tensors on their GPU and uses numpy for everything else.
+    """
+    if device is not None:
+        return torch.device(device)
+    items = list(maps) if is_batch_list(maps) else [maps]
+    if items and all(is_tensor(m) and m.is_cuda for m in items):
+        return items[0].device
+    return None
+
+
 @dataclass
 class PixelData:
     """All query pixels flattened: scores, defect flags and (optionally) global region ids."""
 
-    scores: np.ndarray  # 1-D float32/float64
+    scores: np.ndarray | torch.Tensor  # 1-D float32/float64; a tensor on the torch path
     defect: np.ndarray  # 1-D bool
     regions: np.ndarray | None  # 1-D int32/int64, 0 = normal, 1..K = connected defect regions
     n_regions: int
 
 
-def pixel_data(maps: Any, masks: Any, with_regions: bool) -> PixelData:
-    """Flatten maps and masks (masks nearest-resized to map size); label regions if asked."""
-    map_blocks = _blocks(maps, "maps")
+def _score_dtype(dtypes: list) -> np.dtype:
+    dtype = np.result_type(*dtypes)
+    if dtype.kind not in "biuf":
+        raise ValueError(f"maps must be real numbers, got dtype {dtype}")
+    if dtype in (np.float32, np.float64):
+        return dtype
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(np.float64)
+
+
+def _torch_scores(blocks: list, device: torch.device) -> torch.Tensor:
+    """Flattened maps as one tensor on ``device`` (float16/bfloat16 widened exactly to float32)."""
+    flat = []
+    for b in blocks:
+        t = b if is_tensor(b) else torch.from_numpy(np.ascontiguousarray(b))
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        elif not t.is_floating_point():
+            if t.dtype == torch.bool or t.is_complex():
+                raise ValueError(f"maps must be real numbers, got dtype {t.dtype}")
+            t = t.double()
+        flat.append(t.to(device).reshape(-1))
+    if len(flat) == 1:
+        return flat[0]
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in flat) else torch.float32
+    return torch.cat([t.to(dtype) for t in flat])
+
+
+def pixel_data(maps: Any, masks: Any, with_regions: bool, device: Any = None) -> PixelData:
+    """Flatten maps and masks (masks nearest-resized to map size); label regions if asked.
+
+    Masks and regions are always built on the CPU (``scipy.ndimage.label``); the scores stay a
+    tensor on ``resolve_device(maps, device)`` when that is not None.
+    """
+    torch_device = resolve_device(maps, device)
+    map_blocks = _blocks(maps, "maps", keep_tensors=torch_device is not None)
     mask_blocks = _blocks(masks, "masks")
     n_maps = sum(b.shape[0] for b in map_blocks)
     n_masks = sum(b.shape[0] for b in mask_blocks)
     if n_maps != n_masks:
         raise ValueError(f"maps and masks differ in number of images: {n_maps} vs {n_masks}")
-    dtype = np.result_type(*[b.dtype for b in map_blocks])
-    if dtype.kind not in "biuf":
-        raise ValueError(f"maps must be real numbers, got dtype {dtype}")
-    if dtype not in (np.float32, np.float64):
-        dtype = np.dtype(np.float32) if dtype == np.float16 else np.dtype(np.float64)
+    # Per-image shapes pair maps with masks across differently batched inputs.
+    map_shapes = [tuple(b.shape[-2:]) for b in map_blocks for _ in range(b.shape[0])]
+    total = sum(h * w for h, w in map_shapes)
 
-    # Per-image views pair maps with masks across differently batched inputs.
-    map_views = [m for b in map_blocks for m in b]
-    mask_views = [m for b in mask_blocks for m in b]
-    total = sum(m.size for m in map_views)
-
-    filled = len(map_blocks) == 1 and map_blocks[0].dtype == dtype
-    if filled:
-        scores = np.ascontiguousarray(map_blocks[0]).reshape(-1)  # a view when contiguous
+    filled = False
+    if torch_device is not None:
+        scores: np.ndarray | torch.Tensor = _torch_scores(map_blocks, torch_device)
+        filled = True
     else:
-        scores = np.empty(total, dtype=dtype)
+        dtype = _score_dtype([b.dtype for b in map_blocks])
+        filled = len(map_blocks) == 1 and map_blocks[0].dtype == dtype
+        if filled:
+            scores = np.ascontiguousarray(map_blocks[0]).reshape(-1)  # a view when contiguous
+        else:
+            scores = np.empty(total, dtype=dtype)
+            map_views = [m for b in map_blocks for m in b]
+
+    same_size_block = len(mask_blocks) == 1 and len(map_blocks) == 1
+    if same_size_block:  # one vectorised resize for the common case of stacked arrays
+        mask_views = list(_binary(resize_mask_nearest(mask_blocks[0], map_blocks[0].shape[-2:])))
+    else:
+        raw = [k for b in mask_blocks for k in b]
+        mask_views = [
+            _binary(resize_mask_nearest(k, hw)) for k, hw in zip(raw, map_shapes, strict=True)
+        ]
     defect = np.empty(total, dtype=bool)
     regions = None
     if with_regions:
         regions = np.empty(total, dtype=np.int32 if total < 2**31 - 1 else np.int64)
     n_regions = 0
     offset = 0
-    same_size_block = len(mask_blocks) == 1 and len(map_blocks) == 1
-    if same_size_block:  # one vectorised resize for the common case of stacked arrays
-        resized = _binary(resize_mask_nearest(mask_blocks[0], map_blocks[0].shape[-2:]))
-        mask_views = list(resized)
-    for m, k in zip(map_views, mask_views, strict=True):
-        size = m.size
+    for i, (shape, k) in enumerate(zip(map_shapes, mask_views, strict=True)):
+        size = shape[0] * shape[1]
         sl = slice(offset, offset + size)
         if not filled:
-            scores[sl] = m.reshape(-1)
-        k = _binary(resize_mask_nearest(k, m.shape)) if not same_size_block else k
+            scores[sl] = map_views[i].reshape(-1)
         defect[sl] = k.reshape(-1)
         if regions is not None:
-            out = regions[sl].reshape(m.shape)
+            out = regions[sl].reshape(shape)
             count = int(ndimage.label(k, structure=_EIGHT_CONNECTED, output=out))
             out[out > 0] += n_regions
             n_regions += count
@@ -138,9 +193,14 @@ def pixel_data(maps: Any, masks: Any, with_regions: bool) -> PixelData:
 
 def pixel_reason(data: PixelData) -> str | None:
     """Why pixel metrics are undefined on ``data``, or None."""
-    if data.scores.size == 0:
+    if data.defect.size == 0:
         return "empty input"
-    if np.isnan(data.scores).any():
+    has_nan = (
+        bool(torch.isnan(data.scores).any())
+        if is_tensor(data.scores)
+        else bool(np.isnan(data.scores).any())
+    )
+    if has_nan:
         return "NaN in maps"
     n_def = int(np.count_nonzero(data.defect))
     if n_def == 0:
@@ -166,6 +226,8 @@ def pixel_curves(data: PixelData, fpr_limit: float | None) -> PixelCurves:
     weights 1 / (K * size of the pixel's region), so its value at every distinct threshold is a
     cumulative sum along the same sorted order: exact, with no threshold grid.
     """
+    if is_tensor(data.scores):
+        return _pixel_curves_torch(data, fpr_limit)
     payload = data.defect if data.regions is None else data.regions
     keys, payload_sorted = sort_descending(data.scores, payload)
     ends = tie_group_ends(keys)
@@ -173,20 +235,65 @@ def pixel_curves(data: PixelData, fpr_limit: float | None) -> PixelCurves:
     counts = counts_from_sorted(payload_sorted != 0, ends)
     if data.regions is None or fpr_limit is None:
         return PixelCurves(counts=counts)
-    region_sorted = payload_sorted
-    n_neg = counts.n_neg
-    # Thresholds up to the first whose FPR exceeds the limit (needed to interpolate there).
-    last = min(int(np.searchsorted(counts.fps, fpr_limit * n_neg, side="right")), ends.size - 1)
+    last = _last_needed(counts, fpr_limit)
     ends = ends[: last + 1]
+    pro_cum = _region_weights(data)[payload_sorted[: ends[-1] + 1]]
+    del payload_sorted
+    np.cumsum(pro_cum, out=pro_cum)
+    return _with_pro(counts, last, pro_cum[ends])
+
+
+def _last_needed(counts: RankedCounts, fpr_limit: float) -> int:
+    """Index of the first threshold whose FPR exceeds the limit (needed to interpolate there)."""
+    n_neg = counts.n_neg
+    return min(
+        int(np.searchsorted(counts.fps, fpr_limit * n_neg, side="right")), counts.fps.size - 1
+    )
+
+
+def _region_weights(data: PixelData) -> np.ndarray:
+    """Per-region weight 1 / (K * region size), index 0 (normal pixels) weighs 0."""
     sizes = np.bincount(data.regions, minlength=data.n_regions + 1).astype(np.float64)
     weight = np.zeros_like(sizes)
     weight[1:] = 1.0 / (sizes[1:] * data.n_regions)
-    pro_cum = weight[region_sorted[: ends[-1] + 1]]
-    del region_sorted, payload_sorted
-    np.cumsum(pro_cum, out=pro_cum)
-    pro = np.concatenate(([0.0], pro_cum[ends]))
-    fpr = np.concatenate(([0.0], counts.fps[: last + 1] / n_neg))
+    return weight
+
+
+def _with_pro(counts: RankedCounts, last: int, pro_at_ends: np.ndarray) -> PixelCurves:
+    fpr = np.concatenate(([0.0], counts.fps[: last + 1] / counts.n_neg))
+    pro = np.concatenate(([0.0], pro_at_ends))
     return PixelCurves(counts=counts, pro_fpr=fpr, pro=pro)
+
+
+def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves:
+    """The same computation with torch on the scores' device (e.g. a GPU).
+
+    Sort, tie groups, cumulative counts and the PRO cumulative sum run on the device (integer
+    counts, float64 PRO); the per-threshold arrays then come back for the shared reductions.
+    """
+    scores = data.scores
+    device = scores.device
+    values, order = torch.sort(scores, descending=True)
+    changes = torch.empty(values.numel(), dtype=torch.bool, device=device)
+    torch.ne(values[1:], values[:-1], out=changes[:-1])
+    changes[-1] = True
+    del values
+    ends = torch.nonzero(changes).squeeze(1)
+    del changes
+    payload = data.defect if data.regions is None else data.regions
+    payload_sorted = torch.from_numpy(payload).to(device)[order]
+    del order
+    tps = torch.cumsum(payload_sorted != 0, 0, dtype=torch.int64)[ends]
+    fps = ends + 1 - tps
+    counts = RankedCounts(tps=tps.cpu().numpy(), fps=fps.cpu().numpy())
+    del tps, fps
+    if data.regions is None or fpr_limit is None:
+        return PixelCurves(counts=counts)
+    last = _last_needed(counts, fpr_limit)
+    ends = ends[: last + 1]
+    weight = torch.from_numpy(_region_weights(data)).to(device)
+    pro_cum = torch.cumsum(weight[payload_sorted[: int(ends[-1]) + 1].long()], 0)
+    return _with_pro(counts, last, pro_cum[ends].cpu().numpy())
 
 
 def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
@@ -203,32 +310,32 @@ def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> floa
     return area / fpr_limit
 
 
-def pixel_auroc(maps: Any, masks: Any) -> float:
+def pixel_auroc(maps: Any, masks: Any, device: Any = None) -> float:
     """ROC AUC over all pixels of all images (pixels pooled, not averaged per image).
 
     Masks of another size are nearest-resized to the map size. ``NotAvailable`` without defect
     pixels, without normal pixels, on empty input or NaN in the maps.
     """
-    data = pixel_data(maps, masks, with_regions=False)
+    data = pixel_data(maps, masks, with_regions=False, device=device)
     reason = pixel_reason(data)
     if reason:
         return NotAvailable(reason)
     return auroc_from_counts(pixel_curves(data, None).counts)
 
 
-def pixel_f1_max(maps: Any, masks: Any) -> float:
+def pixel_f1_max(maps: Any, masks: Any, device: Any = None) -> float:
     """Max F1 over all thresholds of the pooled pixel scores (the paper's "F1-max").
 
     Same as ``f1_max(maps.ravel(), masks.ravel())`` after nearest-resizing the masks.
     """
-    data = pixel_data(maps, masks, with_regions=False)
+    data = pixel_data(maps, masks, with_regions=False, device=device)
     reason = pixel_reason(data)
     if reason:
         return NotAvailable(reason)
     return f1max_from_counts(pixel_curves(data, None).counts)
 
 
-def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
+def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3, device: Any = None) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, divided by it (MVTec AD).
 
     For each threshold t (every distinct pixel score; exact, no grid): FPR(t) = fraction of normal
@@ -239,7 +346,7 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    data = pixel_data(maps, masks, with_regions=True)
+    data = pixel_data(maps, masks, with_regions=True, device=device)
     reason = pixel_reason(data)
     if reason:
         return NotAvailable(reason)

@@ -115,3 +115,26 @@ def test_mismatched_image_counts_raise() -> None:
     maps, masks = _maps_and_masks(7)
     with pytest.raises(ValueError, match="number of images"):
         pixel_auroc(maps, masks[:3])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_torch_path_equals_numpy_path(device: str, decimals: int | None) -> None:
+    maps, masks = _maps_and_masks(8)
+    if decimals is not None:
+        maps = np.round(maps, decimals)  # heavy ties
+    for m in (maps, maps.astype(np.float64)):
+        assert pixel_auroc(m, masks, device=device) == pixel_auroc(m, masks)
+        assert pixel_f1_max(m, masks, device=device) == pixel_f1_max(m, masks)
+        # The PRO cumulative sum may add within a tie group in another order: equal to rounding.
+        assert aupro(m, masks, device=device) == pytest.approx(aupro(m, masks), rel=1e-12)
+    on_device = torch.from_numpy(maps).to(device)  # device=None: tensors stay where they are
+    assert pixel_auroc(on_device, torch.from_numpy(masks)) == pixel_auroc(maps, masks)
+    batches = [on_device[:2].half(), on_device[2:].half()]
+    assert pixel_auroc(batches, masks, device=device) == pytest.approx(
+        roc_auc_score(masks.ravel(), np.concatenate([b.float().cpu().numpy() for b in batches])
+                      .ravel()), abs=1e-12
+    )  # fmt: skip
