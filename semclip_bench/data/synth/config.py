@@ -39,7 +39,7 @@ class SynthConfig:
     #: Height of the data bar as a fraction of the image height.
     databar_height: float = 0.085
     #: Defect size range in pixels (at 256 px): equivalent diameter of blobs, width of bridges.
-    defect_size_px: tuple[float, float] = (3.0, 44.0)
+    defect_size_px: tuple[float, float] = (4.0, 48.0)
     #: Fraction of defects drawn small and at low contrast (the hard cases).
     hard_fraction: float = 0.3
     #: Electron dose range (mean detected electrons per pixel at unit yield); sets shot noise.

@@ -267,12 +267,12 @@ def _scratch(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     pos = np.concatenate([[0.0], t[near, 0]]).astype(np.float32)[labels]
     taper = np.sqrt(np.clip(np.sin(np.pi * pos), 0.0, 1.0)) * 0.7 + 0.3
     half = np.float32(hw) * taper
-    profile = np.clip(1.0 - dist / (half + 0.5), 0.0, 1.0)  # V-shaped groove
-    depth = contrast * float(rng.uniform(1.0, 2.0))
-    height = scene.height - np.float32(depth) * profile
-    material = scene.material + np.float32(contrast * rng.uniform(0.5, 0.8)) * profile * (
-        np.float32(0.05) - scene.material
-    )
+    # Steep-walled groove: the walls light up (edge effect), the floor is dark.
+    groove = smoothstep(half - dist, 1.0)
+    depth = contrast * float(rng.uniform(0.6, 1.2))
+    height = scene.height - np.float32(depth) * groove
+    floor = np.float32(contrast * rng.uniform(0.5, 0.85)) * groove
+    material = scene.material + floor * (np.float32(0.04) - scene.material)
     alpha = smoothstep(half + 0.5 - dist, 0.8)
     return DefectPlan(
         height.astype(np.float32),
@@ -290,7 +290,7 @@ def _bridge(scene, rng, d, contrast, rows, azimuth) -> DefectPlan:
     width = float(np.clip(d / 1.5, 1.5, 2 * scene.gap_halfwidth_max))
     hw = min(width / 2, scene.gap_halfwidth_max)
     # Pick a point, find the gap it lies in or next to, and span that gap (sometimes two).
-    cy, cx = _centre(rng, 0.0, rows, size)
+    cy, cx = _centre(rng, hw + 2.0, rows, size)
     iy, ix = min(int(cy), size - 1), int(cx)
     u0, v0 = float(scene.across[iy, ix]), float(scene.along[iy, ix])
     j = int(np.clip(np.searchsorted(gaps[:, 0], u0) - 1, 0, len(gaps) - 1))

@@ -105,7 +105,7 @@ def _line_space(rng: np.random.Generator, size: int, max_rot: float) -> Scene:
     name, (f_lo, f_hi), (b_lo, b_hi) = _LINE_MATERIALS[int(rng.integers(len(_LINE_MATERIALS)))]
     m_line, m_space = float(rng.uniform(f_lo, f_hi)), float(rng.uniform(b_lo, b_hi))
     sidewall = float(rng.uniform(0.7, 1.8)) * max(s, 0.5)
-    ler = min(float(rng.uniform(0.25, 1.2)) * max(s, 0.5), 0.12 * cd)
+    ler = min(float(rng.uniform(0.2, 0.9)) * max(s, 0.5), 0.08 * cd)
     phase = float(rng.uniform(0.0, pitch))
     ler_corr = float(rng.uniform(2.0, 5.0)) * max(s, 0.5)
     tex_amp = float(rng.uniform(0.01, 0.035))
