@@ -56,7 +56,8 @@ class AnomalyClip(FewShotMethod):
     ``sigma``: Gaussian blur of the maps at input resolution (4).
     ``seg_loss_weight``: weight of the segmentation losses against the image cross-entropy (4 in the
     public training script).
-    ``seed``: seed of the N(0, 0.02) initialisation of the learnable tokens.
+    ``seed``: seed of the N(0, 0.02) initialisation of the learnable tokens; None draws from
+    torch's global generator (which the runner seeds with the episode seed).
     """
 
     name = "anomalyclip"
@@ -77,7 +78,7 @@ class AnomalyClip(FewShotMethod):
         temperature: float = 0.07,
         sigma: float = 4.0,
         seg_loss_weight: float = 4.0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -111,7 +112,7 @@ class AnomalyClip(FewShotMethod):
         self.temperature = float(temperature)
         self.sigma = float(sigma)
         self.seg_loss_weight = float(seg_loss_weight)
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
 
         tower = getattr(backbone.model, "text", backbone.model)
         text_layers = len(tower.transformer.resblocks)
@@ -138,7 +139,7 @@ class AnomalyClip(FewShotMethod):
         # EOT = highest token id: CLIP pools the text at the argmax of the ids.
         self.register_buffer("eot_indices", ids.argmax(dim=-1), persistent=False)
 
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
 
         def init(*shape: int) -> nn.Parameter:
             return nn.Parameter((torch.randn(*shape, generator=generator) * 0.02).to(device))

@@ -204,6 +204,10 @@ def test_same_seed_same_trained_outputs(backbone) -> None:
     torch.testing.assert_close(
         torch.cat([a.ctx_normal, a.ctx_abnormal]).std().item(), 0.02, atol=5e-3, rtol=0
     )
+    torch.manual_seed(3)
+    c = AnomalyClip(backbone, CLASS_NAMES, seed=None)
+    torch.manual_seed(3)
+    assert torch.equal(c.ctx_abnormal, AnomalyClip(backbone, CLASS_NAMES).ctx_abnormal)
 
 
 def test_without_deep_prompts(backbone) -> None:
