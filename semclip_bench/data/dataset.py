@@ -433,7 +433,11 @@ class CheckReport:
             width = max(len("category"), *(len(c) for c in categories))
             label_width = max(len("label"), *(len(lb) for _, _, lb in self.counts))
             lines.append(f"  {'category':<{width}}  {'split':<5}  {'label':<{label_width}}  images")
-            for (category, split, label), n in sorted(self.counts.items()):
+            order = sorted(
+                self.counts.items(),
+                key=lambda kv: (kv[0][0], kv[0][1] != "train", kv[0][2] != NORMAL_LABEL, kv[0][2]),
+            )
+            for (category, split, label), n in order:
                 lines.append(f"  {category:<{width}}  {split:<5}  {label:<{label_width}}  {n:>6}")
         lines.append(
             "bit depths: "

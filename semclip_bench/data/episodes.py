@@ -61,16 +61,19 @@ def make_episode(dataset: DefectDataset, category: str, shots: int, seed: int) -
     normal_support = _draw(rng, normal_pool, shots)
 
     defect_support: dict[str, tuple[Sample, ...]] = {}
+    too_small: dict[int, list[str]] = {}  # image count -> defect types with that count
     for defect_type in defect_types:
         pool = dataset.select(category, "test", defect_type)
         if shots > 0 and len(pool) < shots + 1:
-            reasons.append(
-                f"test/{defect_type} has {len(pool)} image(s), {shots}-shot needs {shots + 1} "
-                f"({shots} support + 1 query)"
-            )
+            too_small.setdefault(len(pool), []).append(defect_type)
         chosen = _draw(rng, pool, shots)
         if shots > 0:
             defect_support[defect_type] = chosen
+    for count, names in sorted(too_small.items()):
+        which = f"test/{names[0]} has" if len(names) == 1 else f"test/{{{','.join(names)}}} have"
+        reasons.append(
+            f"{which} {count} image(s), {shots}-shot needs {shots + 1} ({shots} support + 1 query)"
+        )
 
     support_keys = {s.key for s in normal_support} | {
         s.key for chosen in defect_support.values() for s in chosen

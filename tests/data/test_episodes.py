@@ -105,6 +105,14 @@ def test_defect_type_too_small_is_skipped_with_reason() -> None:
     assert episode.normal_support == () and episode.defect_support == {} and episode.query == ()
     assert episode.class_names == ("good", "bridge", "hole")
     assert make_episode(_dataset(), "c", 5, seed=0).skipped is None
+    both = make_episode(_dataset(), "c", 8, seed=0).skipped
+    assert both == (
+        "c: test/bridge has 6 image(s), 8-shot needs 9 (8 support + 1 query); "
+        "test/hole has 8 image(s), 8-shot needs 9 (8 support + 1 query)"
+    )
+    counts = {("train", "good"): 9, ("test", "hole"): 3, ("test", "scratch"): 3}
+    grouped = make_episode(_dataset(counts), "c", 3, seed=0).skipped
+    assert grouped == "c: test/{hole,scratch} have 3 image(s), 3-shot needs 4 (3 support + 1 query)"
 
 
 def test_normal_class_too_small_is_skipped() -> None:
