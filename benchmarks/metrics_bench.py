@@ -1,18 +1,22 @@
 """Time and peak memory of the exact pixel metrics on 500 maps of 256 x 256 (33 M pixels).
 
 Run: ``python -m benchmarks.metrics_bench`` (options: ``--images``, ``--size``, ``--cases``).
+With CUDA available, every case is also run with the maps as a CUDA tensor (``<case>@cuda``), which
+the metrics sort on the GPU.
 Each case runs in a fresh child process so that its peak memory is its own. Two peaks are
 reported, both measured from after the inputs exist (inputs are excluded):
 - ``tracemalloc`` peak: numpy/scipy allocations traced by Python's tracemalloc (numpy registers
   its data buffers with it); torch allocations are not traced by it.
 - ``ru_maxrss`` delta: growth of the process's peak resident set (``resource.getrusage``), which
   sees every allocation (numpy, scipy, torch CPU) but only when it exceeds the earlier peak.
+- GPU: growth of ``torch.cuda.max_memory_allocated`` over the resident maps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -50,12 +54,22 @@ def _rss_mib() -> float:
 
 
 def run_case(case: str, images: int, size: int) -> dict[str, float | str]:
-    """Run one case in this process; returns the value, time and both peaks."""
+    """Run one case (``name`` or ``name@cuda``) in this process: value, time and peaks."""
+    import torch
+
     from semclip_bench.metrics import aupro, evaluate, pixel_auroc, pixel_f1_max
 
-    maps, masks = make_case(images, size)
+    name, _, device = case.partition("@")
+    maps_np, masks = make_case(images, size)
     labels = masks.reshape(images, -1).any(axis=1)
-    scores = maps.reshape(images, -1).max(axis=1)
+    scores = maps_np.reshape(images, -1).max(axis=1)
+    maps = maps_np
+    if device:  # the maps come as a tensor already on the GPU; masks stay on the CPU
+        maps = torch.from_numpy(maps_np).to(device)
+        del maps_np
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
     funcs: dict[str, Callable[[], object]] = {
         "pixel_auroc": lambda: pixel_auroc(maps, masks),
         "pixel_f1_max": lambda: pixel_f1_max(maps, masks),
@@ -65,11 +79,14 @@ def run_case(case: str, images: int, size: int) -> dict[str, float | str]:
     rss_before = _rss_mib()
     tracemalloc.start()
     start = time.perf_counter()
-    value = funcs[case]()
+    value = funcs[name]()
+    if device:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_delta = _rss_mib() - rss_before
+    gpu_peak = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20 if device else 0.0
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k in ("pAUROC", "pF1max", "AUPRO")}
         shown = ", ".join(f"{k}={float(v):.6f}" for k, v in value.items())
@@ -77,12 +94,11 @@ def run_case(case: str, images: int, size: int) -> dict[str, float | str]:
         shown = f"{float(value):.6f}"
     return {
         "case": case,
-        "device": "cpu (numpy)",
-        "pixels": int(maps.size),
+        "pixels": int(maps.numel() if device else maps.size),
         "seconds": round(seconds, 3),
         "tracemalloc_peak_mib": round(traced_peak / 2**20, 1),
         "ru_maxrss_delta_mib": round(rss_delta, 1),
-        "inputs_mib": round((maps.nbytes + masks.nbytes) / 2**20, 1),
+        "gpu_peak_mib": round(gpu_peak, 1),
         "value": shown,
     }
 
@@ -99,30 +115,41 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_case(args.child, args.images, args.size)))
         return
 
-    try:
-        import torch
+    import torch
 
-        gpu = torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        gpu = False
-    print(
-        f"{args.images} maps of {args.size}x{args.size} = {args.images * args.size**2:,} pixels; "
-        "CPU only: the metrics are numpy/scipy code (torch inputs, also on GPU, are moved to "
-        f"the CPU). torch.cuda available here: {gpu}."
-    )
-    print("peak memory excludes the inputs; tracemalloc = numpy allocations, ru_maxrss = RSS")
-    header = f"{'case':<14}{'seconds':>9}{'tracemalloc MiB':>17}{'ru_maxrss MiB':>15}  value"
-    print(header)
-    for case in args.cases.split(","):
-        if case not in CASES:
+    gpu = torch.cuda.is_available()
+    cases = args.cases.split(",")
+    for case in cases:
+        if case.partition("@")[0] not in CASES:
             raise SystemExit(f"--cases: unknown case {case!r}; choose from {', '.join(CASES)}")
+    if gpu and args.cases == ",".join(CASES):
+        cases += [f"{c}@cuda" for c in CASES]
+    where = (
+        f"CPU (numpy) and GPU ({torch.cuda.get_device_name()}; torch path: sort, counts and PRO "
+        "sums on the GPU, masks and connected components on the CPU)"
+        if gpu
+        else "CPU only (numpy): no CUDA device here; CUDA-tensor maps would take the torch path"
+    )
+    print(f"{args.images} maps of {args.size}x{args.size} = {args.images * args.size**2:,} pixels")
+    print(f"devices: {where}; {os.cpu_count()} CPU cores")
+    print(
+        "peak memory is measured from after the inputs exist (float32 maps + bool masks, "
+        f"{args.images * args.size**2 * 5 / 2**20:.0f} MiB, not included): tracemalloc = "
+        "numpy/scipy allocations; ru_maxrss = growth of the process peak RSS; GPU = "
+        "torch.cuda.max_memory_allocated growth"
+    )
+    print(
+        f"{'case':<18}{'seconds':>9}{'tracemalloc MiB':>17}{'ru_maxrss MiB':>15}{'GPU MiB':>9}"
+        "  value"
+    )
+    for case in cases:
         cmd = [sys.executable, "-m", "benchmarks.metrics_bench", "--child", case]
         cmd += ["--images", str(args.images), "--size", str(args.size)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         print(
-            f"{row['case']:<14}{row['seconds']:>9.2f}{row['tracemalloc_peak_mib']:>17.0f}"
-            f"{row['ru_maxrss_delta_mib']:>15.0f}  {row['value']}"
+            f"{row['case']:<18}{row['seconds']:>9.2f}{row['tracemalloc_peak_mib']:>17.0f}"
+            f"{row['ru_maxrss_delta_mib']:>15.0f}{row['gpu_peak_mib']:>9.0f}  {row['value']}"
         )
 
 
