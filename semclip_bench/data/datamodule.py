@@ -195,6 +195,7 @@ class EpisodeDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: SampleDataset, shuffle: bool) -> DataLoader:
+        shuffle = shuffle and len(dataset) > 0  # a zero-shot episode has an empty support set
         # Seeded even without shuffling: it also sets the workers' base seeds.
         generator = torch.Generator().manual_seed(self.episode.seed)
         return DataLoader(

@@ -147,3 +147,10 @@ def test_skipped_episode_rejected(handmade: Callable[..., Path]) -> None:
     assert episode.skipped
     with pytest.raises(ValueError, match="skipped"):
         EpisodeDataModule(episode, 16, MEAN, STD)
+
+
+def test_zero_shot_episode_has_empty_support_loader(handmade: Callable[..., Path]) -> None:
+    dataset = load_dataset(handmade())
+    module = EpisodeDataModule(make_episode(dataset, "cat_a", 0, seed=0), 8, MEAN, STD)
+    assert list(module.train_dataloader()) == [] and list(module.support_dataloader()) == []
+    assert sum(len(b["path"]) for b in module.query_dataloader()) == 8
