@@ -15,6 +15,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import load_state_dict
 from torch import Tensor, nn
 
 from semclip_bench.errors import UserError
@@ -107,23 +108,13 @@ class TimmFeatureExtractor(nn.Module):
         sorted_indices = tuple(indices[i] for i in order)
         # timm returns features in increasing index order; remember how to restore the caller's.
         self._restore = tuple(order.index(i) for i in range(len(indices)))
-        kwargs: dict[str, object] = dict(features_only=True, out_indices=sorted_indices)
+        self.model = timm.create_model(
+            name, pretrained=False, features_only=True, out_indices=sorted_indices
+        )
         if self.weights_path is None:
             log.warning("timm model '%s' is randomly initialised (no timm_weights file)", name)
-            self.model = timm.create_model(name, pretrained=False, **kwargs)
         else:
-            try:
-                self.model = timm.create_model(
-                    name,
-                    pretrained=True,
-                    pretrained_cfg_overlay=dict(file=str(self.weights_path)),
-                    **kwargs,
-                )
-            except (RuntimeError, KeyError, ValueError, OSError) as err:
-                raise UserError(
-                    f"timm_weights: cannot load '{self.weights_path}' into '{name}': "
-                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                ) from err
+            self._load_weights(self.weights_path)
         self.model.eval()
         self.model.requires_grad_(False)
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
@@ -133,6 +124,33 @@ class TimmFeatureExtractor(nn.Module):
         reductions = self.model.feature_info.reduction()
         self.channels = tuple(int(channels[i]) for i in self._restore)
         self.reductions = tuple(int(reductions[i]) for i in self._restore)
+
+    def _load_weights(self, path: Path) -> None:
+        """Load a local checkpoint (full model or feature model, any timm-readable format).
+
+        Checked explicitly: every weight of the retained feature layers must be in the file with
+        its shape (timm's own pretrained loading silently skips missing keys in some cases); extra
+        keys (classifier, later stages) are ignored.
+        """
+        try:
+            state = load_state_dict(str(path), weights_only=True)
+        except Exception as err:  # unreadable / not a checkpoint: name the file
+            raise UserError(f"timm_weights: cannot read '{path}': {type(err).__name__}") from err
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in state]
+        if missing:
+            raise UserError(
+                f"timm_weights: '{path}' lacks {len(missing)} of the {len(own)} weights of "
+                f"'{self.name}' up to its last requested layer (first: {missing[0]})"
+            )
+        bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise UserError(
+                f"timm_weights: '{path}' does not fit '{self.name}': {bad[0]} has shape "
+                f"{tuple(state[bad[0]].shape)}, the model {tuple(own[bad[0]].shape)}"
+            )
+        self.model.load_state_dict({k: state[k] for k in own}, strict=True)
 
     def train(self, mode: bool = True) -> TimmFeatureExtractor:
         """Always stays in eval mode (frozen batch-norm statistics)."""

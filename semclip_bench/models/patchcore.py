@@ -38,6 +38,7 @@ from torch import Tensor
 
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.common import gaussian_blur, upsample_maps
 
 if TYPE_CHECKING:
     from semclip_bench.backbones import ClipBackbone
@@ -110,7 +111,8 @@ def reweighted_scores(
 
     computed as ``(1 - softmax(d)[m*]) * s*`` over d = distances from m_test to N_b(m*), which
     subtracts the maximum before exponentiating (raw distances of ~50 would overflow exp).
-    b <= 1 makes the weight 0 for every image, so it disables the reweighting (returns s*).
+    b <= 1 makes the weight 0 for every image, so it disables the reweighting (returns s*, the
+    plain maximum that the authors' public code reports as the image score).
     """
     b = min(int(num_neighbors), memory.shape[0])
     if b <= 1:
@@ -163,34 +165,8 @@ def greedy_coreset(features: Tensor, n: int, seed: int = 0, proj_dim: int | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Maps
+# Patch features
 # ---------------------------------------------------------------------------------------------
-
-
-def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, H, W) maps, truncated at 4 sigma, reflect padding.
-
-    Private stand-in for ``semclip_bench.models.common.gaussian_blur`` (scipy's gaussian_filter
-    conventions: truncate 4.0, mode "reflect").
-    """
-    if sigma <= 0:
-        return maps
-    radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = maps[:, None]
-    h, w = maps.shape[-2:]
-    # "reflect" in scipy repeats the edge sample (torch's "replicate"/"reflect" differ): emulate it
-    # by symmetric padding = flip including the edge.
-    pad_h, pad_w = min(radius, h), min(radius, w)
-    out = torch.cat([out[..., :pad_h, :].flip(-2), out, out[..., h - pad_h :, :].flip(-2)], -2)
-    out = torch.cat([out[..., :pad_w].flip(-1), out, out[..., w - pad_w :].flip(-1)], -1)
-    if pad_h < radius or pad_w < radius:  # a map smaller than the radius: repeat the edges
-        out = F.pad(out, (radius - pad_w,) * 2 + (radius - pad_h,) * 2, mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
-    return out[:, 0]
 
 
 def aggregate_neighbourhood(fmap: Tensor) -> Tensor:
@@ -398,10 +374,5 @@ class PatchCore(FewShotMethod):
             self.num_neighbors,
             self.chunk_size,
         )
-        maps = F.interpolate(
-            dist.reshape(b, 1, gh, gw),
-            size=(self.image_size, self.image_size),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
-        return MethodOutput(image_score=score, anomaly_map=_gaussian_blur(maps, self.sigma))
+        maps = upsample_maps(dist, (gh, gw), self.image_size)  # bilinear, align_corners=False
+        return MethodOutput(image_score=score, anomaly_map=gaussian_blur(maps, self.sigma))

@@ -274,21 +274,21 @@ def test_user_errors(backbone) -> None:
 
 def test_timm_extractor_method(tmp_path) -> None:
     timm = pytest.importorskip("timm")
-    path = tmp_path / "resnet18.pth"
-    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    path = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), path)
     method = PatchCore(
-        None, CLASSES, extractor="timm", timm_name="resnet18", timm_weights=path, image_size=64
+        None, CLASSES, extractor="timm", timm_name="test_resnet", timm_weights=path, image_size=64
     )
     assert method.grid == (8, 8) and method.image_size == 64
-    assert method.mean == (0.485, 0.456, 0.406) and method.std == (0.229, 0.224, 0.225)
+    assert method.mean == method.cnn.mean and method.std == method.cnn.std
     images = _images(64, 3, 7)
     feats = method.extract(images)
-    assert feats["patch"].shape == (3, 64, 128 + 256)
+    assert feats["patch"].shape == (3, 64, 48 + 192)
     l2, l3 = method.cnn(images)
     up = F.interpolate(aggregate_neighbourhood(l3), size=(8, 8), mode="bilinear")
     manual = torch.cat([aggregate_neighbourhood(l2), up], dim=1).flatten(2).transpose(1, 2)
     torch.testing.assert_close(feats["patch"], manual)
-    assert "resnet18" in method.feature_key() and "layer2,layer3" in method.feature_key()
+    assert "test_resnet" in method.feature_key() and "layer2,layer3" in method.feature_key()
     method.setup_support(_support(method, images[:2], [0, 0]))
     out = method.predict(feats)
     assert out.anomaly_map.shape == (3, 64, 64)
@@ -297,7 +297,7 @@ def test_timm_extractor_method(tmp_path) -> None:
         None,
         CLASSES,
         extractor="timm",
-        timm_name="resnet18",
+        timm_name="test_resnet",
         timm_weights=path,
         image_size=64,
         embed_dim=96,
