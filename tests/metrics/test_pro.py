@@ -111,3 +111,16 @@ def test_aupro_of_a_constant_map() -> None:
     # One threshold: everything positive at once, FPR jumps 0 -> 1 with PRO 0 -> 1.
     assert aupro(flat, masks, fpr_limit=0.3) == pytest.approx(0.15)
     assert not isinstance(aupro(flat, masks), NotAvailable)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aupro_random_scenes_match_naive_reference(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    masks = rng.random((4, 16, 16)) < 0.04
+    if seed % 2:
+        masks = ndimage.binary_dilation(masks)  # larger, merged regions
+    masks[0, 0, 0] = True  # at least one region
+    maps = np.round(rng.normal(size=masks.shape) + rng.uniform(0, 2) * masks, 1)
+    for fpr_limit in (0.3, 0.1):
+        expected = naive_aupro(maps, masks, fpr_limit)
+        assert aupro(maps, masks, fpr_limit=fpr_limit) == pytest.approx(expected, rel=1e-9)
