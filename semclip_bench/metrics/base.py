@@ -102,7 +102,7 @@ def is_batch_list(x: Any) -> bool:
 
 
 def score_array(x: Any) -> np.ndarray:
-    """Scores as one 1-D array (float32 kept, other floats/ints as float64); batches concatenated.
+    """Scores as one 1-D array (float32/64 kept; ints exact up to 2**53 as float64); batches joined.
 
     Raw values are kept exactly: no sigmoid, no clipping, no normalisation.
     """

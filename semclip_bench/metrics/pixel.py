@@ -121,10 +121,10 @@ def _torch_scores(blocks: list, device: torch.device) -> torch.Tensor:
         t = b if is_tensor(b) else torch.from_numpy(np.ascontiguousarray(b))
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
+        elif t.is_complex():
+            raise ValueError(f"maps must be real numbers, got dtype {t.dtype}")
         elif not t.is_floating_point():
-            if t.dtype == torch.bool or t.is_complex():
-                raise ValueError(f"maps must be real numbers, got dtype {t.dtype}")
-            t = t.double()
+            t = t.double()  # integers and booleans, exactly
         flat.append(t.to(device).reshape(-1))
     if len(flat) == 1:
         return flat[0]
