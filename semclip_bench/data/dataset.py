@@ -202,17 +202,23 @@ def generate_into(
 
 def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -> DefectDataset:
     if isinstance(spec, str) and spec == SYNTH_NAME:
-        root = ensure_synth(cache_dir=cache_dir)
+        root = ensure_synth(cache_dir=cache_dir).resolve()
         return _finish(SYNTH_NAME, _scan_mvtec(root, problems), root, problems)
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return _finish(path.name, _scan_mvtec(path.resolve(), problems), path.resolve(), problems)
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise UserError(
-                f"{path}: not a dataset (expected an MVTec AD layout folder or a .csv manifest)"
-            )
-        return _finish(path.stem, _read_manifest(path.resolve(), problems), path.parent, problems)
+    try:
+        if path.is_dir():
+            root = path.resolve()
+            return _finish(root.name, _scan_mvtec(root, problems), root, problems)
+        if path.is_file():
+            if path.suffix.lower() != ".csv":
+                raise UserError(
+                    f"{path}: not a dataset (expected an MVTec AD layout folder or a .csv manifest)"
+                )
+            csv_path = path.resolve()
+            samples = _read_manifest(csv_path, problems)
+            return _finish(csv_path.stem, samples, csv_path.parent, problems)
+    except OSError as exc:  # e.g. a folder without read permission
+        raise UserError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
     raise UserError(
         f"{path}: no such dataset folder or CSV manifest (or use '{SYNTH_NAME}' for the "
         "built-in synthetic dataset)"
