@@ -114,8 +114,9 @@ def test_mask_covers_exactly_the_drawn_defect(category: str, kind: str) -> None:
             assert not mask[128 - bar :].any()
             assert np.array_equal(with_defect.image[128 - bar :], without.image[128 - bar :])
         diff = np.abs(with_defect.image.astype(np.int32) - without.image.astype(np.int32))
-        # The defect changes the image inside its mask...
-        assert diff[mask].mean() >= 3.0, (category, kind, index, diff[mask].mean())
+        # The defect changes the image inside its mask (hard ones are faint, not invisible)...
+        assert diff[mask].mean() >= 1.5, (category, kind, index, diff[mask].mean())
+        assert (diff[mask] > 0).mean() >= 0.3, (category, kind, index)
         # ...and nowhere beyond the beam blur / edge halo around it.
         near = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
         assert diff[~near].max(initial=0) <= 2, (category, kind, index)

@@ -96,8 +96,14 @@ def form_image(
     material: np.ndarray,
     imaging: Imaging,
     rng: np.random.Generator,
+    bright_yield: float = 0.6,
 ) -> np.ndarray:
-    """Float32 image in [0, 1] of the scene (no data bar). Draw order never depends on content."""
+    """Float32 image in [0, 1] of the scene (no data bar). Draw order never depends on content.
+
+    ``bright_yield`` (a high percentile of the defect-free scene's yield) caps the amplifier
+    gain, as a tool's auto brightness/contrast does before capture, so bright patterns and
+    their edges rarely clip; it comes from the clean scene, so a defect never changes it.
+    """
     size = height.shape[0]
     s = size / 256.0
     # Nuisance fields first, so the random stream does not depend on the scene.
@@ -150,6 +156,7 @@ def form_image(
     z *= np.float32(1.0 / np.sqrt(1 + scan_corr**2))
     noisy = signal + np.sqrt(signal / np.float32(imaging.dose)) * z
     noisy = noisy * (1.0 + row_gain[:, None]) + row_off[:, None]
+    gain = min(gain, (0.97 - black) / (bright_yield + 0.45))
     out = np.float32(black) + np.float32(gain) * noisy
     return np.clip(out, 0.0, 1.0)
 

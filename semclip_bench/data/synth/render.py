@@ -97,6 +97,8 @@ def render_image(
         "centroid_yx": None,
         "bbox": None,
     }
+    step = max(size // 64, 1)
+    bright_yield = float(np.percentile(scene.material[::step, ::step], 99))
     mask = None
     if label != NORMAL_LABEL:
         s = size / 256.0
@@ -114,6 +116,7 @@ def render_image(
             plan.apply(scene)
         mask = plan.mask
         meta.update(plan.meta)
-    image = quantise(form_image(scene.height, scene.material, imaging, rng_noise), config.bit_depth)
+    signal = form_image(scene.height, scene.material, imaging, rng_noise, bright_yield)
+    image = quantise(signal, config.bit_depth)
     draw_databar(image, imaging, scene.pixel_nm)
     return SynthImage(image=image, mask=mask, meta=meta)
