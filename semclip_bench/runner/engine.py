@@ -364,17 +364,12 @@ def _run_one(
         if key.startswith("iAUROC/"):
             per_type[key.split("/", 1)[1]] = None if np.isnan(value) else float(value)
     for column in METRIC_COLUMNS:
+        if column in {"pAUROC", "pF1max", "AUPRO"} and not produces_maps:
+            reasons[column] = f"{variant.method} produces no anomaly maps"
+        if column.startswith("cls_") and outputs.class_logits is None:
+            reasons[column] = f"{variant.method} does not classify defect types"
         value = metrics.get(column)
-        if value is None:
-            reason = (
-                f"{variant.method} does not produce anomaly maps"
-                if column in {"pAUROC", "pF1max", "AUPRO"}
-                else f"{variant.method} does not classify defect types"
-            )
-            reasons.setdefault(column, reason)
-            row[column] = float("nan")
-        else:
-            row[column] = float(value)
+        row[column] = float("nan") if value is None else float(value)
     row.update(
         status="ok",
         n_query=len(query),
