@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import timm
@@ -28,9 +28,18 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _file_digest(path: Path) -> str:
-    """Short sha256 of a file's content (a stable identity for feature caches)."""
+    """Short sha256 of a file's content (a stable identity for feature caches).
+
+    Memoised per (path, size, mtime): a method is rebuilt for every episode, the file read once.
+    """
+    stat = path.stat()
+    return _file_digest_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()[:16]

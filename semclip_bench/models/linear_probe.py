@@ -157,10 +157,12 @@ class LinearProbe(FewShotMethod):
         """Class logits (B, C); image score 1 - p(normal); constant map (B, S, S) of that score."""
         if not bool(self.present.any()):
             raise RuntimeError("LinearProbe.predict called before setup_support")
-        emb = features["embedding"].float()
-        weight, bias = self.weight.to(emb.device), self.bias.to(emb.device)
-        logits = emb @ weight.T + bias
+        # float64 logits: CLIP embeddings of similar images differ little, keep their ranks exact.
+        emb = features["embedding"].double()
+        logits = emb @ self.weight.to(emb.device).double().T + self.bias.to(emb.device).double()
         # 1 - p(normal) = p(any defect), in log space so that confident normals keep their ranks.
         score = torch.exp(logits[:, 1:].logsumexp(dim=1) - logits.logsumexp(dim=1))
         maps = score[:, None, None].expand(-1, self.image_size, self.image_size).contiguous()
-        return MethodOutput(image_score=score, anomaly_map=maps, class_logits=logits)
+        return MethodOutput(
+            image_score=score.float(), anomaly_map=maps.float(), class_logits=logits.float()
+        )

@@ -6,22 +6,28 @@ Pipeline (REFERENCE.md):
 
   - ``extractor="clip"`` (default, offline): the raw vanilla-path patch tokens of two middle blocks
     of the shared CLIP visual tower (``taps``; (6, 9) of 12 blocks, scaled for other depths), so
-    that every method of the benchmark sees the same pretrained representation. Each tap is
-    reshaped to the patch grid, aggregated over its 3x3 neighbourhood and the taps are
-    concatenated (2 x width dims).
+    that every method of the benchmark sees the same pretrained representation. Raw residual
+    tokens (no ln_post / projection), the ViT analogue of the paper's intermediate CNN feature
+    maps; a ViT has one grid, so no upsampling. Each tap is reshaped to the patch grid,
+    aggregated over its 3x3 neighbourhood and the taps are concatenated (2 x width dims).
   - ``extractor="timm"`` (the paper's setting): ``wide_resnet50_2`` layers 2 and 3 from a local
     weights file. Each layer is aggregated over its 3x3 neighbourhood (average pool, stride 1,
     zero padding counted, as the public code's zero-padded unfold + mean), layer 3 is upsampled
-    bilinearly to layer 2's grid and the two are concatenated (512 + 1024 = 1536 dims). The paper's
-    code further reduces the dimension with adaptive average pooling over channels (each layer to
-    1024, then the concatenation to 1024); that reduction is the ``embed_dim`` option (default
-    None: keep the 1536 concatenated channels).
+    bilinearly to layer 2's grid and the two are concatenated (512 + 1024 = 1536 dims). The
+    authors' code further reduces the dimension by adaptive average pooling over channels (each
+    layer's flattened 3x3 x C patch to 1024, then the 2 x 1024 stack to 1024); here that is the
+    ``embed_dim`` option, applied after the spatial average (each layer's C channels to
+    ``embed_dim``, then the concatenation to ``embed_dim``). Default None keeps the 1536
+    concatenated channels: no information is averaged away and, in few-shot, the memory is small.
+    Input: ``image_size`` (default 256, the paper's resize; no centre crop, so the map covers the
+    whole image) with the model's own mean/std (ImageNet), exposed for the runner's transform.
 
 * Memory bank: all patches of the K normal support images; optional greedy k-center coreset
   (``coreset_ratio``; 1.0 keeps every patch, REFERENCE.md's few-shot setting), selected on a seeded
   random projection to 128 dims from a seeded random start.
 * Patch score: Euclidean distance to the nearest memory patch (:func:`knn`, chunked over queries).
-* Image score: the paper's reweighting of the maximal patch score s* (:func:`reweighted_scores`).
+* Image score: the paper's reweighting of the maximal patch score s* (:func:`reweighted_scores`,
+  b = ``num_neighbors`` = 9; numerically stable softmax form).
 * Map: patch scores upsampled bilinearly to the input size, then Gaussian blur (sigma 4).
 """
 
