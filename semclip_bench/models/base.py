@@ -83,6 +83,10 @@ class FewShotMethod(nn.Module, ABC):
     classifies: ClassVar[bool] = False
     #: Whether the method has parameters optimised on the support set.
     trainable: ClassVar[bool] = False
+    #: Whether K = 0 (no support images at all) is a valid episode for the method.
+    zero_shot: ClassVar[bool] = False
+    #: Whether ``anomaly_map`` is a real segmentation (False: pixel metrics are reported n/a).
+    produces_maps: ClassVar[bool] = True
 
     @abstractmethod
     def feature_key(self) -> str:

@@ -278,7 +278,7 @@ def _run_one(
     if episode.skipped:
         row["reason"] = episode.skipped
         return row
-    if episode.shots == 0 and not getattr(method_cls, "zero_shot", False):
+    if episode.shots == 0 and not method_cls.zero_shot:
         row["reason"] = f"{variant.method} needs support images (K = 0 is zero-shot only)"
         return row
 
@@ -341,7 +341,7 @@ def _run_one(
 
     t0 = time.perf_counter()
     labels = np.array([int(s.is_anomalous) for s in query])
-    produces_maps = getattr(method, "produces_maps", True)
+    produces_maps = method.produces_maps
     metrics = evaluate(
         outputs.image_score.numpy(),
         labels,
