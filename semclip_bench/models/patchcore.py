@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 #: Extra nearest-neighbour candidates whose distances are recomputed exactly (see :func:`knn`).
 _REFINE_EXTRA = 2
+#: Largest query x memory distance block (float32 elements: 1 GiB).
+_MAX_BLOCK_ELEMENTS = 1 << 28
 
 
 def knn(query: Tensor, memory: Tensor, k: int = 1, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
@@ -63,9 +65,9 @@ def knn(query: Tensor, memory: Tensor, k: int = 1, chunk_size: int = 2048) -> tu
     ``query`` (Q, D), ``memory`` (M, D) -> (distances (Q, k) ascending, indices (Q, k)).
     Candidates are found with the matmul expansion ||q||^2 + ||m||^2 - 2 q.m on features centred by
     the memory mean (translation-invariant; centring shrinks the norms and so the cancellation
-    error), chunked over queries so that at most ``chunk_size`` x M distances exist at once. The
-    distances of the best ``k + 2`` candidates are then recomputed exactly from the differences, so
-    an exact match scores exactly 0.
+    error), chunked over queries so that at most ``chunk_size`` x M distances (and never more than
+    2^28) exist at once. The distances of the best ``k + 2`` candidates are then recomputed
+    exactly from the differences, so an exact match scores exactly 0.
     """
     if memory.shape[0] == 0:
         raise ValueError("knn: empty memory bank")
@@ -78,9 +80,11 @@ def knn(query: Tensor, memory: Tensor, k: int = 1, chunk_size: int = 2048) -> tu
     center = memory.mean(dim=0, keepdim=True)
     mem_c = memory - center
     mem_sq = (mem_c * mem_c).sum(dim=1)
+    # Also bound the block by elements, whatever chunk_size says (a large full-data memory bank).
+    step = max(1, min(int(chunk_size), _MAX_BLOCK_ELEMENTS // memory.shape[0]))
     dists, indices = [], []
-    for start in range(0, query.shape[0], max(1, int(chunk_size))):
-        q = query[start : start + chunk_size]
+    for start in range(0, query.shape[0], step):
+        q = query[start : start + step]
         q_c = q - center
         d2 = (q_c * q_c).sum(dim=1, keepdim=True) + mem_sq[None, :] - 2.0 * (q_c @ mem_c.T)
         cand = d2.topk(n_cand, dim=1, largest=False).indices  # (q, n_cand)
