@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from semclip_bench.data.images import image_info, is_image_file, read_mask
+from semclip_bench.data.images import ImageInfo, image_info, is_image_file, read_mask
 from semclip_bench.data.types import NORMAL_LABEL, DefectDataset, Sample
 from semclip_bench.errors import UserError
 
@@ -417,6 +417,7 @@ class CheckReport:
     bit_depths: Counter[int] = field(default_factory=Counter)
     channels: Counter[int] = field(default_factory=Counter)
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (H, W)
+    max_values: dict[int, int] = field(default_factory=dict)  # bit depth -> largest pixel value
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -447,7 +448,13 @@ class CheckReport:
                 lines.append(f"  {category:<{width}}  {split:<5}  {label:<{label_width}}  {n:>6}")
         lines.append(
             "bit depths: "
-            + (", ".join(f"{b}-bit: {n}" for b, n in sorted(self.bit_depths.items())) or "-")
+            + (
+                ", ".join(
+                    f"{b}-bit: {n} (max value {self.max_values.get(b, '?')})"
+                    for b, n in sorted(self.bit_depths.items())
+                )
+                or "-"
+            )
         )
         lines.append(
             "channels: " + (", ".join(f"{c}: {n}" for c, n in sorted(self.channels.items())) or "-")
@@ -504,20 +511,26 @@ def check_dataset(
         for result in pool.map(_check_sample, dataset.samples):
             info, problems, warnings = result
             if info is not None:
-                report.bit_depths[info[0]] += 1
-                report.channels[info[1]] += 1
-                report.sizes[info[2]] += 1
+                report.bit_depths[info.bit_depth] += 1
+                report.channels[info.channels] += 1
+                report.sizes[(info.height, info.width)] += 1
+                previous = report.max_values.get(info.bit_depth, 0)
+                report.max_values[info.bit_depth] = max(previous, info.max_value)
             report.problems.extend(problems)
             report.warnings.extend(warnings)
             done += 1
             if progress is not None:
                 progress(done, total)
+    high = report.max_values.get(16)
+    if high is not None and high < 2**12:
+        report.warnings.append(
+            f"16-bit images use at most 12 bits (max value {high}): they are scaled by 65535 "
+            "(their bit depth, as the protocol says) and so look dark to the models"
+        )
     return report
 
 
-def _check_sample(
-    sample: Sample,
-) -> tuple[tuple[int, int, tuple[int, int]] | None, list[str], list[str]]:
+def _check_sample(sample: Sample) -> tuple[ImageInfo | None, list[str], list[str]]:
     problems: list[str] = []
     warnings: list[str] = []
     try:
@@ -538,5 +551,4 @@ def _check_sample(
                 )
             if sample.is_anomalous and not mask.any():
                 warnings.append(f"{sample.mask_path}: mask of a defect image is empty")
-    summary = None if info is None else (info.bit_depth, info.channels, (info.height, info.width))
-    return summary, problems, warnings
+    return info, problems, warnings

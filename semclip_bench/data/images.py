@@ -33,6 +33,7 @@ class ImageInfo:
     width: int
     channels: int  # after dropping alpha
     bit_depth: int
+    max_value: int  # largest stored value (reveals 12-bit data in 16-bit files)
 
 
 def is_image_file(path: Path) -> bool:
@@ -87,7 +88,9 @@ def image_info(path: str | Path) -> ImageInfo:
     """Size, channels and bit depth of an image file (decodes it, so it also verifies it)."""
     raw = read_raw(path)
     channels = 1 if raw.ndim == 2 else raw.shape[2]
-    return ImageInfo(int(raw.shape[0]), int(raw.shape[1]), int(channels), bit_depth(raw))
+    return ImageInfo(
+        int(raw.shape[0]), int(raw.shape[1]), int(channels), bit_depth(raw), int(raw.max())
+    )
 
 
 def to_float(raw: np.ndarray) -> np.ndarray:

@@ -286,7 +286,20 @@ def test_check_counts_and_ok(handmade: Factory) -> None:
     assert dict(report.sizes) == {(24, 32): 12}
     assert dict(report.bit_depths) == {8: 12}
     assert dict(report.channels) == {1: 12}
+    assert report.max_values == {8: 255}
+    assert "8-bit: 12 (max value 255)" in report.format()
     assert "OK" in report.format()
+
+
+def test_check_warns_about_12_bit_data_in_16_bit_files(
+    handmade: Factory, write_img: Callable
+) -> None:
+    root = handmade(dtype=np.uint16, suffix=".tif")
+    for path in root.glob("cat_a/*/*/*.tif"):
+        write_img(path, np.full((24, 32), 4000, np.uint16))
+    report = check_dataset(root)
+    assert report.ok and report.max_values == {16: 4000}
+    assert any("16-bit images use at most 12 bits (max value 4000)" in w for w in report.warnings)
 
 
 def test_check_finds_size_mismatch_and_truncation(handmade: Factory, write_img: Callable) -> None:

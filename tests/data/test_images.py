@@ -42,6 +42,7 @@ def test_16bit_scaled_by_bit_depth_not_by_max(
     assert image.max() < 0.07
     info = image_info(path)
     assert (info.height, info.width, info.channels, info.bit_depth) == (5, 6, 1, 16)
+    assert info.max_value == 4095
 
 
 def test_rgb_channel_order_kept(write_img: Writer, tmp_path: Path) -> None:
