@@ -13,7 +13,7 @@ Pipeline (REFERENCE.md):
   - ``extractor="timm"`` (the paper's setting): ``wide_resnet50_2`` layers 2 and 3 from a local
     weights file. Each layer is aggregated over its 3x3 neighbourhood (average pool, stride 1,
     zero padding counted, as the public code's zero-padded unfold + mean), layer 3 is upsampled
-    bilinearly to layer 2's grid and the two are concatenated (512 + 1024 = 1536 dims). The
+    bilinearly to layer 2's (the finest) grid and the two are concatenated (1536 dims). The
     authors' code further reduces the dimension by adaptive average pooling over channels (each
     layer's flattened 3x3 x C patch to 1024, then the 2 x 1024 stack to 1024); here that is the
     ``embed_dim`` option, applied after the spatial average (each layer's C channels to
@@ -293,9 +293,11 @@ class PatchCore(FewShotMethod):
             self.image_size = self.cnn.image_size
             self.mean = self.cnn.mean
             self.std = self.cnn.std
-            with torch.no_grad():  # the first layer's grid for this input size
+            with torch.no_grad():  # the finest layer's grid for this input size
                 probe = self.cnn(torch.zeros(1, 3, self.image_size, self.image_size))
-            self.grid = tuple(int(s) for s in probe[0].shape[-2:])
+            self.grid = max(
+                (tuple(int(s) for s in p.shape[-2:]) for p in probe), key=lambda g: g[0] * g[1]
+            )
         self.register_buffer("memory", torch.empty(0), persistent=False)
 
     # -- extraction ----------------------------------------------------------------------------
@@ -323,7 +325,7 @@ class PatchCore(FewShotMethod):
     def extract(self, images: Tensor) -> Features:
         """{"patch": (B, L, D)}: aggregated, concatenated patch features on ``self.grid``."""
         maps = [aggregate_neighbourhood(m.float()) for m in self._layer_maps(images)]
-        size = maps[0].shape[-2:]
+        size = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])  # the finest grid
         maps = [
             m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear")
             for m in maps

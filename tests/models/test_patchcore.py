@@ -303,3 +303,14 @@ def test_timm_extractor_method(tmp_path) -> None:
         embed_dim=96,
     )
     assert reduced.extract(images[:1])["patch"].shape == (1, 64, 96)
+    swapped = PatchCore(
+        None,
+        CLASSES,
+        extractor="timm",
+        timm_name="test_resnet",
+        timm_weights=path,
+        timm_layers=("layer3", "layer2"),
+        image_size=64,
+    )
+    assert swapped.grid == (8, 8)  # upsampled to the finer layer, whatever the order
+    torch.testing.assert_close(swapped.extract(images)["patch"][..., 192:], manual[..., :48])
