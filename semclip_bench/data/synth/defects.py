@@ -58,7 +58,7 @@ def plan_defect(
     """
     drawer = _DRAWERS[kind]
     size = scene.height.shape[0]
-    for _ in range(16):
+    for attempt in range(48):
         hard = bool(rng.random() < hard_fraction)
         lo, hi = size_range
         hi = max(min(hi, 0.4 * rows), lo)
@@ -77,6 +77,9 @@ def plan_defect(
         near = cv2.dilate(plan.mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         plan.alpha = plan.alpha * near
         if plan.alpha[rows:].any():  # would reach under the data bar: draw again
+            continue
+        frame = plan.mask[[0, -1]].any() or plan.mask[:, [0, -1]].any()
+        if frame and attempt < 32:  # cut by the image border: draw again (tiny images: accept)
             continue
         area = int(plan.mask.sum())
         if area >= MIN_MASK_PX:
