@@ -80,7 +80,7 @@ def sample_imaging(
         magnification=_DISPLAY_WIDTH_MM / fov_mm,
         dose=dose,
         blur_sigma=blur,
-        edge_gain=float(rng.uniform(0.35, 0.75)),
+        edge_gain=float(rng.uniform(0.5, 0.9)),
         halo_gain=float(rng.uniform(0.1, 0.35)),
         shading_gain=float(rng.uniform(0.0, 0.18)),
         detector_azimuth=float(rng.uniform(0.0, 2 * np.pi)),
@@ -156,7 +156,7 @@ def form_image(
     z *= np.float32(1.0 / np.sqrt(1 + scan_corr**2))
     noisy = signal + np.sqrt(signal / np.float32(imaging.dose)) * z
     noisy = noisy * (1.0 + row_gain[:, None]) + row_off[:, None]
-    gain = min(gain, (0.97 - black) / (bright_yield + 0.45))
+    gain = min(gain, (0.97 - black) / (bright_yield + 0.6 * imaging.edge_gain + 0.1))
     out = np.float32(black) + np.float32(gain) * noisy
     return np.clip(out, 0.0, 1.0)
 

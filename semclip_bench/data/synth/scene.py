@@ -24,10 +24,10 @@ from semclip_bench.data.synth.fields import (
 
 # (name, feature yield range, background yield range) per family.
 _LINE_MATERIALS = (
-    ("photoresist", (0.42, 0.55), (0.18, 0.28)),
-    ("polysilicon", (0.48, 0.62), (0.20, 0.30)),
-    ("tungsten", (0.55, 0.70), (0.22, 0.32)),
-    ("silicon_nitride", (0.40, 0.50), (0.20, 0.28)),
+    ("photoresist", (0.28, 0.40), (0.16, 0.26)),
+    ("polysilicon", (0.34, 0.48), (0.18, 0.28)),
+    ("tungsten", (0.45, 0.60), (0.20, 0.30)),
+    ("silicon_nitride", (0.30, 0.42), (0.18, 0.26)),
 )
 _CONTACT_MATERIALS = (
     ("open_contact_in_oxide", (0.04, 0.10), (0.34, 0.46)),
@@ -104,7 +104,7 @@ def _line_space(rng: np.random.Generator, size: int, max_rot: float) -> Scene:
     base, rot = _orientation(rng, max_rot)
     name, (f_lo, f_hi), (b_lo, b_hi) = _LINE_MATERIALS[int(rng.integers(len(_LINE_MATERIALS)))]
     m_line, m_space = float(rng.uniform(f_lo, f_hi)), float(rng.uniform(b_lo, b_hi))
-    sidewall = float(rng.uniform(0.7, 1.8)) * max(s, 0.5)
+    sidewall = float(rng.uniform(1.0, 2.4)) * max(s, 0.5)
     ler = min(float(rng.uniform(0.2, 0.9)) * max(s, 0.5), 0.08 * cd)
     phase = float(rng.uniform(0.0, pitch))
     ler_corr = float(rng.uniform(2.0, 5.0)) * max(s, 0.5)
