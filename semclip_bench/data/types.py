@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The paper's six defect types, in the order used for class indices (after ``good``).
-DEFECT_TYPES: tuple[str, ...] = ("bridge", "copper_residue", "hole", "infilm", "particle", "scratch")
+DEFECT_TYPES: tuple[str, ...] = (
+    "bridge",
+    "copper_residue",
+    "hole",
+    "infilm",
+    "particle",
+    "scratch",
+)
 
 #: Label of normal (defect-free) images, as in the MVTec AD layout.
 NORMAL_LABEL = "good"
@@ -45,9 +52,7 @@ class DefectDataset:
 
     def defect_types(self, category: str) -> list[str]:
         """Defect types present in a category's test split, sorted by name."""
-        return sorted(
-            {s.label for s in self.samples if s.category == category and s.is_anomalous}
-        )
+        return sorted({s.label for s in self.samples if s.category == category and s.is_anomalous})
 
     def select(
         self, category: str | None = None, split: str | None = None, label: str | None = None
