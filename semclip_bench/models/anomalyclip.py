@@ -222,9 +222,11 @@ class AnomalyClip(FewShotMethod):
         image_logits, probs = self._logits(features)
         b, n = probs.shape[:2]
         size = tuple(masks.shape[-2:])
-        up = upsample_maps(probs, self.backbone.grid_size, size)  # (B, n, 2, H, W)
-        p_norm, p_abn = up[:, :, 0].flatten(0, 1), up[:, :, 1].flatten(0, 1)  # (B * n, H, W)
-        gt = (masks.to(up.device).float() > 0.5).float()
+        # Two prompts: p_norm = 1 - p_abn, and bilinear weights sum to 1, so upsampling p_abn alone
+        # and taking 1 - it gives exactly the upsampled normal channel (half the work).
+        p_abn = upsample_maps(probs[:, :, 1], self.backbone.grid_size, size).flatten(0, 1)
+        p_norm = 1.0 - p_abn  # (B * n, H, W)
+        gt = (masks.to(p_abn.device).float() > 0.5).float()
         gt = gt.unsqueeze(1).expand(b, n, *size).flatten(0, 1)
         # Means over (image, tap) pairs times n = per-tap means summed over taps.
         focal = focal_loss(p_abn, gt) * n
