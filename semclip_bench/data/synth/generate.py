@@ -106,7 +106,8 @@ def generate(
     Files are byte-identical whatever ``workers`` is. ``progress`` is called with the number of
     images finished since its previous call (like ``tqdm.update``). A non-empty ``root`` is an
     error unless ``overwrite``, which first removes ``synth.json`` and the configured category
-    folders (nothing else).
+    folders (nothing else). ``workers > 1`` uses spawned processes: a calling script needs the
+    usual ``if __name__ == "__main__":`` guard.
     """
     root = Path(root)
     if workers < 1:
@@ -121,6 +122,7 @@ def generate(
         for category in config.categories:
             if (root / category).is_dir():
                 shutil.rmtree(root / category)
+    root.mkdir(parents=True, exist_ok=True)
     tasks = image_tasks(config)
     for task in tasks:
         for rel in relative_paths(config, task):
