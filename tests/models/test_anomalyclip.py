@@ -145,8 +145,8 @@ def test_scores_follow_the_published_formulas(backbone) -> None:
 def test_blur_is_applied(backbone) -> None:
     size = backbone.image_size
     images = torch.randn(2, 3, size, size)
-    sharp = AnomalyClip(backbone, CLASS_NAMES, sigma=0.0).eval()
-    blurred = AnomalyClip(backbone, CLASS_NAMES, sigma=4.0).eval()
+    sharp = AnomalyClip(backbone, CLASS_NAMES, sigma=0.0, seed=0).eval()
+    blurred = AnomalyClip(backbone, CLASS_NAMES, sigma=4.0, seed=0).eval()
     a, b = sharp(images).anomaly_map, blurred(images).anomaly_map
     assert b.std() < a.std()
     torch.testing.assert_close(a.mean(), b.mean(), atol=0.05, rtol=0.05)
