@@ -1,0 +1,304 @@
+"""Run a pretraining job end to end: data, Lightning Trainer, export, evaluation, model card."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from semclip_bench.errors import UserError
+from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES
+from semclip_bench.pretrain.data import (
+    DEFAULT_PRETRAIN_SEED,
+    NORMAL_FRACTION,
+    RETRIEVAL_SEED,
+    CaptionCsvDataset,
+    SynthCaptionStream,
+    check_pretrain_seed,
+)
+from semclip_bench.pretrain.export import (
+    MAX_SHIPPED_BYTES,
+    export_checkpoint,
+    sha256_file,
+    write_loss_curve,
+)
+from semclip_bench.pretrain.module import ClipPretrainModule, PretrainConfig, model_image_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainOptions:
+    """Everything the ``pretrain`` command takes (see its ``--help``)."""
+
+    data: str = "sem-synth"
+    arch: str = "semclip-vit-s16"
+    out: str = "pretrain_out"
+    steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 200
+    workers: int = 4
+    devices: int = 1
+    precision: str | None = None
+    accelerator: str = "auto"
+    seed: int = 0
+    synth_seed: int = DEFAULT_PRETRAIN_SEED
+    render_size: int = 256
+    reuse: int = 1
+    buffer_size: int | None = None
+    augment: bool = True
+    evaluate: bool = True
+    eval_workers: int | None = None
+    retrieval_images: int = 1000
+    log_every: int = 50
+    command: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.steps is None and self.max_minutes is None:
+            raise UserError("pretrain needs --steps or --max-minutes (or both)")
+        if self.steps is not None and self.steps <= 0:
+            raise UserError(f"option --steps must be positive, got {self.steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError(f"option --max-minutes must be positive, got {self.max_minutes}")
+        if self.batch_size < 2:
+            raise UserError(f"option --batch-size must be at least 2, got {self.batch_size}")
+        if self.lr <= 0:
+            raise UserError(f"option --lr must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise UserError(f"option --workers must be >= 0, got {self.workers}")
+        if self.devices < 1:
+            raise UserError(f"option --devices must be >= 1, got {self.devices}")
+        if self.reuse < 1 or (self.buffer_size is not None and self.buffer_size < 1):
+            raise UserError("options --reuse and --buffer-size must be >= 1")
+        if not 32 <= self.render_size <= 4096:
+            raise UserError(f"option --render-size must be 32..4096, got {self.render_size}")
+        if self.data == "sem-synth":
+            check_pretrain_seed(self.synth_seed)
+            if self.synth_seed == RETRIEVAL_SEED:
+                raise UserError(
+                    f"option --synth-seed {RETRIEVAL_SEED} is the held-out retrieval seed"
+                )
+
+
+class _DataModule:
+    """Builds the train DataLoader once the trainer knows its rank and world size."""
+
+    def __init__(self, opts: PretrainOptions, image_size: int) -> None:
+        self.opts = opts
+        self.image_size = image_size
+        self.csv = None
+        if opts.data != "sem-synth":
+            self.csv = CaptionCsvDataset(opts.data, opts.arch, image_size, augment=opts.augment)
+
+    def loader(self, rank: int, world_size: int) -> DataLoader:
+        o = self.opts
+        common: dict[str, Any] = {
+            "batch_size": o.batch_size,
+            "num_workers": o.workers,
+            "pin_memory": torch.cuda.is_available(),
+            "drop_last": True,
+            "collate_fn": _collate,
+        }
+        if o.workers > 0:
+            common.update(persistent_workers=True, prefetch_factor=4)
+        if self.csv is not None:
+            if len(self.csv) < o.batch_size * world_size:
+                raise UserError(
+                    f"captions CSV {o.data} has {len(self.csv)} rows, fewer than one batch "
+                    f"({o.batch_size} x {world_size} devices); lower --batch-size"
+                )
+            return DataLoader(self.csv, shuffle=True, **common)
+        length = None
+        if o.steps is not None and o.max_minutes is None:
+            length = o.steps * o.batch_size * world_size
+        stream = SynthCaptionStream(
+            o.arch,
+            self.image_size,
+            seed=o.synth_seed,
+            render_size=o.render_size,
+            augment=o.augment,
+            length=length,
+            rank=rank,
+            world_size=world_size,
+            reuse=o.reuse,
+            buffer_size=o.buffer_size or o.batch_size,
+        )
+        return DataLoader(stream, **common)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "text": torch.stack([it["text"] for it in items]),
+        "caption": [it["caption"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+class _Module(ClipPretrainModule):
+    """The pretraining module with its DataLoader (built after DDP setup)."""
+
+    def __init__(self, cfg: PretrainConfig, data: _DataModule) -> None:
+        super().__init__(cfg)
+        self._data = data
+
+    def train_dataloader(self) -> DataLoader:
+        return self._data.loader(self.trainer.global_rank, self.trainer.world_size)
+
+
+def default_precision() -> str:
+    """bf16-mixed on a CUDA GPU that supports it, else full fp32."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
+    """Train, export and (optionally) evaluate; returns the summary on rank 0, None elsewhere."""
+    import lightning as L
+
+    opts.validate()
+    out = Path(opts.out)
+    precision = opts.precision or default_precision()
+    cfg = PretrainConfig(
+        arch=opts.arch,
+        lr=opts.lr,
+        weight_decay=opts.weight_decay,
+        warmup_steps=opts.warmup,
+        max_steps=opts.steps,
+        max_seconds=opts.max_minutes * 60 if opts.max_minutes else None,
+        seed=opts.seed,
+        log_every=opts.log_every,
+    )
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    data_probe = ClipPretrainModule(cfg)
+    image_size = model_image_size(data_probe.model)
+    del data_probe
+    data = _DataModule(opts, image_size)
+    module = _Module(cfg, data)
+    strategy = "ddp" if opts.devices > 1 else "auto"
+    trainer = L.Trainer(
+        accelerator=opts.accelerator,
+        devices=opts.devices,
+        strategy=strategy,
+        precision=precision,
+        max_steps=opts.steps if opts.steps is not None else -1,
+        max_epochs=-1,
+        max_time=dt.timedelta(minutes=opts.max_minutes) if opts.max_minutes else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module)
+    wall = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return None
+    model = module.model.float().cpu().eval()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = export_checkpoint(model, out, opts.arch)
+    curves = write_loss_curve(module.history, out)
+    size = ckpt.stat().st_size
+    history = module.history
+    tail = [v for _, v in history[-max(1, min(50, len(history) // 10 or 1)) :]]
+    device = (
+        f"{opts.devices} x {torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available() and opts.accelerator in ("auto", "gpu", "cuda")
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
+    summary: dict[str, Any] = {
+        "arch": opts.arch,
+        "checkpoint": str(ckpt),
+        "sha256": sha256_file(ckpt),
+        "file_bytes": size,
+        "fits_shipping_limit": size <= MAX_SHIPPED_BYTES,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": int(trainer.global_step),
+        "images_seen": int(module.images_seen * trainer.world_size),
+        "batch_size": opts.batch_size,
+        "global_batch_size": opts.batch_size * trainer.world_size,
+        "wall_seconds": round(wall, 1),
+        "device": device,
+        "precision": precision,
+        "final_loss": float(sum(tail) / len(tail)) if tail else float("nan"),
+        "first_loss": float(history[0][1]) if history else float("nan"),
+        "options": {k: v for k, v in asdict(opts).items() if k != "command"},
+        "command": opts.command,
+        "files": [str(p) for p in curves],
+    }
+    if opts.evaluate:
+        summary["evaluation"] = evaluate_trained(ckpt, opts)
+    (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    from semclip_bench.pretrain.card import write_model_card
+
+    write_model_card(out / "MODEL_CARD.md", summary)
+    print(f"wrote {ckpt} ({size / 1e6:.2f} MB), MODEL_CARD.md and loss curve in {out}")
+    return summary
+
+
+def evaluate_trained(ckpt: Path, opts: PretrainOptions) -> dict[str, Any]:
+    """Evaluate the exported checkpoint and the randomly initialised model of the same arch."""
+    from semclip_bench.backbones import BackboneSpec, build_backbone
+    from semclip_bench.data.synth import SynthConfig
+    from semclip_bench.pretrain.evaluate import evaluate_backbone, render_test_split
+
+    device = "cuda" if torch.cuda.is_available() and opts.accelerator != "cpu" else "cpu"
+    workers = opts.eval_workers
+    config = SynthConfig()
+    rendered = render_test_split(config, workers or min(8, os.cpu_count() or 1))
+    result = {}
+    for name, weights in (("pretrained", str(ckpt)), ("random_init", None)):
+        backbone = build_backbone(BackboneSpec(opts.arch, weights), device)
+        result[name] = evaluate_backbone(
+            backbone,
+            zero_shot_config=config,
+            rendered=rendered,
+            retrieval_images=opts.retrieval_images,
+            workers=workers,
+            render_size=opts.render_size,
+        )
+        print(f"evaluation ({name}): {json.dumps(result[name])}", flush=True)
+    result["protocol"] = {
+        "zero_shot_data": "sem-synth SynthConfig() test split (seed 0)",
+        "retrieval_seed": RETRIEVAL_SEED,
+        "seen_types": list(SEEN_TYPES),
+        "unseen_types": list(EXCLUDED_TYPES),
+    }
+    return result
+
+
+def command_line() -> list[str]:
+    """The current command as argv (for the model card)."""
+    return [Path(sys.executable).name, "-m", "semclip_bench", *sys.argv[1:]]
+
+
+def shell_command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+__all__ = [
+    "NORMAL_FRACTION",
+    "PretrainOptions",
+    "command_line",
+    "default_precision",
+    "evaluate_trained",
+    "run_pretrain",
+    "shell_command",
+]
