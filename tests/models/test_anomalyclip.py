@@ -211,16 +211,20 @@ def test_same_seed_same_trained_outputs(backbone) -> None:
 
 
 def test_without_deep_prompts(backbone) -> None:
-    method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, deep_prompt_depth=0)
+    method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, deep_prompt_depth=0, seed=0)
     assert len(method.deep_prompts) == 0 and len(method.trainable_parameters()) == 2
     assert AnomalyClip(backbone, CLASS_NAMES, n_ctx=2, deep_prompt_length=4).deep_prompt_length == 2
     support = _support(method)
-    with torch.no_grad():
-        loss_before = method.training_loss(support.features, support.labels, support.masks)["loss"]
-    fit_method(method, support, FAST, seed=0)
-    with torch.no_grad():
-        loss_after = method.training_loss(support.features, support.labels, support.masks)["loss"]
-    assert loss_after < loss_before
+    # A few plain optimiser steps (fit_method itself is exercised above).
+    optimiser = torch.optim.Adam(method.trainable_parameters(), lr=1e-2, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(6):
+        loss = method.training_loss(support.features, support.labels, support.masks)["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
     out = method.predict(support.features)
     assert torch.isfinite(out.anomaly_map).all()
 
