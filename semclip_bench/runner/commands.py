@@ -46,6 +46,22 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--shard", dict(help="i/n: run only episodes with index %% n == i (job arrays, GPUs)")),
     ("--batch-size", dict(type=int, help="images per batch for feature extraction/inference")),
+    (
+        "--precision",
+        dict(
+            choices=["auto", "fp32", "bf16"],
+            help="extract/predict precision (bf16 autocast; head training bf16-mixed); "
+            "auto = bf16 on CUDA, fp32 on CPU",
+        ),
+    ),
+    (
+        "--devices",
+        dict(
+            type=int,
+            help="processes to spread episodes over (Lightning DDP launcher; one per GPU); "
+            "composes with --shard",
+        ),
+    ),
 ]
 
 
@@ -146,12 +162,16 @@ def _execute(config: RunConfig, variants) -> int:
     from semclip_bench.runner.report import write_report
 
     result = run(config, variants, _command_line())
-    path, _ = write_report([result.folder], config.kind, config.out)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+    where = "" if result.world_size == 1 else f" (this rank of {result.world_size})"
     print(
-        f"{config.kind}: {result.written} episodes run, {result.already_done} resumed, "
-        f"{result.skipped} skipped in {result.wall_seconds:.1f}s ({stages})"
+        f"{config.kind}: {result.written} episodes run{where}, {result.already_done} resumed, "
+        f"{result.skipped} skipped in {result.wall_seconds:.1f}s ({stages}; "
+        f"precision {result.precision})"
     )
+    if not result.is_main:  # rank 0 writes the tables once every rank has finished
+        return 0
+    path, _ = write_report([result.folder], config.kind, config.out)
     print(f"tables: {path}")
     return 0
 

@@ -19,6 +19,9 @@ from semclip_bench.errors import UserError
 #: The repository's configs/ folder (method hyper-parameters, prompt banks, run presets).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
+#: Values of ``--precision``.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
 ALL_METHODS: tuple[str, ...] = ("semclip", "winclip", "anomalyclip", "patchcore", "linear_probe")
 
 
@@ -51,6 +54,11 @@ class RunConfig:
     wandb_project: str = "semclip_bench"
     shard: tuple[int, int] = (0, 1)  # (i, n): this process runs episodes with index % n == i
     batch_size: int = 32
+    #: Inference precision of extract/predict (and of head training): "auto" = bf16 on CUDA,
+    #: fp32 on CPU; "bf16" on CPU uses CPU autocast (slow on most CPUs; for checks only).
+    precision: str = "auto"
+    #: Processes (GPUs, or CPU processes) to spread the episodes over with Lightning's DDP launcher.
+    devices: int = 1
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
@@ -108,6 +116,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return parse_shard(value)
         if name in {"image_size", "batch_size"}:
             return None if value is None else int(value)
+        if name == "precision":
+            if str(value) not in PRECISIONS:
+                raise ValueError(f"choose from {', '.join(PRECISIONS)}")
+            return str(value)
+        if name == "devices":
+            number = int(value)
+            if number < 1:
+                raise ValueError("devices must be >= 1")
+            return number
         return value
     except (TypeError, ValueError) as exc:
         raise UserError(f"{source}: bad value for '{name}': {value!r} ({exc})") from None

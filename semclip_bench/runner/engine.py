@@ -4,6 +4,16 @@ For every (category, shots, seed) episode of PROTOCOL.md and every variant: buil
 it on the support set (frozen features from the cache), predict the query set, evaluate exactly,
 and append one row to ``<out>/<kind>/episodes.csv`` at once. Finished episodes are skipped on a
 rerun, so an interrupted run loses at most the episode in flight.
+
+Precision: ``extract`` and ``predict`` run under bf16 autocast when the resolved precision is bf16
+(the default on CUDA), trainable heads train with Lightning ``precision="bf16-mixed"``; support
+preparation (memory banks, text embeddings, logistic regression) stays in float32.
+
+Several devices (``devices > 1``): Lightning Fabric's DDP launcher starts one process per device
+(it re-executes the command line); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
+``i % (n * N) == s + n * r`` for ``--shard s/n``, writes ``<out>/<kind>/rank<r>/episodes.csv``, and
+rank 0 waits for all ranks (barrier) before the tables are written. Resuming sees every rank's
+rows (the store scans the whole run folder).
 """
 
 from __future__ import annotations
@@ -28,7 +38,12 @@ from semclip_bench import __version__
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.runner.config import RunConfig, Variant
-from semclip_bench.runner.features import FeatureCache
+from semclip_bench.runner.features import (
+    FeatureCache,
+    autocast,
+    resolve_precision,
+    trainer_precision,
+)
 from semclip_bench.runner.store import (
     METRIC_COLUMNS,
     PROVENANCE_FILE,
@@ -51,6 +66,10 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     cache_summary: str = ""
+    #: Whether this process writes the tables (rank 0, or the only process).
+    is_main: bool = True
+    world_size: int = 1
+    precision: str = "fp32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,12 +130,21 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     start = time.perf_counter()
     stages = _Stages()
     device = resolve_device(config.device)
+    fabric = _launch(config, device) if config.devices > 1 else None
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+    if fabric is not None:
+        device = fabric.device
+    precision = resolve_precision(config.precision, device)
     folder = Path(config.out) / config.kind
-    store = EpisodeStore(folder)
-    result = RunResult(folder=folder)
+    store = EpisodeStore(folder / f"rank{rank}" if world > 1 else folder, scan=folder)
+    result = RunResult(folder=folder, is_main=rank == 0, world_size=world, precision=precision)
 
     t0 = time.perf_counter()
-    dataset = load_dataset(config.data)
+    if fabric is not None:
+        with fabric.rank_zero_first(local=False):  # the built-in data is generated only once
+            dataset = load_dataset(config.data)
+    else:
+        dataset = load_dataset(config.data)
     stages.add("data", time.perf_counter() - t0)
     categories = _categories(config, dataset)
     classes = {v.method: method_class(v.method) for v in variants}
@@ -143,7 +171,8 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
         for variant in variants
     ]
     shard_index, shard_count = config.shard
-    mine = [u for i, u in enumerate(units) if i % shard_count == shard_index]
+    stride, offset = shard_count * world, shard_index + shard_count * rank
+    mine = [u for i, u in enumerate(units) if i % stride == offset]
     done = store.done_ids()
     supports_done = store.supports_done()
     todo = [u for u in mine if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
@@ -154,10 +183,17 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
         )
     _check_shots(config, dataset, categories)
 
-    cache = FeatureCache(device, batch_size=config.batch_size)
+    cache = FeatureCache(device, batch_size=config.batch_size, precision=precision)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
-    progress = tqdm(todo, desc=config.kind, unit="episode", dynamic_ncols=True, leave=False)
+    progress = tqdm(
+        todo,
+        desc=config.kind if world == 1 else f"{config.kind} rank {rank}/{world}",
+        unit="episode",
+        dynamic_ncols=True,
+        leave=False,
+        disable=rank != 0,
+    )
     for category, shots, seed, variant in progress:
         key = (category, shots, seed)
         if key not in episodes:
@@ -187,6 +223,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             tracker=tracker,
             stages=stages,
             config=config,
+            precision=precision,
         )
         row.update(
             episode_id=episode_id(category, variant.label, shots, seed),
@@ -210,8 +247,32 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
 
     result.wall_seconds = time.perf_counter() - start
     result.stage_seconds = dict(stages.seconds)
-    _write_provenance(folder, config, command, spec, device, dataset, result)
+    _write_provenance(store.folder, config, command, spec, device, dataset, result)
+    if fabric is not None:
+        fabric.barrier()  # rank 0 writes the tables only once every rank's rows are on disk
+        result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def _launch(config: RunConfig, device: torch.device):
+    """Start ``config.devices`` processes with Lightning Fabric's DDP launcher; returns the Fabric.
+
+    The launcher re-executes this command line in the other processes (``python -m
+    semclip_bench ...`` works; so does a script). Each process then runs its share of the units.
+    """
+    import lightning as L
+
+    if device.type == "cuda" and torch.cuda.device_count() < config.devices:
+        raise UserError(
+            f"--devices {config.devices}: only {torch.cuda.device_count()} CUDA device(s) here"
+        )
+    fabric = L.Fabric(
+        accelerator="cuda" if device.type == "cuda" else "cpu",
+        devices=config.devices,
+        strategy="ddp",
+    )
+    fabric.launch()
+    return fabric
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:
@@ -257,6 +318,7 @@ def _run_one(
     tracker: Tracker,
     stages: _Stages,
     config: RunConfig,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Fit and evaluate one variant on one episode; returns its row (without identity columns)."""
     from semclip_bench.metrics import NotAvailable, evaluate
@@ -327,6 +389,8 @@ def _run_one(
         TrainingConfig(**variant.training),
         seed=episode.seed,
         accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        precision=trainer_precision(precision, device),
         logger=logger if logger is not None else False,
     )
     row["fit_seconds"] = round(time.perf_counter() - t0, 3)
@@ -335,7 +399,7 @@ def _run_one(
     query = list(episode.query)
     t0 = time.perf_counter()
     features = cache.features(method, query, size, mean, std)
-    outputs = _predict(method, features, config.batch_size, device)
+    outputs = _predict(method, features, config.batch_size, device, precision)
     row["predict_seconds"] = round(time.perf_counter() - t0, 3)
     stages.add("predict", row["predict_seconds"])
 
@@ -386,21 +450,26 @@ def _run_one(
 
 
 def _predict(
-    method: FewShotMethod, features: dict[str, torch.Tensor], batch_size: int, device
+    method: FewShotMethod,
+    features: dict[str, torch.Tensor],
+    batch_size: int,
+    device,
+    precision: str = "fp32",
 ) -> MethodOutput:
-    """Batched prediction; outputs concatenated on the CPU."""
+    """Batched prediction under the run's precision; outputs stay on the device until one final
+    copy to the CPU (no host round trip per batch)."""
     n = next(iter(features.values())).shape[0]
     parts: list[MethodOutput] = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):
         for begin in range(0, n, batch_size):
             batch = {k: v[begin : begin + batch_size].to(device) for k, v in features.items()}
-            parts.append(method.predict(batch).detach_cpu())
+            parts.append(method.predict(batch))
     logits = [p.class_logits for p in parts]
     return MethodOutput(
-        image_score=torch.cat([p.image_score for p in parts]),
-        anomaly_map=torch.cat([p.anomaly_map for p in parts]),
-        class_logits=None if logits[0] is None else torch.cat(logits),
-    )
+        image_score=torch.cat([p.image_score.float() for p in parts]),
+        anomaly_map=torch.cat([p.anomaly_map.float() for p in parts]),
+        class_logits=None if logits[0] is None else torch.cat([x.float() for x in logits]),
+    ).detach_cpu()
 
 
 def _overlays(query, outputs: MethodOutput, size: int, cache: FeatureCache, count: int = 4):
@@ -462,6 +531,8 @@ def _write_provenance(folder, config, command, spec, device, dataset, result) ->
         "seeds": list(config.seeds),
         "shots": list(config.shots),
         "shard": f"{config.shard[0]}/{config.shard[1]}",
+        "precision": result.precision,
+        "devices": result.world_size,
         "wall_seconds": round(result.wall_seconds, 1),
         "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
         "cache": result.cache_summary,

@@ -4,12 +4,22 @@ Methods split into a frozen ``extract`` and a per-episode head (see ``models/bas
 keys extracted features by ``(method.feature_key(), image path)``, so the same image seen in
 another shot count, seed or by another method with the same extraction is never recomputed.
 Masks are cached by ``(path, size)``.
+
+Precision: ``extract`` runs under :func:`autocast` (bf16 on CUDA by default). Features are stored
+as the method produced them (several methods return float32 explicitly; SEM-CLIP's raw tokens stay
+bf16 under autocast, which halves the cache), so the heads see the same dtypes in the runner and
+in the methods' own tests; the heads' matmuls run under the same autocast in ``predict``.
+Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
+extracts the previous batch; no per-image device work happens on this path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +32,38 @@ from semclip_bench.data.types import Sample
 from semclip_bench.models.base import Features, FewShotMethod
 
 log = logging.getLogger(__name__)
+
+#: Threads decoding images for extraction (bounded; 1 = decode in the calling thread).
+DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere; other values are returned as is."""
+    device_type = torch.device(device).type
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    if precision not in {"fp32", "bf16"}:
+        raise ValueError(f"unknown precision {precision!r}; choose from auto, fp32, bf16")
+    return precision
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision: bf16 autocast, or nothing for fp32."""
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def trainer_precision(precision: str, device: torch.device | str) -> str:
+    """Lightning ``precision`` for head training: ``"bf16-mixed"`` with bf16, else ``"32-true"``."""
+    return "bf16-mixed" if resolve_precision(precision, device) == "bf16" else "32-true"
+
+
+def _own_storage(value: Tensor) -> Tensor:
+    """``value`` itself when it owns its storage, else a compact copy (no large base kept alive)."""
+    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        return value.clone()
+    return value
 
 
 @dataclass
@@ -43,9 +85,10 @@ class CacheStats:
 class FeatureCache:
     """In-memory cache of per-image frozen features and masks, on ``device``."""
 
-    def __init__(self, device: torch.device, batch_size: int = 32) -> None:
+    def __init__(self, device: torch.device, batch_size: int = 32, precision: str = "fp32") -> None:
         self.device = device
         self.batch_size = batch_size
+        self.precision = resolve_precision(precision, device)
         self._features: dict[tuple[str, str], dict[str, Tensor]] = {}
         self._masks: dict[tuple[str, int], Tensor] = {}
         self.stats = CacheStats()
@@ -66,20 +109,48 @@ class FeatureCache:
         if missing:
             start = time.perf_counter()
             dataset = SampleDataset(missing, ("good",), image_size, mean, std)
-            for begin in range(0, len(missing), self.batch_size):
-                chunk = range(begin, min(begin + self.batch_size, len(missing)))
-                images = torch.stack([dataset[i]["image"] for i in chunk]).to(self.device)
-                with torch.no_grad():
-                    extracted = method.extract(images)
-                for row, i in enumerate(chunk):
-                    self._features[(key, missing[i].key)] = {
-                        name: value[row].detach().clone() for name, value in extracted.items()
+            begin = 0
+            for images in self._batches(dataset):
+                with torch.no_grad(), autocast(self.precision, self.device):
+                    extracted = method.extract(images.to(self.device, non_blocking=True))
+                # Per-image entries are views of the batch's (own) storage: no copies, no kernels.
+                extracted = {k: _own_storage(v.detach()) for k, v in extracted.items()}
+                for row in range(images.shape[0]):
+                    self._features[(key, missing[begin + row].key)] = {
+                        name: value[row] for name, value in extracted.items()
                     }
+                begin += images.shape[0]
             self.stats.seconds += time.perf_counter() - start
         if not samples:
             return {}
         per_image = [self._features[(key, s.key)] for s in samples]
         return {name: torch.stack([f[name] for f in per_image]) for name in per_image[0]}
+
+    def _batches(self, dataset: SampleDataset) -> Iterator[Tensor]:
+        """Stacked (B, 3, S, S) images of ``dataset`` in order; decoding runs ahead in threads."""
+        n = len(dataset)
+        pin = self.device.type == "cuda"
+
+        def stack(items: list[Tensor]) -> Tensor:
+            images = torch.stack(items)
+            return images.pin_memory() if pin else images
+
+        if DECODE_THREADS == 1 or n <= 1:
+            for begin in range(0, n, self.batch_size):
+                chunk = range(begin, min(begin + self.batch_size, n))
+                yield stack([dataset[i]["image"] for i in chunk])
+            return
+        ahead = 2 * self.batch_size  # bounded read-ahead: at most ~3 batches decoded at once
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            pending = [pool.submit(dataset.__getitem__, i) for i in range(min(n, ahead))]
+            submitted = len(pending)
+            for begin in range(0, n, self.batch_size):
+                count = min(self.batch_size, n - begin)
+                done, pending = pending[:count], pending[count:]
+                more = range(submitted, min(n, submitted + count))
+                pending += [pool.submit(dataset.__getitem__, i) for i in more]
+                submitted += len(more)
+                yield stack([future.result()["image"] for future in done])
 
     def masks(self, samples: Sequence[Sample], size: int) -> Tensor:
         """(N, size, size) float {0, 1} masks, nearest-resized; zeros for normal images."""

@@ -72,8 +72,10 @@ def episode_id(category: str, variant: str, shots: int, seed: int) -> str:
 class EpisodeStore:
     """Append-only episode rows of one run folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, scan: Path | None = None) -> None:
         self.folder = Path(folder)
+        #: Folder whose rows (searched recursively, e.g. every ``rank<r>/``) count as done.
+        self.scan = Path(scan) if scan is not None else self.folder
         self.csv_path = self.folder / EPISODES_FILE
         self.supports_path = self.folder / SUPPORTS_FILE
         try:
@@ -93,9 +95,13 @@ class EpisodeStore:
             path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def done_ids(self) -> set[str]:
-        return set(read_rows([self.folder])["episode_id"]) if self.csv_path.exists() else set()
+        """Episode ids with a row anywhere under the scanned folder (all ranks and shards)."""
+        if not any(p.stat().st_size for p in self.scan.rglob(EPISODES_FILE)):
+            return set()
+        return set(read_rows([self.scan])["episode_id"])
 
     def supports_done(self) -> set[str]:
+        """Support records already written by this process's store (each rank keeps its own)."""
         if not self.supports_path.exists():
             return set()
         with self.supports_path.open() as handle:
@@ -142,6 +148,8 @@ def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
         if not folder.exists():
             raise UserError(f"--from: folder not found: {folder}")
         for path in paths:
+            if path.stat().st_size == 0:  # a rank or shard that has not written a row yet
+                continue
             try:
                 frames.append(pd.read_csv(path, dtype={"reason": str}, keep_default_na=False))
             except (pd.errors.ParserError, UnicodeDecodeError) as exc:

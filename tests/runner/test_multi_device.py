@@ -1,0 +1,68 @@
+"""``--devices 2``: two DDP processes (Lightning Fabric, gloo on CPU) give a single run's rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from semclip_bench.cli import main
+from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, read_rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter: Lightning's launcher re-executes that command line (it
+    cannot re-execute pytest)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "semclip_bench", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _metrics(rows: pd.DataFrame) -> pd.DataFrame:
+    columns = ["episode_id", "status", "reason", *METRIC_COLUMNS, "per_type_auroc"]
+    return rows[columns].sort_values("episode_id").reset_index(drop=True)
+
+
+def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: Path) -> None:
+    common = (
+        "sweep",
+        "--config",
+        str(fast_config),
+        "--data",
+        str(tiny_data),
+        "--shots",
+        "1",
+        "--methods",
+        "patchcore,linear_probe,semclip",
+        "--device",
+        "cpu",
+    )
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0  # the reference, in-process
+    multi = _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2")
+    assert multi.returncode == 0, multi.stderr[-3000:]
+
+    folder = tmp_path / "two" / "sweep"
+    per_rank = {r: read_rows([folder / f"rank{r}"]) for r in (0, 1)}
+    # 1 category x 1 shot x 2 seeds x 3 methods = 6 units, 3 per rank, disjoint
+    assert len(per_rank[0]) == 3 and len(per_rank[1]) == 3
+    assert not set(per_rank[0]["episode_id"]) & set(per_rank[1]["episode_id"])
+    merged = read_rows([folder])
+    one = read_rows([tmp_path / "one" / "sweep"])
+    pd.testing.assert_frame_equal(_metrics(merged), _metrics(one))
+    assert (tmp_path / "two" / "sweep.md").exists()  # rank 0 wrote the tables after the barrier
+    # Resume sees every rank's rows.
+    assert EpisodeStore(folder / "rank0", scan=folder).done_ids() == set(one["episode_id"])
+    again = _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 episodes run" in again.stdout and len(read_rows([folder])) == 6
