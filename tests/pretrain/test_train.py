@@ -1,0 +1,145 @@
+"""Training lowers the loss; export loads through the backbone; CLI runs end to end (CPU)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from semclip_bench.backbones import BackboneSpec, build_backbone
+from semclip_bench.cli import main
+from semclip_bench.data.synth import SynthConfig
+from semclip_bench.pretrain.data import SynthCaptionStream, normalise_batch
+from semclip_bench.pretrain.evaluate import retrieval_accuracy, zero_shot_auroc
+from semclip_bench.pretrain.export import export_checkpoint, read_sha256_file, sha256_file
+from semclip_bench.pretrain.module import ClipPretrainModule, PretrainConfig, lr_factor
+
+ARCH = "semclip-tiny"
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    stream = SynthCaptionStream(ARCH, 64, render_size=64)
+    items = [stream.item(i) for i in range(8)]
+    return {
+        "image": normalise_batch(torch.stack([it["image"] for it in items])),
+        "text": torch.stack([it["text"] for it in items]),
+    }
+
+
+def _train(module: ClipPretrainModule, batch: dict, steps: int) -> list[float]:
+    opt = module.configure_optimizers()
+    for group in opt.param_groups:
+        group["lr"] = 1e-3
+    losses = []
+    module.train()
+    for _ in range(steps):
+        loss = module.contrastive_loss(batch["image"], batch["text"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_a_few_steps_lower_the_loss(batch: dict) -> None:
+    module = ClipPretrainModule(PretrainConfig(arch=ARCH))
+    losses = _train(module, batch, 12)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+
+
+def test_lr_schedule_warms_up_and_decays_by_steps_or_time() -> None:
+    cfg = PretrainConfig(warmup_steps=10, max_steps=100, min_lr_ratio=0.0)
+    assert lr_factor(0, 0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 0, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 0, cfg) == pytest.approx(0.5)
+    assert lr_factor(100, 0, cfg) == pytest.approx(0.0, abs=1e-9)
+    timed = PretrainConfig(warmup_steps=10, max_seconds=60.0, min_lr_ratio=0.0)
+    assert lr_factor(50, 30.0, timed) == pytest.approx(0.5)
+    assert lr_factor(50, 90.0, timed) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_export_loads_through_backbone_and_reproduces_encode_image(
+    batch: dict, tmp_path: Path
+) -> None:
+    module = ClipPretrainModule(PretrainConfig(arch=ARCH))
+    _train(module, batch, 3)
+    model = module.model.eval()
+    path = export_checkpoint(model, tmp_path, ARCH)
+    assert path.name == f"{ARCH}.pt"
+    assert read_sha256_file(tmp_path / f"{ARCH}.pt.sha256") == sha256_file(path)
+    state = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    backbone = build_backbone(BackboneSpec(ARCH, str(path)))
+    assert next(backbone.model.parameters()).dtype == torch.float32
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict({k: v.float() for k, v in state.items()})
+    x = batch["image"][:4]
+    with torch.no_grad():
+        ref, trained = rounded.encode_image(x), model.encode_image(x)
+    got = backbone.encode_image(x)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(got, trained, atol=2e-2 * float(trained.abs().max()))
+    random = build_backbone(BackboneSpec(ARCH, None))
+    assert not torch.allclose(random.encode_image(x), got, atol=1e-3)
+
+
+def test_evaluation_functions_on_a_tiny_split() -> None:
+    backbone = build_backbone(BackboneSpec(ARCH, None))
+    config = SynthConfig(
+        image_size=64, categories=("line_space",), n_train_good=0, n_test_good=3, n_per_defect=2
+    )
+    zs = zero_shot_auroc(backbone, config)
+    assert zs["n_images"] == 3 + 6 * 2
+    assert set(zs["per_type"]) == set(config.defect_types)
+    for value in (*zs["per_type"].values(), zs["seen"], zs["unseen"]):
+        assert 0.0 <= value <= 1.0
+    ret = retrieval_accuracy(backbone, 10, group=5, render_size=64)
+    assert ret["n_pairs"] == 10 and ret["chance"] == pytest.approx(0.2)
+    assert 0.0 <= ret["image_to_text_top1"] <= 1.0
+
+
+def test_cli_pretrain_on_captions_csv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 40), dtype=np.uint8))
+        rows.append(f"{i}.png,lot A wafer {i} M1 recipe")
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text("image_path,caption\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(
+        ["pretrain", "--data", str(csv_path), "--arch", ARCH, "--out", str(out), "--steps", "3",
+         "--batch-size", "4", "--workers", "0", "--no-eval", "--accelerator", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    for name in (f"{ARCH}.pt", f"{ARCH}.pt.sha256", "loss_curve.csv", "loss_curve.png",
+                 "MODEL_CARD.md"):  # fmt: skip
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["steps"] == 3
+    assert len((out / "loss_curve.csv").read_text().splitlines()) == 1 + 3
+    assert "captions.csv" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_cli_pretrain_sem_synth_and_errors(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "synth"
+    code = main(
+        ["pretrain", "--data", "sem-synth", "--arch", ARCH, "--out", str(out), "--steps", "2",
+         "--batch-size", "4", "--workers", "0", "--render-size", "64", "--no-eval",
+         "--accelerator", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "100000" in card and "scratch" in card and "infilm" in card
+    assert main(["pretrain", "--data", "sem-synth", "--out", str(out), "--steps", "1",
+                 "--synth-seed", "0"]) == 2  # fmt: skip
+    assert "--synth-seed" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(tmp_path / "x.csv"), "--out", str(out),
+                 "--steps", "1"]) == 2  # fmt: skip
+    assert main(["pretrain", "--data", "sem-synth", "--out", str(out)]) == 2
