@@ -90,7 +90,7 @@ def make_support(
 ):
     """A K-shot support in feature space: K normal (+ K per defect type with random masks)."""
     from semclip_bench.models.base import SupportSet
-    from semclip_bench.runner.features import autocast
+    from semclip_bench.runner.features import extract_features
 
     size = int(getattr(method, "image_size", backbone.image_size))
     generator = torch.Generator().manual_seed(0)
@@ -105,10 +105,10 @@ def make_support(
             y, x = torch.randint(0, size - max(h, w), (2,), generator=generator).tolist()
             masks[i, y : y + h, x : x + w] = 1.0
     images = torch.randn(n, 3, size, size, generator=generator)
-    parts = []
-    with torch.no_grad(), autocast(precision, device):
-        for begin in range(0, n, 32):
-            parts.append(method.extract(images[begin : begin + 32].to(device)))
+    parts = [
+        extract_features(method, images[begin : begin + 32], precision, device)
+        for begin in range(0, n, 32)
+    ]
     features = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return SupportSet(
         features=features,
@@ -128,7 +128,7 @@ def bench_method(
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.runner.config import method_config
-    from semclip_bench.runner.features import autocast, trainer_precision
+    from semclip_bench.runner.features import extract_features, trainer_precision
 
     options, training = method_config(name)
     if args.epochs is not None and "epochs" in training:
@@ -165,9 +165,10 @@ def bench_method(
     for batch in args.batch_sizes:
         images = torch.randn(batch, 3, size, size, device=device)
 
-        def query(images: torch.Tensor = images) -> None:
-            with torch.no_grad(), autocast(precision, device):
-                method.predict(method.extract(images))
+        def query(images: torch.Tensor = images) -> None:  # as the runner: see runner/features.py
+            features = extract_features(method, images, precision, device)
+            with torch.no_grad():
+                method.predict(features)
 
         _reset_peak(device)
         seconds = time_call(query, device, warmup=args.warmup, repeats=args.repeats)

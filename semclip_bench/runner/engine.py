@@ -5,9 +5,9 @@ it on the support set (frozen features from the cache), predict the query set, e
 and append one row to ``<out>/<kind>/episodes.csv`` at once. Finished episodes are skipped on a
 rerun, so an interrupted run loses at most the episode in flight.
 
-Precision: ``extract`` and ``predict`` run under bf16 autocast when the resolved precision is bf16
-(the default on CUDA), trainable heads train with Lightning ``precision="bf16-mixed"``; support
-preparation (memory banks, text embeddings, logistic regression) stays in float32.
+Precision: with bf16 (the default on CUDA) ``extract`` runs under bf16 autocast and trainable heads
+train with Lightning ``precision="bf16-mixed"``; features are kept as float32, and support
+preparation and ``predict`` run in float32 (see ``runner/features.py`` for why).
 
 Several devices (``devices > 1``): Lightning Fabric's DDP launcher starts one process per device
 (it re-executes the command line); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
@@ -40,7 +40,6 @@ from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOut
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.features import (
     FeatureCache,
-    autocast,
     resolve_precision,
     trainer_precision,
 )
@@ -456,11 +455,12 @@ def _predict(
     device,
     precision: str = "fp32",
 ) -> MethodOutput:
-    """Batched prediction under the run's precision; outputs stay on the device until one final
-    copy to the CPU (no host round trip per batch)."""
+    """Batched float32 prediction (``precision`` is the run's, used for extraction only; see
+    ``runner/features.py``); outputs stay on the device until one final copy to the CPU (no host
+    round trip per batch)."""
     n = next(iter(features.values())).shape[0]
     parts: list[MethodOutput] = []
-    with torch.no_grad(), autocast(precision, device):
+    with torch.no_grad():
         for begin in range(0, n, batch_size):
             batch = {k: v[begin : begin + batch_size].to(device) for k, v in features.items()}
             parts.append(method.predict(batch))

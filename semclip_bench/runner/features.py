@@ -5,10 +5,12 @@ keys extracted features by ``(method.feature_key(), image path)``, so the same i
 another shot count, seed or by another method with the same extraction is never recomputed.
 Masks are cached by ``(path, size)``.
 
-Precision: ``extract`` runs under :func:`autocast` (bf16 on CUDA by default). Features are stored
-as the method produced them (several methods return float32 explicitly; SEM-CLIP's raw tokens stay
-bf16 under autocast, which halves the cache), so the heads see the same dtypes in the runner and
-in the methods' own tests; the heads' matmuls run under the same autocast in ``predict``.
+Precision: ``extract`` (the frozen backbone: nearly all the FLOPs) runs under :func:`autocast`
+(bf16 on CUDA by default); its floating outputs are stored as float32 (a lossless upcast). So the
+heads (memory banks, text similarities, trained layers, kNN distances, map upsampling and Gaussian
+blur) run in float32 in both precisions and see the same dtypes as in the methods' own tests:
+bf16 there would quantise cosine logits (resolution ~0.004 / temperature) and the blurred maps into
+ties that move the pixel metrics, for little time (the heads are cheap next to the backbone).
 Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
 extracts the previous batch; no per-image device work happens on this path.
 """
@@ -57,6 +59,19 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 def trainer_precision(precision: str, device: torch.device | str) -> str:
     """Lightning ``precision`` for head training: ``"bf16-mixed"`` with bf16, else ``"32-true"``."""
     return "bf16-mixed" if resolve_precision(precision, device) == "bf16" else "32-true"
+
+
+def extract_features(
+    method: FewShotMethod, images: Tensor, precision: str, device: torch.device
+) -> Features:
+    """``method.extract(images)`` without gradients under the precision's autocast; floating
+    outputs as float32 (what the heads consume in either precision)."""
+    with torch.no_grad(), autocast(precision, device):
+        extracted = method.extract(images.to(device, non_blocking=True))
+    return {
+        name: value.detach().float() if value.is_floating_point() else value.detach()
+        for name, value in extracted.items()
+    }
 
 
 def _own_storage(value: Tensor) -> Tensor:
@@ -111,10 +126,9 @@ class FeatureCache:
             dataset = SampleDataset(missing, ("good",), image_size, mean, std)
             begin = 0
             for images in self._batches(dataset):
-                with torch.no_grad(), autocast(self.precision, self.device):
-                    extracted = method.extract(images.to(self.device, non_blocking=True))
+                extracted = extract_features(method, images, self.precision, self.device)
                 # Per-image entries are views of the batch's (own) storage: no copies, no kernels.
-                extracted = {k: _own_storage(v.detach()) for k, v in extracted.items()}
+                extracted = {k: _own_storage(v) for k, v in extracted.items()}
                 for row in range(images.shape[0]):
                     self._features[(key, missing[begin + row].key)] = {
                         name: value[row] for name, value in extracted.items()
