@@ -266,3 +266,13 @@ def test_loss_terms(backbone) -> None:
 def test_invalid_options(backbone, options) -> None:
     with pytest.raises(UserError):
         AnomalyClip(backbone, CLASS_NAMES, **options)
+
+
+def test_method_config_builds_the_method(backbone) -> None:
+    from semclip_bench.runner.config import method_config
+
+    options, training = method_config("anomalyclip", None)
+    method = AnomalyClip(backbone, CLASS_NAMES, **options)
+    assert method.n_ctx == options["n_ctx"]
+    config = TrainingConfig(**training)
+    assert config.weight_decay == 0.0 and tuple(config.betas) == (0.5, 0.999)
