@@ -89,7 +89,8 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         "## Training",
         f"- steps: {summary['steps']}, batch size {summary['batch_size']} per device "
         f"(global {summary['global_batch_size']}), images seen {summary['images_seen']:,}",
-        f"- AdamW lr {o['lr']:g}, weight decay {o['weight_decay']:g}, warmup {o['warmup']} steps "
+        f"- AdamW lr {o['lr']:g}, weight decay {o['weight_decay']:g}, "
+        f"warmup {summary.get('warmup_steps', o['warmup'])} steps "
         "then cosine (progress = max of step and wall-clock fractions), grad clip 1.0",
         f"- precision {summary['precision']}, device {summary['device']}, "
         f"wall time {summary['wall_seconds']:.0f} s",

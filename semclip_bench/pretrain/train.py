@@ -112,9 +112,10 @@ class _DataModule:
             "pin_memory": torch.cuda.is_available(),
             "drop_last": True,
             "collate_fn": _collate,
+            "worker_init_fn": _worker_init,
         }
         if o.workers > 0:
-            common.update(persistent_workers=True, prefetch_factor=4)
+            common.update(persistent_workers=True, prefetch_factor=2)
         if self.csv is not None:
             if len(self.csv) < o.batch_size * world_size:
                 raise UserError(
@@ -138,6 +139,13 @@ class _DataModule:
             buffer_size=o.buffer_size or o.batch_size,
         )
         return DataLoader(stream, **common)
+
+
+def _worker_init(worker_id: int) -> None:
+    """One OpenCV thread per DataLoader worker (the workers already run in parallel)."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -235,6 +243,9 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         "batch_size": opts.batch_size,
         "global_batch_size": opts.batch_size * trainer.world_size,
         "wall_seconds": round(wall, 1),
+        "warmup_steps": min(cfg.warmup_steps, max(cfg.max_steps // 10, 1))
+        if cfg.max_steps
+        else cfg.warmup_steps,
         "device": device,
         "precision": precision,
         "final_loss": float(sum(tail) / len(tail)) if tail else float("nan"),
