@@ -22,6 +22,8 @@ with masks: the supervision SEM-CLIP gets) instead of on an auxiliary dataset.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,6 +31,9 @@ from torch import Tensor, nn
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput
 from semclip_bench.models.common import dice_loss, focal_loss, gaussian_blur, upsample_maps
+
+if TYPE_CHECKING:
+    from semclip_bench.backbones import ClipBackbone
 
 #: State words of the two object-agnostic prompts (after the learnable context words).
 NORMAL_WORDS = "object."
@@ -67,7 +72,7 @@ class AnomalyClip(FewShotMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: ClipBackbone,
         class_names: tuple[str, ...],
         *,
         n_ctx: int = 12,
