@@ -36,6 +36,19 @@ class _SupportFeatures(Dataset):
         feats = {k: v[i] for k, v in self.support.features.items()}
         return feats, self.support.labels[i], self.support.masks[i]
 
+    def __getitems__(self, indices: list[int]) -> tuple[Features, Tensor, Tensor]:
+        """A whole batch with one gather per tensor (the DataLoader's fetcher prefers this over
+        per-item indexing + collate: same rows, same order, a few kernels instead of many)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        feats = {k: v[index.to(v.device)] for k, v in self.support.features.items()}
+        labels, masks = self.support.labels, self.support.masks
+        return feats, labels[index.to(labels.device)], masks[index.to(masks.device)]
+
+
+def _batched(batch: tuple[Features, Tensor, Tensor]) -> tuple[Features, Tensor, Tensor]:
+    """Collate of :meth:`_SupportFeatures.__getitems__`: already a batch."""
+    return batch
+
 
 class FewShotModule(L.LightningModule):
     """Optimises a method's trainable head on the support set; predicts on query features."""
@@ -88,6 +101,7 @@ def fit_method(
         batch_size=min(config.batch_size, len(support.labels)),
         shuffle=True,
         generator=generator,
+        collate_fn=_batched,
     )
     defaults: dict[str, object] = dict(
         max_epochs=config.epochs,
