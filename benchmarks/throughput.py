@@ -128,6 +128,7 @@ def bench_method(
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.runner.config import method_config
+    from semclip_bench.runner.engine import _deterministic
     from semclip_bench.runner.features import extract_features, trainer_precision
 
     options, training = method_config(name)
@@ -148,6 +149,7 @@ def bench_method(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=[device.index or 0] if device.type == "cuda" else 1,
             precision=trainer_precision(precision, device),
+            deterministic=_deterministic(device),
         )
         method.eval()
 
@@ -372,9 +374,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--out", type=Path, default=Path("results/performance.md"))
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 5/2)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls (default 2/1)")
-    parser.add_argument("--fit-repeats", type=int, default=None, help="timed fits (default 3/1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls (default 5 on CUDA, 2 on CPU)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed calls (default 2 on CUDA, 1 on CPU)"
+    )
+    parser.add_argument(
+        "--fit-repeats", type=int, default=None, help="timed fits (default 2 on CUDA, 1 on CPU)"
+    )
     parser.add_argument("--shots", type=int, default=10, help="K of the fitted support")
     parser.add_argument(
         "--epochs", type=int, default=None, help="override training epochs (default: the config's)"
@@ -429,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_sizes = args.batch_sizes or ([1, 16, 64] if gpu else [1, 4])
         args.repeats = args.repeats or (5 if gpu else 2)
         args.warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
-        args.fit_repeats = args.fit_repeats or (3 if gpu else 1)
+        args.fit_repeats = args.fit_repeats or (2 if gpu else 1)
         precision = resolve_precision(args.precision, device)
         default = default_backbone_spec()
         name = args.backbone or default.name
