@@ -214,6 +214,8 @@ _DEFECT_TEMPLATES = (
     "{imaging} SEM of {pattern}: {defect}",
     "wafer inspection image, {pattern}, defect = {defect}",
     "{defect} in an image of {pattern}",
+    "SEM image of {defect} on wafer surface; {pattern}",
+    "a grayscale SEM micrograph showing {defect} on {pattern}",
 )
 
 _NORMAL_TEMPLATES = (
@@ -227,6 +229,8 @@ _NORMAL_TEMPLATES = (
     "{imaging} SEM of {pattern}: {normal}",
     "wafer inspection image, {pattern}, {normal}",
     "{normal} in an image of {pattern}",
+    "SEM image of {normal} on wafer surface; {pattern}",
+    "a grayscale SEM micrograph showing {normal}: {pattern}",
 )
 
 

@@ -87,6 +87,21 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--workers", type=int, default=None, help="processes for rendering")
     ev.add_argument("--retrieval-images", type=int, default=1000, help="held-out pairs")
+    ev.add_argument(
+        "--n-test-good",
+        type=int,
+        default=None,
+        help="normal test images per category (default: the benchmark's SynthConfig)",
+    )
+    ev.add_argument(
+        "--n-per-defect",
+        type=int,
+        default=None,
+        help="test images per defect type and category (default: the benchmark's SynthConfig)",
+    )
+    ev.add_argument(
+        "--render-size", type=int, default=256, help="sem-synth image size (benchmark: 256)"
+    )
     ev.add_argument("--no-baseline", action="store_true", help="skip the random-init model")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=_run_evaluate)
@@ -139,7 +154,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).is_file():
         raise UserError(f"option --checkpoint: {args.checkpoint} does not exist")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = SynthConfig()
+    overrides = {
+        k: v
+        for k, v in (
+            ("n_test_good", args.n_test_good),
+            ("n_per_defect", args.n_per_defect),
+            ("image_size", args.render_size),
+        )
+        if v is not None
+    }
+    config = SynthConfig(**overrides)
     rendered = render_test_split(config, args.workers or 1)
     results: dict[str, Any] = {}
     runs = [("pretrained", args.checkpoint)]
@@ -153,7 +177,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             rendered=rendered,
             retrieval_images=args.retrieval_images,
             workers=args.workers,
+            render_size=args.render_size,
         )
+    results["protocol"] = {"zero_shot_config": config.to_dict(), "checkpoint": args.checkpoint}
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

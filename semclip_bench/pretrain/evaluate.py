@@ -44,6 +44,11 @@ def _spawn():
     return multiprocessing.get_context("spawn")
 
 
+def _use_pool(workers: int, n: int) -> bool:
+    """Spawned processes cost seconds to start: only worth it for many images."""
+    return workers > 1 and n >= 50 * workers
+
+
 def _render_task(args: tuple[SynthConfig, str, str, str, int]) -> np.ndarray:
     config, category, split, label, index = args
     return render_image(config, category, split, label, index).image
@@ -57,7 +62,7 @@ def render_test_split(config: SynthConfig, workers: int = 0) -> list[tuple[str, 
         for label in (NORMAL_LABEL, *config.defect_types)
         for i in range(config.n_test_good if label == NORMAL_LABEL else config.n_per_defect)
     ]
-    if workers > 1:
+    if _use_pool(workers, len(tasks)):
         with cf.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:
             images = list(pool.map(_render_task, tasks, chunksize=8))
     else:
@@ -138,7 +143,7 @@ def retrieval_accuracy(
     stream = SynthCaptionStream(
         backbone.spec.name, backbone.image_size, seed=seed, render_size=render_size, augment=False
     )
-    if workers > 1:
+    if _use_pool(workers, n_images):
         with cf.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:
             items = list(pool.map(stream.item, range(n_images), chunksize=8))
     else:

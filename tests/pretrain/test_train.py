@@ -143,3 +143,21 @@ def test_cli_pretrain_sem_synth_and_errors(tmp_path: Path, capsys) -> None:
     assert main(["pretrain", "--data", str(tmp_path / "x.csv"), "--out", str(out),
                  "--steps", "1"]) == 2  # fmt: skip
     assert main(["pretrain", "--data", "sem-synth", "--out", str(out)]) == 2
+
+
+def test_cli_evaluate_a_checkpoint(tmp_path: Path, capsys) -> None:
+    module = ClipPretrainModule(PretrainConfig(arch=ARCH))
+    path = export_checkpoint(module.model, tmp_path, ARCH)
+    out = tmp_path / "eval.json"
+    code = main(
+        ["pretrain", "evaluate", "--checkpoint", str(path), "--arch", ARCH, "--device", "cpu",
+         "--n-test-good", "2", "--n-per-defect", "1", "--render-size", "64",
+         "--retrieval-images", "8", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"pretrained", "random_init", "protocol"}
+    assert result["pretrained"]["zero_shot"]["n_images"] == 3 * (2 + 6)
+    assert set(result["pretrained"]["zero_shot"]["per_type"]) >= {"scratch", "infilm"}
+    assert main(["pretrain", "evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
