@@ -8,15 +8,22 @@ Pipeline (see ``shared/design/REFERENCE.md``; unpublished details are named opti
 * **Expert prompts** (``semclip_bench/prompts.py``): per class, template x state phrases embedded
   and averaged into one text vector; class ``good`` uses the normal-state phrases.
 * **Transformation Layer** ``T_l`` per tapped level (APRIL-GAN style, trainable): maps a raw token
-  into the joint text space, ``T_l(x) = W_l LN(x) + b_l`` with a parameter-free LayerNorm (the
-  frozen ``ln_post`` affine is folded into ``W_l``, ``b_l``). ``transform_init="projection"``
-  (default) starts ``T_l`` at the backbone's own ``ln_post`` + projection and trains a zero-
-  initialised correction on top of it, so weight decay pulls towards the zero-shot CLIP mapping
-  and the text prompts keep their meaning; ``"random"`` is APRIL-GAN's plain ``nn.Linear`` init.
+  into the joint text space, ``T_l(x) = W0 LN(x) + b0 + W_l z_l + b_l`` with ``LN`` a parameter-free
+  LayerNorm and ``z_l = (LN(x) - mu_l) / sigma_l`` its per-channel standardisation with support
+  statistics (computed in ``setup_support``; CLIP's residual stream has a few huge channels, and
+  standardising keeps the few-shot steps well conditioned). ``transform_init="projection"``
+  (default): ``W0``, ``b0`` are the backbone's own ``ln_post`` + projection (affine folded in),
+  frozen, and ``W_l``, ``b_l`` start at zero, so training starts from the zero-shot CLIP Surgery
+  maps, weight decay pulls towards them and the text prompts keep their meaning.
+  ``"random"``: no base, ``W_l``, ``b_l`` with ``nn.Linear``'s init (APRIL-GAN).
   ``transform="shared"`` (default) uses one ``T_l`` per level for both paths: the two streams live
   in the same residual space (CLIP Surgery projects v-v tokens with the same ``ln_post`` + proj),
   and it halves the trainable parameters for few-shot training. ``"separate"`` gives the v-v path
   its own ``T_l``.
+* **Text centring** (``text_centering=True``): the class text vectors are used as
+  ``normalise(t_c - mean_c t_c)``, i.e. with their class-common (redundant) part removed, as CLIP
+  Surgery removes redundant text features. Prompt embeddings of one domain are nearly collinear
+  (cosine ~0.9), so without it every class scores almost alike.
 * **Maps**: per level ``l`` and path ``p`` (F = vanilla, V = v-v), the transformed tokens are L2-
   normalised, compared with the class text embeddings after CLIP Surgery feature surgery
   (``surgery=True``: class weights ``w_c`` from the image embedding and removal of the class-
@@ -26,19 +33,21 @@ Pipeline (see ``shared/design/REFERENCE.md``; unpublished details are named opti
   over levels and paths divided by the number of maps: same ranking, values in [0, 1]),
   upsampled bilinearly to the input size and smoothed with a Gaussian of ``sigma`` pixels.
 * **Classification Head** (trainable) on the frozen image embedding: ``Linear(embed_dim, C)`` on
-  the LayerNorm-standardised (no affine) CLS embedding, or a one-hidden-layer GELU MLP with
-  ``head_hidden > 0``. Its logits are fused with the CLIP image-text logits
-  ``cos(cls, t_c) / temperature``: ``logits = (1 - lambda) head + lambda clip`` with
-  ``lambda = class_logit_weight``.
+  the CLS embedding after a parameter-free LayerNorm and per-channel standardisation with support
+  statistics, or a one-hidden-layer GELU MLP with ``head_hidden > 0``. Its logits are fused with
+  the CLIP image-text logits ``cos(cls, t_c) / temperature``:
+  ``logits = (1 - lambda) head + lambda clip`` with ``lambda = class_logit_weight``.
 * **Image score**: ``(1 - w) max(A) + w (1 - softmax(logits)[normal])``, ``w =
   image_score_weight`` (both terms in [0, 1]).
 * **Loss** (``training_loss``, optimised with AdamW by ``FewShotModule``): for every map (l, p), a
   focal loss (gamma 2) on the per-class probabilities against the pixel class targets plus a Dice
   loss on the anomaly probability against the mask (APRIL-GAN), averaged over maps, plus cross-
   entropy on the fused class logits. Maps are taken before smoothing. ``loss_resolution="grid"``
-  (default, fast) compares them on the patch grid with the masks area-averaged per patch (soft
-  targets, so a defect of a few pixels still counts); ``"input"`` upsamples the maps to the input
-  size instead. A defect image whose mask is empty (no pixel annotation) gets no pixel loss.
+  (default, fast) compares them on the patch grid: with ``grid_target="any"`` (default) a patch is
+  a defect patch as soon as the mask touches it (SEM defects are often smaller than a patch: an
+  area-fraction target of 0.05 would teach "normal"), ``"area"`` uses the covered fraction as a
+  soft target. ``"input"`` upsamples the maps to the input size and uses the masks as they are.
+  A defect image whose mask is empty (no pixel annotation) gets no pixel loss.
 
 Ablation switches (constructor options; each removes exactly this):
 
@@ -103,16 +112,20 @@ class SemClipMaps:
     clip_logits: Tensor | None
 
 
-class TransformationLayer(nn.Module):
-    """``T(x) = (W0 + W) LN(x) + (b0 + b)``: raw width-d tokens -> joint embedding space.
+class TransformationLayers(nn.Module):
+    """``n`` Transformation Layers at once: ``T_l(x) = W0 LN(x) + b0 + W_l z_l(x) + b_l``.
 
-    ``LN`` is a LayerNorm without affine parameters. ``W0``, ``b0`` are frozen buffers (the
-    backbone's folded ``ln_post`` + projection, or zeros); ``W``, ``b`` are the trainable
-    ``linear`` (zero-initialised when a base is given, default ``nn.Linear`` init otherwise).
+    Maps raw width-d tokens of level ``l`` into the joint embedding space. ``LN`` is a LayerNorm
+    without affine parameters; ``z_l = (LN(x) - mu_l) / sigma_l`` standardises it per channel with
+    support statistics (identity without them). ``W0``, ``b0`` are frozen buffers (the backbone's
+    folded ``ln_post`` + projection, absent with random init); ``W_l``, ``b_l`` are trainable
+    (zero-initialised when a base is given, else ``nn.Linear``'s default init). One ``einsum``
+    serves every level.
     """
 
     def __init__(
         self,
+        n_levels: int,
         width: int,
         embed_dim: int,
         base_weight: Tensor | None = None,
@@ -122,21 +135,41 @@ class TransformationLayer(nn.Module):
         super().__init__()
         self.width = width
         self.eps = eps
-        self.linear = nn.Linear(width, embed_dim)
+        self.weight = nn.Parameter(torch.zeros(n_levels, embed_dim, width))
+        self.bias = nn.Parameter(torch.zeros(n_levels, embed_dim))
+        if base_weight is None:
+            bound = 1.0 / width**0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            nn.init.uniform_(self.weight, -bound, bound)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.has_base = base_weight is not None
         if base_weight is None:
             base_weight = torch.zeros(embed_dim, width)
+        if base_bias is None:
             base_bias = torch.zeros(embed_dim)
-        else:
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
-            if base_bias is None:
-                base_bias = torch.zeros(embed_dim)
         self.register_buffer("base_weight", base_weight.detach().clone().float())
         self.register_buffer("base_bias", base_bias.detach().clone().float())
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x, (self.width,), eps=self.eps)
-        return F.linear(y, self.base_weight + self.linear.weight, self.base_bias + self.linear.bias)
+    def forward(
+        self,
+        tokens: Tensor,
+        levels: Tensor | None = None,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
+    ) -> Tensor:
+        """(B, M, L, width) -> (B, M, L, embed_dim); map m uses layer ``levels[m]`` (default m).
+
+        The base acts on ``LN(x)``; the trainable part on ``(LN(x) - mean_m) / std_m`` when the
+        per-map statistics ``mean``, ``std`` (M, width) are given (well-conditioned steps).
+        """
+        weight, bias = self.weight, self.bias  # (n, D, W), (n, D)
+        if levels is not None:
+            weight, bias = weight[levels], bias[levels]
+        y = F.layer_norm(tokens, (self.width,), eps=self.eps)
+        z = y if mean is None or std is None else (y - mean[:, None, :]) / std[:, None, :]
+        out = torch.einsum("bmlw,mdw->bmld", z, weight) + bias[None, :, None, :]
+        if self.has_base:
+            out = out + F.linear(y, self.base_weight, self.base_bias)
+        return out
 
 
 def folded_projection(backbone) -> tuple[Tensor, Tensor, float]:
@@ -176,7 +209,9 @@ class SemClip(FewShotMethod):
         temperature: softmax temperature of every image/token-text similarity.
         sigma: Gaussian smoothing of the maps at input resolution, in pixels (0 = off).
         surgery: CLIP Surgery feature surgery on the similarities (False = plain cosine).
+        text_centering: remove the class-common part of the text vectors (see above).
         loss_resolution: "grid" | "input" (see the module docstring).
+        grid_target: "any" | "area" patch targets of the grid loss.
         focal_weight, dice_weight, ce_weight: weights of the loss terms.
     """
 
@@ -203,7 +238,9 @@ class SemClip(FewShotMethod):
         temperature: float = 0.07,
         sigma: float = 4.0,
         surgery: bool = True,
+        text_centering: bool = True,
         loss_resolution: Literal["grid", "input"] = "grid",
+        grid_target: Literal["any", "area"] = "any",
         focal_weight: float = 1.0,
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
@@ -216,6 +253,7 @@ class SemClip(FewShotMethod):
         _check_choice("transform", transform, ("shared", "separate"))
         _check_choice("transform_init", transform_init, ("projection", "random"))
         _check_choice("loss_resolution", loss_resolution, ("grid", "input"))
+        _check_choice("grid_target", grid_target, ("any", "area"))
         for opt, value in (("class_logit_weight", class_logit_weight),
                            ("image_score_weight", image_score_weight)):  # fmt: skip
             if not 0.0 <= float(value) <= 1.0:
@@ -265,7 +303,9 @@ class SemClip(FewShotMethod):
         self.temperature = float(temperature)
         self.sigma = float(sigma)
         self.surgery = bool(surgery)
+        self.text_centering = bool(text_centering)
         self.loss_resolution = loss_resolution
+        self.grid_target = grid_target
         self.focal_weight = float(focal_weight)
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
@@ -273,19 +313,25 @@ class SemClip(FewShotMethod):
         self.image_size = int(backbone.image_size)
         width, embed_dim, n_classes = int(backbone.width), int(backbone.embed_dim), len(class_names)
 
-        self.transforms: nn.ModuleList | None = None
-        self.transforms_vv: nn.ModuleList | None = None
+        self.transforms: TransformationLayers | None = None
+        self.transforms_vv: TransformationLayers | None = None
         if self.text_guidance:
             base = folded_projection(backbone) if transform_init == "projection" else None
 
-            def make() -> TransformationLayer:
+            def make(n: int) -> TransformationLayers:
                 if base is None:
-                    return TransformationLayer(width, embed_dim)
-                return TransformationLayer(width, embed_dim, base[0], base[1], eps=base[2])
+                    return TransformationLayers(n, width, embed_dim)
+                return TransformationLayers(n, width, embed_dim, base[0], base[1], eps=base[2])
 
-            self.transforms = nn.ModuleList(make() for _ in self.taps)
+            self.transforms = make(len(self.taps))
             if paths == "dual" and transform == "separate":
-                self.transforms_vv = nn.ModuleList(make() for _ in self.vv_levels)
+                self.transforms_vv = make(len(self.vv_levels))
+        # Layer of each (level, path) map in the shared mode: F levels, then the v-v levels.
+        self.register_buffer(
+            "map_levels",
+            torch.tensor(list(range(len(self.taps))) + list(self.vv_levels), dtype=torch.long),
+            persistent=False,
+        )
 
         if head_hidden > 0:
             self.head: nn.Module = nn.Sequential(
@@ -294,6 +340,12 @@ class SemClip(FewShotMethod):
         else:
             self.head = nn.Linear(embed_dim, n_classes)
 
+        # Support statistics standardising the trainable inputs (identity until setup_support).
+        n_maps = len(self.taps) + (len(self.vv_levels) if paths == "dual" else 0)
+        self.register_buffer("token_mean", torch.zeros(n_maps, width))
+        self.register_buffer("token_std", torch.ones(n_maps, width))
+        self.register_buffer("cls_mean", torch.zeros(embed_dim))
+        self.register_buffer("cls_std", torch.ones(embed_dim))
         self.register_buffer("text_embeddings", torch.zeros(n_classes, embed_dim))
         self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
 
@@ -338,41 +390,64 @@ class SemClip(FewShotMethod):
                 f"support classes {support.class_names} differ from the method's {self.class_names}"
             )
         self._set_text(self.compute_text_embeddings())
+        if len(support.labels) > 0 and support.features:
+            self._set_statistics(support.features)
+
+    @torch.no_grad()
+    def _set_statistics(self, features: Features) -> None:
+        """Per-channel mean/std of the support's LayerNormed tokens (per map) and CLS embedding."""
+        tokens = self._raw_tokens(features)  # (B, M, L, W)
+        y = F.layer_norm(tokens, (tokens.shape[-1],))
+        self.token_mean.copy_(y.mean(dim=(0, 2)))
+        self.token_std.copy_(_safe_std(y, dim=(0, 2)))
+        cls = features["cls"].to(self.cls_mean)
+        c = F.layer_norm(cls, (cls.shape[-1],))
+        self.cls_mean.copy_(c.mean(dim=0))
+        if len(c) > 1:
+            self.cls_std.copy_(_safe_std(c, dim=(0,)))
 
     def _set_text(self, emb: Tensor) -> None:
         self.text_embeddings.copy_(emb.to(self.text_embeddings))
         self.text_ready.fill_(True)
 
     def _text(self) -> Tensor:
+        """(C, D) class text vectors used for the similarities (after text centring if on)."""
         if not bool(self.text_ready):
             self._set_text(self.compute_text_embeddings())
-        return self.text_embeddings
+        text = self.text_embeddings
+        if self.text_centering:
+            text = F.normalize(text - text.mean(dim=0, keepdim=True), dim=-1)
+        return text
 
     # ------------------------------------------------------------------ head
     def _dtype(self) -> torch.dtype:
         return next(self.head.parameters()).dtype
 
+    def _raw_tokens(self, features: Features) -> Tensor:
+        """(B, n_maps, L, width) raw tokens of every (level, path) map, F levels first."""
+        patches = features["patches"].to(self._dtype())
+        if self.paths == "vanilla":
+            return patches
+        if "patches_vv" not in features:
+            raise KeyError("semclip with paths=dual needs the 'patches_vv' feature")
+        return torch.cat([patches, features["patches_vv"].to(patches.dtype)], dim=1)
+
     def _tokens_in_text_space(self, features: Features) -> Tensor:
         """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
-        dtype = self._dtype()
-        patches = features["patches"].to(dtype)
-        levels = []
-        if self.transforms is not None:
-            levels = [t(patches[:, i]) for i, t in enumerate(self.transforms)]
-        else:
-            levels = [self.backbone.project_tokens(patches[:, i]) for i in range(len(self.taps))]
-        if self.paths == "dual":
-            if "patches_vv" not in features:
-                raise KeyError("semclip with paths=dual needs the 'patches_vv' feature")
-            vv = features["patches_vv"].to(dtype)
-            for j, level in enumerate(self.vv_levels):
-                if self.transforms_vv is not None:
-                    levels.append(self.transforms_vv[j](vv[:, j]))
-                elif self.transforms is not None:
-                    levels.append(self.transforms[level](vv[:, j]))
-                else:
-                    levels.append(self.backbone.project_tokens(vv[:, j]))
-        return torch.stack([x.to(dtype) for x in levels], dim=1)
+        tokens = self._raw_tokens(features)
+        if self.transforms is None:  # no text guidance: frozen ln_post + projection
+            return self.backbone.project_tokens(tokens).to(tokens.dtype)
+        mean, std = self.token_mean.to(tokens.dtype), self.token_std.to(tokens.dtype)
+        if self.transforms_vv is None:
+            return self.transforms(tokens, self.map_levels, mean, std)
+        n = len(self.taps)
+        return torch.cat(
+            [
+                self.transforms(tokens[:, :n], None, mean[:n], std[:n]),
+                self.transforms_vv(tokens[:, n:], None, mean[n:], std[n:]),
+            ],
+            dim=1,
+        )
 
     def class_probabilities(self, features: Features) -> Tensor:
         """(B, n_maps, L, C) per-token class probabilities of every (level, path) map."""
@@ -390,7 +465,8 @@ class SemClip(FewShotMethod):
     def logits(self, features: Features) -> tuple[Tensor, Tensor, Tensor | None]:
         """(fused, head, clip) class logits; clip is None without text guidance."""
         cls = features["cls"].to(self._dtype())
-        head = self.head(F.layer_norm(cls, (cls.shape[-1],)))
+        z = (F.layer_norm(cls, (cls.shape[-1],)) - self.cls_mean) / self.cls_std
+        head = self.head(z.to(cls.dtype))
         if not self.text_guidance:
             return head, head, None
         clip = cosine_logits(cls, self._text().to(cls.dtype), self.temperature)
@@ -437,6 +513,8 @@ class SemClip(FewShotMethod):
         pixel_weight = ((labels == 0) | (masks.flatten(1).amax(dim=1) > 0)).to(probs.dtype)
         if self.loss_resolution == "grid":
             target = downsample_masks(masks, self.grid)  # (B, L) area fractions
+            if self.grid_target == "any":
+                target = (target > 0).to(probs.dtype)
             class_probs = probs.permute(0, 3, 1, 2)  # (B, C, M, L)
         else:
             target = masks.flatten(1)  # (B, H*W)
@@ -473,9 +551,15 @@ class SemClip(FewShotMethod):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
+def _safe_std(x: Tensor, dim: tuple[int, ...]) -> Tensor:
+    """Standard deviation over ``dim``, floored at 1e-3 of its mean (no division blow-ups)."""
+    std = x.std(dim=dim)
+    return std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
+
+
 def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"semclip option {option}={value!r}: choose from {', '.join(choices)}")
 
 
-__all__ = ["SemClip", "SemClipMaps", "TransformationLayer", "folded_projection"]
+__all__ = ["SemClip", "SemClipMaps", "TransformationLayers", "folded_projection"]

@@ -116,7 +116,7 @@ def test_class_logit_fusion(backbone, images) -> None:
     assert clip is not None
     assert torch.allclose(fused, 0.75 * head + 0.25 * clip)
     cls = torch.nn.functional.normalize(feats["cls"], dim=-1)
-    assert torch.allclose(clip, cls @ method.text_embeddings.t() / 0.07, atol=1e-5)
+    assert torch.allclose(clip, cls @ method._text().t() / 0.07, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------- training
@@ -224,7 +224,10 @@ def test_dual_map_is_the_mean_of_vanilla_and_vv_maps(backbone, images) -> None:
     n = len(dual.taps)
     assert probs.shape[1] == 2 * n
     vanilla = make(backbone, paths="vanilla", sigma=0.0)  # same init (same seed)
-    vanilla.load_state_dict(dual.state_dict(), strict=False)
+    shared = {
+        k: v for k, v in dual.state_dict().items() if not k.startswith(("token_", "backbone"))
+    }
+    vanilla.load_state_dict(shared, strict=False)
     p_f = vanilla.class_probabilities({k: v for k, v in feats.items() if k != "patches_vv"})
     assert torch.allclose(p_f, probs[:, :n], atol=1e-6)
     a_f = (1 - probs[:, :n, :, 0]).mean(1)
@@ -249,6 +252,35 @@ def test_partial_vv_blocks_give_vv_levels_only_after_the_first_vv_block(backbone
         make(backbone, vv_blocks=1, taps=(1, 2))
 
 
+def test_setup_support_standardises_inputs_and_centres_text(
+    backbone, images, labels, masks
+) -> None:
+    method = make(backbone)
+    support = support_of(method, images, labels, masks)
+    assert torch.equal(method.token_std, torch.ones_like(method.token_std))
+    method.setup_support(support)
+    assert method.token_mean.shape == (method.n_maps, backbone.width)
+    tokens = method._raw_tokens(support.features)
+    y = torch.nn.functional.layer_norm(tokens, (backbone.width,))
+    z = (y - method.token_mean[:, None]) / method.token_std[:, None]
+    assert torch.allclose(z.mean(dim=(0, 2)), torch.zeros_like(method.token_mean), atol=1e-4)
+    assert torch.allclose(z.std(dim=(0, 2)), torch.ones_like(method.token_std), atol=1e-3)
+    # Text centring removes the class-common part of the prompt embeddings.
+    raw = method.text_embeddings
+    centred = torch.nn.functional.normalize(raw - raw.mean(0), dim=-1)
+    assert torch.allclose(method._text(), centred)
+    plain = make(backbone, text_centering=False)
+    plain.setup_support(support)
+    assert torch.allclose(plain._text(), raw)
+    # Grid targets: "any" marks every patch touched by the mask, "area" uses the fraction.
+    area = make(backbone, grid_target="area")
+    area.setup_support(support)
+    with torch.no_grad():
+        a = area.training_loss(support.features, labels, masks)
+        b = method.training_loss(support.features, labels, masks)
+    assert not torch.allclose(a["dice"], b["dice"])
+
+
 def test_no_text_guidance_removes_transforms_and_text_logits(
     backbone, images, labels, masks
 ) -> None:
@@ -271,15 +303,15 @@ def test_projection_init_starts_at_the_frozen_projection(backbone, images) -> No
     guided = make(backbone)
     frozen = make(backbone, text_guidance=False)
     feats = guided.extract(images)
-    x = feats["patches"][:, -1]
-    assert torch.allclose(guided.transforms[-1](x), backbone.project_tokens(x), atol=1e-5)
+    x = feats["patches"]
+    assert torch.allclose(guided.transforms(x), backbone.project_tokens(x), atol=1e-5)
     assert torch.allclose(
         guided.class_probabilities(feats), frozen.class_probabilities(feats), atol=1e-5
     )
     w, b, _eps = folded_projection(backbone)
     assert w.shape == (backbone.embed_dim, backbone.width) and b.shape == (backbone.embed_dim,)
     random_init = make(backbone, transform_init="random")
-    assert not torch.allclose(random_init.transforms[-1](x), backbone.project_tokens(x))
+    assert not torch.allclose(random_init.transforms(x), backbone.project_tokens(x))
 
 
 def test_generic_prompts_change_only_the_text_embeddings(backbone, images) -> None:
@@ -336,6 +368,7 @@ def test_checkpoint_round_trip_reproduces_outputs(
         {"temperature": 0.0},
         {"sigma": -1.0},
         {"loss_resolution": "pixel"},
+        {"grid_target": "max"},
     ],
 )
 def test_bad_options_are_user_errors(backbone, options) -> None:
