@@ -397,9 +397,10 @@ class SemClip(FewShotMethod):
     def _set_statistics(self, features: Features) -> None:
         """Per-channel mean/std of the support's LayerNormed tokens (per map) and CLS embedding."""
         tokens = self._raw_tokens(features)  # (B, M, L, W)
-        y = F.layer_norm(tokens, (tokens.shape[-1],))
-        self.token_mean.copy_(y.mean(dim=(0, 2)))
-        self.token_std.copy_(_safe_std(y, dim=(0, 2)))
+        for m in range(tokens.shape[1]):  # one map at a time bounds the peak memory
+            y = F.layer_norm(tokens[:, m], (tokens.shape[-1],))
+            self.token_mean[m] = y.mean(dim=(0, 1))
+            self.token_std[m] = _safe_std(y, dim=(0, 1))
         cls = features["cls"].to(self.cls_mean)
         c = F.layer_norm(cls, (cls.shape[-1],))
         self.cls_mean.copy_(c.mean(dim=0))
