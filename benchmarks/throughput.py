@@ -200,6 +200,16 @@ def bench_floor(backbone, args, device: torch.device, precision: str) -> dict[st
     return {"method": "floor: encode_image", "cases": cases}
 
 
+def best_floor(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Per batch size the faster of two floor measurements (before and after the methods): a
+    cold first pass or a busy moment must not flatter the methods' ratios."""
+    cases = {
+        b: max(first["cases"][b], second["cases"][b], key=lambda c: c["ips"])
+        for b in first["cases"]
+    }
+    return {**first, "cases": cases}
+
+
 def profile_table(fn: Callable[[], None], device: torch.device, rows: int = 15) -> str:
     """Top ops of one call of ``fn`` by (self) device time (CPU time on a CPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -280,6 +290,27 @@ def environment(backbone, device: torch.device, precision: str, args) -> dict[st
         f"git {git_commit()}, Python {sys.version.split()[0]}",
         "command": "python -m benchmarks.throughput " + " ".join(map(shlex.quote, args.argv)),
     }
+
+
+def _throughput_body(env, floor, results, args, backbone_name: str, device) -> str:
+    """The section text: environment, table, targets, method notes and optional profiles."""
+    body = _env_block(env) + "\n" + throughput_table(floor, results, args.batch_sizes) + "\n"
+    body += targets_text(floor, results, args.batch_sizes, backbone_name, device)
+    body += (
+        "\nQuery inference = extract (under the precision's autocast) + predict (float32, as the "
+        "runner) of fresh random images already on the device (no decode, no cache); median of "
+        f"{args.repeats} timed calls after {args.warmup} warm-up calls. Fit = setup_support + "
+        f"head training on a {args.shots}-shot support (features precomputed), median of "
+        f"{args.fit_repeats}. Peak = max_memory_allocated over the case, weights included. "
+        "Floor: the faster of two passes (before and after the methods).\n"
+    )
+    for r in results:
+        if "profile" in r:
+            body += (
+                f"\n<details><summary>profile {r['method']} @{max(args.batch_sizes)}"
+                f"</summary>\n\n```\n{r['profile']}```\n</details>\n"
+            )
+    return body
 
 
 def _env_block(env: dict[str, str]) -> str:
@@ -423,14 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
-    from semclip_bench.runner.engine import resolve_device
+    from semclip_bench.runner.engine import no_uninitialized_fill, resolve_device
     from semclip_bench.runner.features import resolve_precision
 
     try:
+        no_uninitialized_fill()  # as the runner does
         device = resolve_device(args.device)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs: as a user would run them
-            torch.backends.cudnn.allow_tf32 = True
         if args.threads:
             torch.set_num_threads(args.threads)
         gpu = device.type == "cuda"
@@ -450,32 +479,18 @@ def main(argv: list[str] | None = None) -> int:
         print("".join(f"{k}: {v}\n" for k, v in env.items()))
         key = f"{env['device']} | {spec.name} | {precision}"
         if not args.skip_throughput:
-            floor = bench_floor(backbone, args, device, precision)
-            results = []
+            first = bench_floor(backbone, args, device, precision)  # also warms the backbone up
+            results: list[dict[str, Any]] = []
             for method in args.methods:
                 start = time.perf_counter()
                 results.append(bench_method(method, backbone, args, device, precision))
                 print(f"{method}: done in {time.perf_counter() - start:.1f}s", flush=True)
-            table = throughput_table(floor, results, args.batch_sizes)
-            targets = targets_text(floor, results, args.batch_sizes, spec.name, device)
-            print(table)
-            print(targets)
-            body = _env_block(env) + "\n" + table + "\n" + targets
-            body += (
-                "\nQuery inference = extract + predict of fresh random images already on the "
-                "device (no decode, no cache); median of "
-                f"{args.repeats} timed calls after {args.warmup} warm-up calls. Fit = "
-                f"setup_support + head training on a {args.shots}-shot support (features "
-                f"precomputed), median of {args.fit_repeats}. Peak = max_memory_allocated over the "
-                "case, weights included.\n"
-            )
-            if args.profile:
-                for r in results:
-                    print(f"profile {r['method']} @{max(args.batch_sizes)}\n{r['profile']}")
-                    body += (
-                        f"\n<details><summary>profile {r['method']} @{max(args.batch_sizes)}"
-                        f"</summary>\n\n```\n{r['profile']}```\n</details>\n"
-                    )
+                # Written after every method: a run cut short still leaves its rows.
+                partial = _throughput_body(env, first, results, args, spec.name, device)
+                write_section(args.out, f"throughput | {key}", partial + "\n(partial)\n")
+            floor = best_floor(first, bench_floor(backbone, args, device, precision))
+            body = _throughput_body(env, floor, results, args, spec.name, device)
+            print(body)
             write_section(args.out, f"throughput | {key}", body)
         if args.check_precision:
             text = check_precision(args, device)
