@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             write_section(args.out, f"throughput | {key}", body)
         if args.check_precision:
             text = check_precision(args, device)
-            print(text)
+            print("\n" + text)
             write_section(
                 args.out,
                 f"precision check | {env['device']} | {spec.name}",

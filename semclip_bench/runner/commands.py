@@ -58,7 +58,8 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--devices",
         dict(
             type=int,
-            help="processes to spread episodes over (Lightning DDP launcher; one per GPU); "
+            help="processes to spread episodes over (Lightning DDP launcher); on CUDA process r "
+            "uses GPU r %% GPU count, so N may exceed the GPUs (processes share them); "
             "composes with --shard",
         ),
     ),

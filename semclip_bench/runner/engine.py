@@ -9,8 +9,9 @@ Precision: with bf16 (the default on CUDA) ``extract`` runs under bf16 autocast 
 train with Lightning ``precision="bf16-mixed"``; features are kept as float32, and support
 preparation and ``predict`` run in float32 (see ``runner/features.py`` for why).
 
-Several devices (``devices > 1``): Lightning Fabric's DDP launcher starts one process per device
-(it re-executes the command line); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
+Several devices (``devices > 1``): Lightning Fabric's DDP launcher starts that many processes (it
+re-executes the command line; on CUDA rank r uses GPU r % device_count, so processes may also share
+one GPU); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
 ``i % (n * N) == s + n * r`` for ``--shard s/n``, writes ``<out>/<kind>/rank<r>/episodes.csv``, and
 rank 0 waits for all ranks (barrier) before the tables are written. Resuming sees every rank's
 rows (the store scans the whole run folder).
@@ -130,10 +131,10 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     stages = _Stages()
     no_uninitialized_fill()
     device = resolve_device(config.device)
-    fabric = _launch(config, device) if config.devices > 1 else None
+    fabric = None
+    if config.devices > 1:
+        fabric, device = _launch(config, device)
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
-    if fabric is not None:
-        device = fabric.device
     precision = resolve_precision(config.precision, device)
     folder = Path(config.out) / config.kind
     store = EpisodeStore(folder / f"rank{rank}" if world > 1 else folder, scan=folder)
@@ -255,24 +256,27 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
 
 
 def _launch(config: RunConfig, device: torch.device):
-    """Start ``config.devices`` processes with Lightning Fabric's DDP launcher; returns the Fabric.
+    """Start ``config.devices`` processes with Lightning Fabric's DDP launcher.
 
-    The launcher re-executes this command line in the other processes (``python -m
-    semclip_bench ...`` works; so does a script). Each process then runs its share of the units.
+    Returns ``(fabric, device)``: this process's Fabric and its compute device. The launcher
+    re-executes this command line in the other processes (``python -m semclip_bench ...`` works;
+    so does a script); each process then runs its share of the units. The process group is gloo
+    (Fabric on the "cpu" accelerator): its only collective is the final barrier, so no NCCL is
+    needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per GPU, or
+    several processes sharing a GPU (useful on one GPU: the heads' training is launch-bound).
     """
+    import os
+
     import lightning as L
 
-    if device.type == "cuda" and torch.cuda.device_count() < config.devices:
-        raise UserError(
-            f"--devices {config.devices}: only {torch.cuda.device_count()} CUDA device(s) here"
-        )
-    fabric = L.Fabric(
-        accelerator="cuda" if device.type == "cuda" else "cpu",
-        devices=config.devices,
-        strategy="ddp",
-    )
+    fabric = L.Fabric(accelerator="cpu", devices=config.devices, strategy="ddp")
     fabric.launch()
-    return fabric
+    # Split the CPU between the processes (decode threads, metrics, CPU compute).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
+    if device.type == "cuda":
+        device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return fabric, device
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:
