@@ -160,12 +160,10 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class _Module(ClipPretrainModule):
     """The pretraining module with its DataLoader (built after DDP setup)."""
 
-    def __init__(self, cfg: PretrainConfig, data: _DataModule) -> None:
-        super().__init__(cfg)
-        self._data = data
+    pretrain_data: _DataModule
 
     def train_dataloader(self) -> DataLoader:
-        return self._data.loader(self.trainer.global_rank, self.trainer.world_size)
+        return self.pretrain_data.loader(self.trainer.global_rank, self.trainer.world_size)
 
 
 def default_precision() -> str:
@@ -193,11 +191,8 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         log_every=opts.log_every,
     )
     L.seed_everything(opts.seed, workers=True, verbose=False)
-    data_probe = ClipPretrainModule(cfg)
-    image_size = model_image_size(data_probe.model)
-    del data_probe
-    data = _DataModule(opts, image_size)
-    module = _Module(cfg, data)
+    module = _Module(cfg)
+    module.pretrain_data = _DataModule(opts, model_image_size(module.model))
     strategy = "ddp" if opts.devices > 1 else "auto"
     trainer = L.Trainer(
         accelerator=opts.accelerator,
