@@ -162,8 +162,10 @@ class TransformationLayers(nn.Module):
         per-map statistics ``mean``, ``std`` (M, width) are given (well-conditioned steps).
         """
         weight, bias = self.weight, self.bias  # (n, D, W), (n, D)
-        if levels is not None:
-            weight, bias = weight[levels], bias[levels]
+        if levels is not None:  # select by a one-hot matmul: deterministic backward on CUDA
+            sel = F.one_hot(levels, weight.shape[0]).to(weight.dtype)  # (M, n)
+            weight = (sel @ weight.flatten(1)).view(len(levels), *weight.shape[1:])
+            bias = sel @ bias
         y = F.layer_norm(tokens, (self.width,), eps=self.eps)
         z = y if mean is None or std is None else (y - mean[:, None, :]) / std[:, None, :]
         out = torch.einsum("bmlw,mdw->bmld", z, weight) + bias[None, :, None, :]

@@ -242,6 +242,21 @@ def test_dual_map_is_the_mean_of_vanilla_and_vv_maps(backbone, images) -> None:
     assert torch.allclose(out.anomaly_map, grid_map, atol=1e-6)
 
 
+def test_shared_transform_applies_the_level_layer_to_both_paths(backbone, images) -> None:
+    method = make(backbone, vv_blocks=2)  # v-v levels are taps 3 and 4 (indices 2, 3)
+    with torch.no_grad():
+        method.transforms.weight.normal_(0, 0.1)
+        method.transforms.bias.normal_(0, 0.1)
+    feats = method.extract(images)
+    out = method._tokens_in_text_space(feats)  # (B, 4 + 2, L, D)
+    per_level = method.transforms(feats["patches"])  # level l applied to tap l
+    vv_as_levels = method.transforms(
+        torch.cat([feats["patches"][:, :2], feats["patches_vv"]], dim=1)
+    )
+    assert torch.allclose(out[:, :4], per_level, atol=1e-5)
+    assert torch.allclose(out[:, 4:], vv_as_levels[:, 2:], atol=1e-5)
+
+
 def test_partial_vv_blocks_give_vv_levels_only_after_the_first_vv_block(backbone, images) -> None:
     method = make(backbone, vv_blocks=2)  # blocks 3 and 4 of 4
     assert method.vv_levels == (2, 3) and method.n_maps == 6
