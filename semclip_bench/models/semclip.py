@@ -59,6 +59,10 @@ Ablation switches (constructor options; each removes exactly this):
   frozen ``ln_post`` + projection (``backbone.project_tokens``) compared with the text embeddings
   (zero-shot maps, not trained); classification comes from the head alone. Only the head trains.
 
+Zero-shot (K = 0, empty support): nothing is trained; with text guidance the maps are the frozen
+projection's (the Transformation Layers start there) and the class logits are the CLIP text logits
+alone (the untrained head is switched off). Without text guidance the head stays (untrained).
+
 ``vv_blocks=None`` applies the v-v branch to every block (as PromptAD does) so that every tap has
 a v-v level; with fewer v-v blocks only the taps after the first v-v block get a V map.
 """
@@ -221,6 +225,8 @@ class SemClip(FewShotMethod):
     supervision: ClassVar = "normal+defects"
     classifies: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
+    #: K = 0 runs as zero-shot: frozen-projection maps and CLIP text logits (untrained head off).
+    zero_shot: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -350,6 +356,8 @@ class SemClip(FewShotMethod):
         self.register_buffer("cls_std", torch.ones(embed_dim))
         self.register_buffer("text_embeddings", torch.zeros(n_classes, embed_dim))
         self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
+        # False after setup_support with an empty support set: the untrained head is not used.
+        self.register_buffer("head_active", torch.ones((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ frozen part
     @property
@@ -392,7 +400,9 @@ class SemClip(FewShotMethod):
                 f"support classes {support.class_names} differ from the method's {self.class_names}"
             )
         self._set_text(self.compute_text_embeddings())
-        if len(support.labels) > 0 and support.features:
+        has_support = len(support.labels) > 0 and bool(support.features)
+        self.head_active.fill_(has_support or not self.text_guidance)
+        if has_support:
             self._set_statistics(support.features)
 
     @torch.no_grad()
@@ -473,6 +483,8 @@ class SemClip(FewShotMethod):
         if not self.text_guidance:
             return head, head, None
         clip = cosine_logits(cls, self._text().to(cls.dtype), self.temperature)
+        if not bool(self.head_active):  # zero-shot: no trained head to fuse
+            return clip, head, clip
         lam = self.class_logit_weight
         return (1 - lam) * head + lam * clip, head, clip
 

@@ -99,6 +99,21 @@ def test_feature_key_names_backbone_taps_vv_and_paths(backbone) -> None:
     assert make(backbone, prompts="generic", text_guidance=False).feature_key() == key
 
 
+def test_zero_shot_uses_clip_logits_and_frozen_maps(backbone, images) -> None:
+    assert SemClip.zero_shot
+    method = make(backbone)
+    feats = method.extract(images)
+    empty = SupportSet({}, torch.zeros(0, dtype=torch.long), torch.zeros(0, 64, 64), CLASSES, "c")
+    fit_method(method, empty, TrainingConfig(epochs=3))
+    out = method.predict(feats)
+    fused, _head, clip = method.logits(feats)
+    assert clip is not None and torch.equal(out.class_logits, clip) and torch.equal(fused, clip)
+    frozen = make(backbone, text_guidance=False)
+    assert torch.allclose(
+        method.class_probabilities(feats), frozen.class_probabilities(feats), atol=1e-5
+    )
+
+
 def test_image_score_rule(backbone, images, labels, masks) -> None:
     feats = make(backbone).extract(images)
     only_map = make(backbone, image_score_weight=0.0)
