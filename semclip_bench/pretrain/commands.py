@@ -72,6 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     p.add_argument(
         "--retrieval-images", type=int, default=1000, help="held-out pairs for retrieval eval"
     )
+    p.add_argument(
+        "--profile-data",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only measure the DataLoader's images/s for SECONDS (no training, no output files)",
+    )
     p.add_argument("--log-every", type=int, default=50, help="print the loss every N steps")
     p.set_defaults(func=_run_train)
 
@@ -108,7 +115,12 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from semclip_bench.pretrain.train import PretrainOptions, command_line, run_pretrain
+    from semclip_bench.pretrain.train import (
+        PretrainOptions,
+        command_line,
+        profile_data,
+        run_pretrain,
+    )
 
     if not args.out:
         raise UserError("pretrain needs --out DIR (where the checkpoint and model card go)")
@@ -140,6 +152,10 @@ def _run_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         command=command_line(),
     )
+    if args.profile_data is not None:
+        opts.validate()
+        profile_data(opts, args.profile_data)
+        return 0
     run_pretrain(opts)
     return 0
 

@@ -10,7 +10,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,37 @@ def default_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def profile_data(opts: PretrainOptions, seconds: float) -> float:
+    """Iterate the training DataLoader alone for ``seconds`` (after the first batch); prints and
+    returns images per second, to choose ``--workers`` / ``--reuse`` before a GPU run."""
+    import open_clip
+
+    import semclip_bench.backbones  # noqa: F401 - registers the project's model configs
+
+    cfg = open_clip.get_model_config(opts.arch)
+    if cfg is None:
+        raise UserError(f"option --arch: {opts.arch!r} is not an open_clip model config")
+    size = cfg["vision_cfg"]["image_size"]
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    endless = replace(opts, steps=None, max_minutes=seconds / 60 + 1)
+    loader = _DataModule(endless, size).loader(0, 1)
+    it = iter(loader)
+    t0 = time.perf_counter()
+    next(it)
+    t1 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t1 < seconds:
+        n += len(next(it)["image"])
+    rate = n / (time.perf_counter() - t1)
+    print(
+        f"data: first batch after {t1 - t0:.1f} s, then {rate:.0f} img/s "
+        f"({opts.workers} workers, reuse {opts.reuse}, batch {opts.batch_size}, "
+        f"render {opts.render_size} px -> {size} px)",
+        flush=True,
+    )
+    return rate
 
 
 def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:

@@ -161,3 +161,14 @@ def test_cli_evaluate_a_checkpoint(tmp_path: Path, capsys) -> None:
     assert set(result["pretrained"]["zero_shot"]["per_type"]) >= {"scratch", "infilm"}
     assert main(["pretrain", "evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_cli_profile_data_measures_the_loader(tmp_path: Path, capsys) -> None:
+    code = main(
+        ["pretrain", "--arch", ARCH, "--out", str(tmp_path / "p"), "--steps", "1",
+         "--batch-size", "4", "--workers", "0", "--render-size", "64", "--reuse", "2",
+         "--profile-data", "0.5"]
+    )  # fmt: skip
+    assert code == 0
+    assert "img/s" in capsys.readouterr().out
+    assert not (tmp_path / "p").exists()
