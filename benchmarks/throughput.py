@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -282,7 +283,7 @@ def environment(backbone, device: torch.device, precision: str, args) -> dict[st
     weights = (
         str(spec.pretrained) if spec.pretrained else "randomly initialised weights; timing only"
     )
-    return {
+    env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "precision": precision,
@@ -294,6 +295,9 @@ def environment(backbone, device: torch.device, precision: str, args) -> dict[st
         f"git {git_commit()}, Python {sys.version.split()[0]}",
         "command": "python -m benchmarks.throughput " + " ".join(map(shlex.quote, args.argv)),
     }
+    if hasattr(os, "getloadavg"):  # other processes on the machine make CPU timings noisy
+        env["load average at start (1/5/15 min)"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return env
 
 
 def _throughput_body(env, floor, results, args, backbone_name: str, device) -> str:
