@@ -172,3 +172,33 @@ def test_cli_profile_data_measures_the_loader(tmp_path: Path, capsys) -> None:
     assert code == 0
     assert "img/s" in capsys.readouterr().out
     assert not (tmp_path / "p").exists()
+
+
+def test_model_card_reports_seen_unseen_and_baseline(tmp_path: Path) -> None:
+    from semclip_bench.pretrain.card import write_model_card
+
+    def result(seen: float) -> dict:
+        per_type = {t: seen for t in ("bridge", "copper_residue", "hole", "particle")}
+        per_type.update(scratch=0.55, infilm=0.56)
+        return {
+            "zero_shot": {"per_type": per_type, "seen": seen, "unseen": 0.555, "all": 0.6},
+            "retrieval": {"image_to_text_top1": 0.3, "text_to_image_top1": 0.25,
+                          "n_pairs": 1000, "group": 100, "chance": 0.01},
+        }  # fmt: skip
+
+    summary = {
+        "arch": "semclip-vit-s16", "checkpoint": "/x/semclip-vit-s16.pt", "sha256": "ab" * 32,
+        "file_bytes": 21_660_863, "parameters": 10_796_449, "steps": 6000,
+        "images_seen": 3_072_000, "batch_size": 512, "global_batch_size": 512,
+        "wall_seconds": 660.0, "warmup_steps": 300, "device": "1 x NVIDIA H200",
+        "precision": "bf16-mixed", "final_loss": 1.23, "first_loss": 6.2,
+        "options": {"data": "sem-synth", "synth_seed": 100000, "render_size": 256, "reuse": 4,
+                    "augment": True, "lr": 8e-4, "weight_decay": 0.1, "warmup": 300, "seed": 0},
+        "command": ["python", "-m", "semclip_bench", "pretrain", "--max-minutes", "11"],
+        "evaluation": {"pretrained": result(0.81), "random_init": result(0.49)},
+    }  # fmt: skip
+    text = write_model_card(tmp_path / "MODEL_CARD.md", summary).read_text()
+    assert "| zero-shot iAUROC, seen types (mean) | 0.810 | 0.490 |" in text
+    assert "| zero-shot iAUROC, scratch (unseen) | 0.550 | 0.550 |" in text
+    assert "pretrain --max-minutes 11" in text
+    assert "100000" in text and "scratch, infilm" in text and "1 x NVIDIA H200" in text
