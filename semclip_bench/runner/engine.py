@@ -193,7 +193,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
         unit="episode",
         dynamic_ncols=True,
         leave=False,
-        disable=rank != 0,
+        **({"disable": True} if rank else {}),  # rank 0 keeps tqdm's defaults (TQDM_* env)
     )
     for category, shots, seed, variant in progress:
         key = (category, shots, seed)
