@@ -17,6 +17,8 @@ class TrainingConfig:
     """Support-set optimisation settings of a trainable method (from its YAML config)."""
 
     epochs: int = 20
+    #: Cap on optimiser steps (None = no cap): keeps large-K episodes at a fixed compute budget.
+    max_steps: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 16
@@ -62,7 +64,9 @@ class FewShotModule(L.LightningModule):
         features, labels, masks = batch
         terms = self.method.training_loss(features, labels, masks)
         for name, value in terms.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(labels))
+            self.log(
+                f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(labels)
+            )
         return terms["loss"]
 
     def predict_step(self, batch: Features, batch_idx: int) -> MethodOutput:
@@ -84,7 +88,7 @@ def fit_method(
     seed: int = 0,
     **trainer_kwargs: object,
 ) -> FewShotModule:
-    """Prepare ``method`` from ``support`` and, if it is trainable, train it with a Lightning Trainer.
+    """Prepare ``method`` from ``support``; if it is trainable, train it with a Lightning Trainer.
 
     Seeded (``L.seed_everything``) and deterministic on CPU. Extra keyword arguments go to
     :class:`lightning.Trainer` (for example ``accelerator``, ``logger``, ``precision``).
@@ -105,6 +109,7 @@ def fit_method(
     )
     defaults: dict[str, object] = dict(
         max_epochs=config.epochs,
+        max_steps=-1 if config.max_steps is None else int(config.max_steps),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
