@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -10,6 +12,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+
+# Lightning's start-up tips ("💡 Tip: ...") on every fit would bury the per-episode summaries.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+_EXPECTED_WARNINGS = (
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*does not have many workers.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
 
 
 @dataclass
@@ -119,7 +131,12 @@ def fit_method(
         devices=1,
     )
     defaults.update(trainer_kwargs)
-    trainer = L.Trainer(**defaults)
-    trainer.fit(module, train_dataloaders=loader)
+    with warnings.catch_warnings():
+        # Expected here, not actionable: the frozen backbone stays in eval mode by design, and
+        # a tiny support set needs no DataLoader workers.
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        trainer = L.Trainer(**defaults)
+        trainer.fit(module, train_dataloaders=loader)
     method.eval()
     return module
