@@ -16,7 +16,6 @@ from typing import Any
 from semclip_bench.errors import UserError
 from semclip_bench.runner.config import (
     ABLATIONS,
-    CONFIG_DIR,
     RunConfig,
     ablation_variants,
     merge_config,
@@ -141,9 +140,6 @@ def add_parser(subparsers, formatter_class) -> None:
 
 def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     config = base
-    preset = CONFIG_DIR / f"{base.kind}.yaml"
-    if preset.exists():
-        config = merge_config(config, read_yaml(preset), str(preset))
     if hasattr(args, "config"):
         config = merge_config(config, read_yaml(args.config), f"--config {args.config}")
     flags = {

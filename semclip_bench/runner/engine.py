@@ -66,6 +66,8 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     cache_summary: str = ""
+    #: The code that produced the rows: git commit at the start of the run.
+    commit: str = field(default_factory=lambda: git_commit())
     #: Whether this process writes the tables (rank 0, or the only process).
     is_main: bool = True
     world_size: int = 1
@@ -541,7 +543,7 @@ def _write_provenance(folder, config, command, spec, device, dataset, result) ->
     record = {
         "command": command,
         "package_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": result.commit,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
