@@ -111,6 +111,7 @@ def fit_method(
     module = FewShotModule(method, config)
     if not method.trainable or config.epochs <= 0 or len(support.labels) == 0:
         return module
+    device = next(iter(method.parameters()), torch.empty(0)).device
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         _SupportFeatures(support),
@@ -138,5 +139,8 @@ def fit_method(
             warnings.filterwarnings("ignore", message=message)
         trainer = L.Trainer(**defaults)
         trainer.fit(module, train_dataloaders=loader)
+    # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to
+    # the CPU; put it back where the caller had it, or every later extraction runs on the CPU.
+    method.to(device)
     method.eval()
     return module
