@@ -167,8 +167,9 @@ def per_category_table(ok: pd.DataFrame, order: Sequence[str], metrics: Sequence
     return _markdown(header, [r[:3] + g for r, g in zip(rows, grid, strict=False)])
 
 
-def per_type_table(ok: pd.DataFrame, order: Sequence[str]) -> str:
-    """iAUROC of each defect type's images against the normal query images."""
+def per_type_table(ok: pd.DataFrame, order: Sequence[str], unseen: Sequence[str] = ()) -> str:
+    """iAUROC of each defect type's images against the normal query images; ``unseen`` types
+    (held out of the backbone's pretraining) are marked in the header."""
     records = []
     for _, row in ok.iterrows():
         try:
@@ -190,7 +191,7 @@ def per_type_table(ok: pd.DataFrame, order: Sequence[str]) -> str:
         return "_No per-type values._"
     frame = pd.DataFrame(records)
     types = sorted(frame["type"].unique())
-    header = ["Method", "Shots", *types]
+    header = ["Method", "Shots", *(f"{t} (unseen)" if t in unseen else t for t in types)]
     rows, means, groups = [], [], []
     for shots in sorted(frame["shots"].unique()):
         for variant in order:
@@ -219,6 +220,19 @@ def _provenance(folders: Sequence[Path]) -> list[dict[str, Any]]:
         for path in sorted(Path(folder).rglob(PROVENANCE_FILE)):
             records.append(json.loads(path.read_text()))
     return records
+
+
+def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Defect types held out of pretraining, when every part of the run used the shipped weights."""
+    from semclip_bench.backbones import default_backbone_spec
+    from semclip_bench.pretrain.captions import EXCLUDED_TYPES
+
+    shipped = default_backbone_spec().pretrained
+    if not records or not shipped:
+        return []
+    if all(Path(str(r.get("weights", ""))).name == Path(shipped).name for r in records):
+        return sorted(EXCLUDED_TYPES)
+    return []
 
 
 def provenance_block(records: Sequence[dict[str, Any]], report_command: str | None) -> str:
@@ -269,7 +283,8 @@ def build_report(
     parts.append(
         "Metrics in percent, exact on the concatenated query set of each episode "
         "(PROTOCOL.md). Each cell: mean ± sample std over seeds of the mean over categories "
-        f"({len(ok['category'].unique())} categories, seeds {sorted(ok['seed'].unique())}). "
+        f"({ok['category'].nunique()} categories, "
+        f"seeds {sorted(int(x) for x in ok['seed'].unique())}). "
         "F1-max values are maxima over all thresholds (an oracle threshold, not a deployable "
         "operating point). Bold: best per column within a shot count. 'n/a (reason)': the "
         "metric is undefined for that method or query set.\n"
@@ -290,7 +305,14 @@ def build_report(
         else:
             parts.append("_No method in this run classifies defect types._\n")
         parts.append("## Per defect type: iAUROC of each type against the normal images\n")
-        parts.append(per_type_table(ok, order) + "\n")
+        unseen = _unseen_types(_provenance(folders))
+        if unseen:
+            parts.append(
+                f"'(unseen)': {', '.join(unseen)} never appeared in the shipped backbone's "
+                "pretraining, neither in images nor in captions (see its model card); the other "
+                "types did, on images disjoint from these.\n"
+            )
+        parts.append(per_type_table(ok, order, unseen) + "\n")
         parts.append("## Per category\n")
         parts.append(per_category_table(ok, order, ("iAUROC", "pAUROC", "pF1max")) + "\n")
     parts.append("## Skipped episodes\n")
