@@ -197,3 +197,13 @@ def test_unreadable_config_gives_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
     assert main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_unseen_types_marked_only_for_the_shipped_backbone() -> None:
+    from semclip_bench.backbones import default_backbone_spec
+    from semclip_bench.runner.report import _unseen_types
+
+    shipped = str(default_backbone_spec().pretrained)
+    assert _unseen_types([{"weights": shipped}]) == ["infilm", "scratch"]
+    assert _unseen_types([{"weights": shipped}, {"weights": "random init"}]) == []
+    assert _unseen_types([]) == []
