@@ -356,6 +356,7 @@ def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
                     es.append(values.std(ddof=1) * 100 if len(values) > 1 else 0.0)
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=variant)
+        ax.set_xticks([int(k) for k in sorted(ok["shots"].unique())])
         ax.set_xlabel("shots (K)")
         ax.set_ylabel(f"{HEADINGS[metric]} (%)")
         ax.set_title(f"{HEADINGS[metric]} vs shots (mean ± std over seeds)")
