@@ -26,6 +26,7 @@ from semclip_bench.runner.store import (
 
 DETECTION = ("iAUROC", "iAP", "iF1max", "pAUROC", "pF1max", "AUPRO")
 CLASSIFICATION = ("cls_accuracy", "cls_precision", "cls_recall", "cls_f1")
+DELTA_METRICS = ("iAUROC", "pAUROC", "pF1max", "AUPRO")
 PLOTTED = ("iAUROC", "pAUROC", "pF1max", "AUPRO", "cls_accuracy")
 HEADINGS = {
     "iAUROC": "iAUROC",
@@ -103,8 +104,8 @@ def metric_table(
     """Variant x shots table of mean ± std over seeds (category means per seed)."""
     header = ["Method", "Shots"] + (["Supervision"] if with_supervision else [])
     header += [HEADINGS[m] for m in metrics]
-    if delta_to:
-        header += [f"Δ {HEADINGS[m]} vs {delta_to}" for m in metrics[:3]]
+    deltas = [m for m in DELTA_METRICS if m in metrics] if delta_to else []
+    header += [f"Δ {HEADINGS[m]} vs {delta_to}" for m in deltas]
     body, means, groups = [], [], []
     for shots in sorted(ok["shots"].unique()):
         for variant in order:
@@ -119,7 +120,7 @@ def metric_table(
             extra = []
             if delta_to:
                 ref = ok[(ok["variant"] == delta_to) & (ok["shots"] == shots)]
-                for metric in metrics[:3]:
+                for metric in deltas:
                     mine, _ = _seed_values(frame, metric)
                     theirs, _ = _seed_values(ref, metric)
                     if variant == delta_to or len(mine) == 0 or len(theirs) == 0:
