@@ -66,5 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr
+        )
         return 130
