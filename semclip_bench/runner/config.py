@@ -127,7 +127,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return number
         return value
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{source}: bad value for '{name}': {value!r} ({exc})") from None
+        option = f"--{name.replace('_', '-')}" if source == "command line" else f"'{name}'"
+        raise UserError(f"{source}: bad value for {option}: {value!r} ({exc})") from None
 
 
 def parse_int_list(value: Any) -> list[int]:
