@@ -73,6 +73,12 @@ def _cell(values: np.ndarray, reason: str | None) -> tuple[str, float]:
     return f"{mean:.1f}", mean
 
 
+def _cells(frame: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[str], list[float]]:
+    """Table cells and their means (for bolding) of ``metrics`` over one group of rows."""
+    pairs = [_cell(*_seed_values(frame, metric)) for metric in metrics]
+    return [text for text, _ in pairs], [mean for _, mean in pairs]
+
+
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -112,11 +118,7 @@ def metric_table(
             frame = ok[(ok["variant"] == variant) & (ok["shots"] == shots)]
             if frame.empty:
                 continue
-            cells, row_means = [], []
-            for metric in metrics:
-                text, mean = _cell(*_seed_values(frame, metric))
-                cells.append(text)
-                row_means.append(mean)
+            cells, row_means = _cells(frame, metrics)
             extra = []
             if delta_to:
                 ref = ok[(ok["variant"] == delta_to) & (ok["shots"] == shots)]
@@ -155,11 +157,7 @@ def per_category_table(ok: pd.DataFrame, order: Sequence[str], metrics: Sequence
                 ]
                 if frame.empty:
                     continue
-                cells, row_means = [], []
-                for metric in metrics:
-                    text, mean = _cell(*_seed_values(frame, metric))
-                    cells.append(text)
-                    row_means.append(mean)
+                cells, row_means = _cells(frame, metrics)
                 rows.append([category, variant, str(shots), *cells])
                 means.append(row_means)
                 groups.append((category, shots))
