@@ -254,7 +254,22 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     if fabric is not None:
         fabric.barrier()  # rank 0 writes the tables only once every rank's rows are on disk
         result.wall_seconds = time.perf_counter() - start
+    if result.is_main and result.written:
+        tracker.log_summary(_summary_rows(folder), config.kind)
     return result
+
+
+def _summary_rows(folder: Path) -> list[dict[str, Any]]:
+    """Mean of each metric per (variant, shots) over categories and seeds, for the W&B summary."""
+    from semclip_bench.runner.store import read_rows
+
+    rows = read_rows([folder])
+    ok = rows[rows["status"] == "ok"]
+    means = ok.groupby(["variant", "shots"], sort=False)[list(METRIC_COLUMNS)].mean()
+    return [
+        {"variant": variant, "shots": int(shots), **{k: float(v) for k, v in values.items()}}
+        for (variant, shots), values in means.iterrows()
+    ]
 
 
 def _launch(config: RunConfig, device: torch.device):
