@@ -143,7 +143,7 @@ def _create_model(spec: BackboneSpec) -> nn.Module:
         return _create_from_tag(spec, kwargs)
 
     # Random init (seeded, without disturbing the caller's RNG), then optionally a local file.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():
         torch.manual_seed(RANDOM_INIT_SEED)
         model = open_clip.create_model(spec.name, pretrained=None, pretrained_text=False, **kwargs)
     if spec.pretrained is None:
@@ -157,6 +157,19 @@ def _create_model(spec: BackboneSpec) -> nn.Module:
     else:
         _load_local_checkpoint(model, os.path.expanduser(spec.pretrained))
     return model
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Hide open_clip's root-logger chatter while it builds an architecture we then fill ourselves
+    (its "No pretrained weights loaded ... initialized randomly" would be wrong here)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _create_from_tag(spec: BackboneSpec, kwargs: dict) -> nn.Module:
@@ -329,7 +342,8 @@ class ClipBackbone(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        with _quiet_root_logger():
+            self.tokenizer = open_clip.get_tokenizer(spec.name)
         size = visual.image_size
         self.image_size: int = int(size[0] if isinstance(size, tuple | list) else size)
         pp = getattr(visual, "preprocess_cfg", {}) or {}
