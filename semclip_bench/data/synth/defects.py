@@ -113,16 +113,24 @@ def _centre(rng: np.random.Generator, extent: float, rows: int, size: int) -> tu
     return float(rng.uniform(ey, rows - ey)), float(rng.uniform(ex, size - ex))
 
 
+def _rotated_frame(
+    rng: np.random.Generator, size: int, cy: float, cx: float, max_aspect: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (a, b) in a frame centred at (cy, cx), rotated by a random angle and with
+    b stretched by a random aspect in [1, max_aspect): |(a, b)| = r draws a random ellipse."""
+    yy, xx = pixel_grid(size)
+    aspect = float(rng.uniform(1.0, max_aspect))
+    theta = float(rng.uniform(0, np.pi))
+    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    dy, dx = yy - np.float32(cy), xx - np.float32(cx)
+    return dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
+
+
 def _polar_blob(
     rng: np.random.Generator, size: int, cy: float, cx: float, radius: float, wobble: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(signed distance inside an irregular round outline, normalised radius r / R) maps."""
-    yy, xx = pixel_grid(size)
-    dy, dx = yy - np.float32(cy), xx - np.float32(cx)
-    aspect = float(rng.uniform(1.0, 1.0 + 0.5 * wobble))
-    theta = float(rng.uniform(0, np.pi))
-    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
-    a, b = dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
+    a, b = _rotated_frame(rng, size, cy, cx, 1.0 + 0.5 * wobble)
     dist = np.sqrt(a * a + b * b)
     phi = np.arctan2(b, a)
     outline = np.ones_like(dist)
@@ -207,12 +215,7 @@ def _residue(
     size = scene.height.shape[0]
     radius = max(0.9 * d, 1.5)
     cy, cx = _centre(rng, 1.3 * radius + 1, rows, size)
-    yy, xx = pixel_grid(size)
-    aspect = float(rng.uniform(1.0, 2.0))
-    theta = float(rng.uniform(0, np.pi))
-    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
-    dy, dx = yy - np.float32(cy), xx - np.float32(cx)
-    a, b = dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
+    a, b = _rotated_frame(rng, size, cy, cx, 2.0)
     rn = np.sqrt(a * a + b * b) / np.float32(radius)
     lumpy = smooth_noise(rng, size, max(radius / 3, 1.5))
     level = 1.0 - rn * rn + 0.45 * np.clip(lumpy, -2.0, 2.0)
@@ -241,12 +244,9 @@ def _infilm(
     size = scene.height.shape[0]
     radius = max(1.0 * d, 4.0)
     cy, cx = _centre(rng, radius + 1, rows, size)
+    a, b = _rotated_frame(rng, size, cy, cx, 1.6)
     yy, xx = pixel_grid(size)
-    aspect = float(rng.uniform(1.0, 1.6))
-    theta = float(rng.uniform(0, np.pi))
-    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
-    dy, dx = yy - np.float32(cy), xx - np.float32(cx)
-    a, b = dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
+    dy, dx = yy - np.float32(cy), xx - np.float32(cx)  # unrotated offsets, for the warp below
     rn2 = (a * a + b * b) / np.float32(radius * radius)
     bump = np.clip(1.0 - rn2 * rn2, 0.0, 1.0) ** 2  # smooth, flat-topped, zero at the rim
     # Seen through the bulged film the pattern is magnified (a lens): sample closer to the
