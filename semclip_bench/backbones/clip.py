@@ -9,8 +9,6 @@ token embeddings (AnomalyCLIP-style prompts). The weights are never modified.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import os
 import pickle
@@ -19,7 +17,6 @@ import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
@@ -27,6 +24,7 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from torch import Tensor, nn
 
+from semclip_bench.backbones.files import file_digest
 from semclip_bench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,7 @@ class BackboneSpec:
         if self.pretrained is None:
             weights = f"random{RANDOM_INIT_SEED}"
         elif _is_file(self.pretrained):
-            weights = "file-" + _file_digest(str(Path(self.pretrained).resolve()))
+            weights = "file-" + file_digest(self.pretrained)
         else:
             weights = f"tag-{self.pretrained}"
         size = self.image_size if self.image_size is not None else _native_image_size(self.name)
@@ -80,20 +78,6 @@ def _native_image_size(name: str) -> int | str:
         return "native"
     size = cfg.get("vision_cfg", {}).get("image_size", "native")
     return size if isinstance(size, int) else "x".join(str(s) for s in size)
-
-
-def _file_digest(path: str) -> str:
-    st = os.stat(path)
-    return _file_digest_cached(path, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -7,10 +7,9 @@ pretrained tag that would need the network and is refused with a :class:`UserErr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import timm
@@ -18,6 +17,7 @@ import torch
 from timm.models import load_state_dict
 from torch import Tensor, nn
 
+from semclip_bench.backbones.files import file_digest
 from semclip_bench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,24 +25,6 @@ log = logging.getLogger(__name__)
 #: ImageNet normalisation, used when a timm model's pretrained config has none.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def _file_digest(path: Path) -> str:
-    """Short sha256 of a file's content (a stable identity for feature caches).
-
-    Memoised per (path, size, mtime): a method is rebuilt for every episode, the file read once.
-    """
-    stat = path.stat()
-    return _file_digest_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=32)
-def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _resolve_weights(weights: str | Path | None) -> Path | None:
@@ -169,7 +151,7 @@ class TimmFeatureExtractor(nn.Module):
     @cached_property
     def weights_digest(self) -> str:
         """Content hash of the weights file, or "random" for random init."""
-        return "random" if self.weights_path is None else _file_digest(self.weights_path)
+        return "random" if self.weights_path is None else file_digest(self.weights_path)
 
     def key(self) -> str:
         """Stable identity of this extractor for feature caches."""
