@@ -5,6 +5,7 @@ Light imports only here; the tensor side (:mod:`semclip_bench.data.datamodule`) 
 """
 
 from semclip_bench.data.dataset import CheckReport, check_dataset, load_dataset
+from semclip_bench.data.digest import dataset_digest, file_sha256
 from semclip_bench.data.episodes import make_episode, support_manifest, write_support_manifest
 from semclip_bench.data.images import read_image, read_mask
 from semclip_bench.data.types import (
@@ -23,6 +24,8 @@ __all__ = [
     "Episode",
     "Sample",
     "check_dataset",
+    "dataset_digest",
+    "file_sha256",
     "load_dataset",
     "make_episode",
     "read_image",

@@ -86,6 +86,10 @@ class Episode:
     defect_support: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
     query: tuple[Sample, ...] = ()
     skipped: str | None = None
+    #: Defect support pool size per type (protocol v2: P images reserved once per type).
+    pool_sizes: dict[str, int] = field(default_factory=dict)
+    #: Remarks a table must print about this episode (e.g. a type with a smaller pool).
+    notes: tuple[str, ...] = ()
 
     @property
     def defect_support_flat(self) -> tuple[Sample, ...]:
