@@ -45,9 +45,8 @@ _ALLOWED_KEYS = {"name", "description", "templates", "classes"}
 
 
 def prompt_dirs() -> list[Path]:
-    """Where built-in banks are looked up: the package's ``configs/prompts``, then the repo's."""
-    here = Path(__file__).resolve().parent
-    return [here / "configs" / "prompts", here.parent / "configs" / "prompts"]
+    """Where built-in banks are looked up: the package's ``configs/prompts``."""
+    return [Path(__file__).resolve().parent / "configs" / "prompts"]
 
 
 def builtin_bank_path(name: str) -> Path:

@@ -16,8 +16,8 @@ import yaml
 
 from semclip_bench.errors import UserError
 
-#: The repository's configs/ folder (method hyper-parameters, prompt banks, run presets).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The package's configs/ folder (method hyper-parameters, prompt banks); ships in the wheel.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: Values of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
