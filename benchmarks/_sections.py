@@ -7,8 +7,9 @@ from pathlib import Path
 
 HEADER = (
     "# Performance\n\n"
-    "Written by `python -m benchmarks.throughput`; one section per (device, backbone, precision) "
-    "(re-running a key replaces its section, other sections are kept).\n"
+    "Written by `python -m benchmarks.throughput` (one section per device, backbone, precision) "
+    "and `python -m benchmarks.sweep_bench` (one per device, command, feature-cache mode); "
+    "re-running a key replaces its section, other sections are kept.\n"
 )
 _SECTION = re.compile(r"<!-- section: (?P<key>.*?) -->\n(?P<body>.*?)<!-- end section -->\n", re.S)
 

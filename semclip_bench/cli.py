@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "semclip_bench.data.commands",
     "semclip_bench.runner.commands",
     "semclip_bench.pretrain.commands",
+    "semclip_bench.runner.cache_cli",
 )
 
 

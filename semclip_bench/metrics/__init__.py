@@ -14,7 +14,14 @@ from semclip_bench.metrics.evaluate import (
     PIXEL_KEYS,
     evaluate,
 )
-from semclip_bench.metrics.pixel import aupro, pixel_auroc, pixel_f1_max, resize_mask_nearest
+from semclip_bench.metrics.pixel import (
+    PixelTruth,
+    aupro,
+    pixel_auroc,
+    pixel_f1_max,
+    pixel_truth,
+    resize_mask_nearest,
+)
 from semclip_bench.metrics.ranking import f1_max, image_ap, image_auroc, per_type_auroc
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "IMAGE_KEYS",
     "PIXEL_KEYS",
     "NotAvailable",
+    "PixelTruth",
     "aupro",
     "classification_metrics",
     "evaluate",
@@ -33,5 +41,6 @@ __all__ = [
     "per_type_auroc",
     "pixel_auroc",
     "pixel_f1_max",
+    "pixel_truth",
     "resize_mask_nearest",
 ]

@@ -10,9 +10,9 @@ import numpy as np
 from semclip_bench.metrics.base import NotAvailable, label_array, score_array, undefined_reason
 from semclip_bench.metrics.classification import classification_metrics
 from semclip_bench.metrics.pixel import (
-    aupro_from_curve,
-    pixel_curves,
+    PixelTruth,
     pixel_data,
+    pixel_metric_values,
     pixel_reason,
 )
 from semclip_bench.metrics.ranking import (
@@ -42,6 +42,7 @@ def evaluate(
     fpr_limit: float = 0.3,
     normal: str = "good",
     device: Any = None,
+    pixel_truth: PixelTruth | None = None,
 ) -> dict[str, float]:
     """Every metric of ``PROTOCOL.md`` for one query set, exact, on the concatenated raw scores.
 
@@ -53,6 +54,8 @@ def evaluate(
     images vs the normal images). ``num_classes`` defaults to the score columns of a 2-D
     ``class_pred``, else to the largest class id + 1. The pixel metrics share one sort, done where
     ``device`` says (see ``semclip_bench.metrics.pixel``: CUDA-tensor maps stay on their GPU).
+    ``pixel_truth``: the masks' side already built by ``pixel_truth(masks, map_shapes)`` (with
+    regions); ``masks`` is then not read. Methods scored on one query set can share it.
     """
     scores = score_array(image_scores)
     labels = label_array(image_labels, "image_labels")
@@ -71,7 +74,7 @@ def evaluate(
         result["iAP"] = ap_from_counts(counts)
         result["iF1max"] = f1max_from_counts(counts)
 
-    result.update(_pixel_metrics(maps, masks, fpr_limit, device))
+    result.update(_pixel_metrics(maps, masks, fpr_limit, device, pixel_truth))
     result.update(_classification(class_pred, class_target, num_classes))
 
     if types is not None:
@@ -80,23 +83,21 @@ def evaluate(
     return result
 
 
-def _pixel_metrics(maps: Any, masks: Any, fpr_limit: float, device: Any) -> dict[str, float]:
+def _pixel_metrics(
+    maps: Any, masks: Any, fpr_limit: float, device: Any, truth: PixelTruth | None = None
+) -> dict[str, float]:
     if maps is None:
         return {k: NotAvailable("no pixel maps") for k in PIXEL_KEYS}
-    if masks is None:
+    if masks is None and truth is None:
         return {k: NotAvailable("no ground-truth masks") for k in PIXEL_KEYS}
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    data = pixel_data(maps, masks, with_regions=True, device=device)
+    data = pixel_data(maps, masks, with_regions=True, device=device, truth=truth)
     reason = pixel_reason(data)
     if reason:
         return {k: NotAvailable(reason) for k in PIXEL_KEYS}
-    curves = pixel_curves(data, fpr_limit)
-    return {
-        "pAUROC": auroc_from_counts(curves.counts),
-        "pF1max": f1max_from_counts(curves.counts),
-        "AUPRO": aupro_from_curve(curves.pro_fpr, curves.pro, fpr_limit),
-    }
+    pauroc, pf1max, aupro = pixel_metric_values(data, fpr_limit)
+    return {"pAUROC": pauroc, "pF1max": pf1max, "AUPRO": aupro}
 
 
 def _classification(pred: Any, target: Any, num_classes: int | None) -> dict[str, float]:

@@ -17,7 +17,9 @@ same values (exact integer counts; masks and connected components are always mad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,14 @@ from semclip_bench.metrics.ranking import (
     tie_group_ends,
 )
 
-__all__ = ["aupro", "pixel_auroc", "pixel_f1_max", "resize_mask_nearest"]
+__all__ = [
+    "PixelTruth",
+    "aupro",
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pixel_truth",
+    "resize_mask_nearest",
+]
 
 #: 8-connectivity for the defect regions of AUPRO (MVTec AD definition).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -96,6 +105,48 @@ def resolve_device(maps: Any, device: Any) -> torch.device | None:
 
 
 @dataclass
+class PixelTruth:
+    """The mask side of the pixel metrics for one query set at given map shapes.
+
+    Flattened defect flags and (optionally) 8-connected region ids, built once from the masks and
+    reusable by every method scored on the same query (the runner keeps it per query set): only
+    the scores differ between methods. Device copies of the sort payload and of the region weights
+    are cached on first use by the torch path.
+    """
+
+    shapes: tuple[tuple[int, int], ...]  # per-image map shape (H, W) the masks were resized to
+    defect: np.ndarray  # 1-D bool
+    regions: np.ndarray | None  # 1-D int32/int64, 0 = normal, 1..K = connected defect regions
+    n_regions: int
+    _weights: np.ndarray | None = None
+    _n_defect: int | None = None
+    _on_device: dict = field(default_factory=dict)
+
+    @property
+    def n_defect(self) -> int:
+        if self._n_defect is None:
+            self._n_defect = int(np.count_nonzero(self.defect))
+        return self._n_defect
+
+    def region_weights(self) -> np.ndarray:
+        """Per-region weight 1 / (K * region size) (float64), index 0 (normal pixels) weighs 0."""
+        if self._weights is None:
+            sizes = np.bincount(self.regions, minlength=self.n_regions + 1).astype(np.float64)
+            weight = np.zeros_like(sizes)
+            weight[1:] = 1.0 / (sizes[1:] * self.n_regions)
+            self._weights = weight
+        return self._weights
+
+    def on_device(self, name: str, device: torch.device) -> torch.Tensor:
+        """``defect``, ``regions`` or ``weights`` as a tensor on ``device`` (copied once)."""
+        key = (name, str(device))
+        if key not in self._on_device:
+            source = self.region_weights() if name == "weights" else getattr(self, name)
+            self._on_device[key] = torch.from_numpy(source).to(device)
+        return self._on_device[key]
+
+
+@dataclass
 class PixelData:
     """All query pixels flattened: scores, defect flags and (optionally) global region ids."""
 
@@ -103,6 +154,7 @@ class PixelData:
     defect: np.ndarray  # 1-D bool
     regions: np.ndarray | None  # 1-D int32/int64, 0 = normal, 1..K = connected defect regions
     n_regions: int
+    truth: PixelTruth | None = None
 
 
 def _score_dtype(dtypes: list) -> np.dtype:
@@ -132,39 +184,25 @@ def _torch_scores(blocks: list, device: torch.device) -> torch.Tensor:
     return torch.cat([t.to(dtype) for t in flat])
 
 
-def pixel_data(maps: Any, masks: Any, with_regions: bool, device: Any = None) -> PixelData:
-    """Flatten maps and masks (masks nearest-resized to map size); label regions if asked.
+def pixel_truth(
+    masks: Any, map_shapes: Sequence[tuple[int, int]], with_regions: bool = True
+) -> PixelTruth:
+    """Flattened masks (nearest-resized to each map's shape) and, if asked, their regions.
 
-    Masks and regions are always built on the CPU (``scipy.ndimage.label``); the scores stay a
-    tensor on ``resolve_device(maps, device)`` when that is not None.
+    ``map_shapes``: the (H, W) of every map in order. Regions are labelled on the CPU with
+    ``scipy.ndimage.label`` (8-connectivity) and numbered globally over the images.
     """
-    torch_device = resolve_device(maps, device)
-    map_blocks = _blocks(maps, "maps", keep_tensors=torch_device is not None)
     mask_blocks = _blocks(masks, "masks")
-    n_maps = sum(b.shape[0] for b in map_blocks)
+    map_shapes = tuple((int(h), int(w)) for h, w in map_shapes)
     n_masks = sum(b.shape[0] for b in mask_blocks)
-    if n_maps != n_masks:
-        raise ValueError(f"maps and masks differ in number of images: {n_maps} vs {n_masks}")
-    # Per-image shapes pair maps with masks across differently batched inputs.
-    map_shapes = [tuple(b.shape[-2:]) for b in map_blocks for _ in range(b.shape[0])]
+    if len(map_shapes) != n_masks:
+        raise ValueError(
+            f"maps and masks differ in number of images: {len(map_shapes)} vs {n_masks}"
+        )
     total = sum(h * w for h, w in map_shapes)
-
-    filled = False
-    if torch_device is not None:
-        scores: np.ndarray | torch.Tensor = _torch_scores(map_blocks, torch_device)
-        filled = True
-    else:
-        dtype = _score_dtype([b.dtype for b in map_blocks])
-        filled = len(map_blocks) == 1 and map_blocks[0].dtype == dtype
-        if filled:
-            scores = np.ascontiguousarray(map_blocks[0]).reshape(-1)  # a view when contiguous
-        else:
-            scores = np.empty(total, dtype=dtype)
-            map_views = [m for b in map_blocks for m in b]
-
-    same_size_block = len(mask_blocks) == 1 and len(map_blocks) == 1
-    if same_size_block:  # one vectorised resize for the common case of stacked arrays
-        mask_views = list(_binary(resize_mask_nearest(mask_blocks[0], map_blocks[0].shape[-2:])))
+    if len(mask_blocks) == 1 and len(set(map_shapes)) <= 1 and map_shapes:
+        # one vectorised resize for the common case of stacked arrays
+        mask_views = list(_binary(resize_mask_nearest(mask_blocks[0], map_shapes[0])))
     else:
         raw = [k for b in mask_blocks for k in b]
         mask_views = [
@@ -176,11 +214,9 @@ def pixel_data(maps: Any, masks: Any, with_regions: bool, device: Any = None) ->
         regions = np.empty(total, dtype=np.int32 if total < 2**31 - 1 else np.int64)
     n_regions = 0
     offset = 0
-    for i, (shape, k) in enumerate(zip(map_shapes, mask_views, strict=True)):
+    for shape, k in zip(map_shapes, mask_views, strict=True):
         size = shape[0] * shape[1]
         sl = slice(offset, offset + size)
-        if not filled:
-            scores[sl] = map_views[i].reshape(-1)
         defect[sl] = k.reshape(-1)
         if regions is not None:
             out = regions[sl].reshape(shape)
@@ -188,7 +224,51 @@ def pixel_data(maps: Any, masks: Any, with_regions: bool, device: Any = None) ->
             out[out > 0] += n_regions
             n_regions += count
         offset += size
-    return PixelData(scores=scores, defect=defect, regions=regions, n_regions=n_regions)
+    return PixelTruth(shapes=map_shapes, defect=defect, regions=regions, n_regions=n_regions)
+
+
+def pixel_data(
+    maps: Any,
+    masks: Any,
+    with_regions: bool,
+    device: Any = None,
+    truth: PixelTruth | None = None,
+) -> PixelData:
+    """Flatten maps and masks (masks nearest-resized to map size); label regions if asked.
+
+    Masks and regions are always built on the CPU (``scipy.ndimage.label``); the scores stay a
+    tensor on ``resolve_device(maps, device)`` when that is not None. ``truth``: the mask side
+    already built by :func:`pixel_truth` for these map shapes (``masks`` is then not read).
+    """
+    torch_device = resolve_device(maps, device)
+    map_blocks = _blocks(maps, "maps", keep_tensors=torch_device is not None)
+    map_shapes = tuple(
+        (int(b.shape[-2]), int(b.shape[-1])) for b in map_blocks for _ in range(b.shape[0])
+    )
+    if truth is None:
+        truth = pixel_truth(masks, map_shapes, with_regions)
+    elif truth.shapes != map_shapes:
+        raise ValueError("pixel truth was built for other map shapes or another number of maps")
+    elif with_regions and truth.regions is None:
+        raise ValueError("pixel truth was built without regions")
+    total = truth.defect.size
+
+    if torch_device is not None:
+        scores: np.ndarray | torch.Tensor = _torch_scores(map_blocks, torch_device)
+    else:
+        dtype = _score_dtype([b.dtype for b in map_blocks])
+        if len(map_blocks) == 1 and map_blocks[0].dtype == dtype:
+            scores = np.ascontiguousarray(map_blocks[0]).reshape(-1)  # a view when contiguous
+        else:
+            scores = np.empty(total, dtype=dtype)
+            offset = 0
+            for block in map_blocks:
+                scores[offset : offset + block.size] = block.reshape(-1)
+                offset += block.size
+    regions = truth.regions if with_regions else None
+    return PixelData(
+        scores=scores, defect=truth.defect, regions=regions, n_regions=truth.n_regions, truth=truth
+    )
 
 
 def pixel_reason(data: PixelData) -> str | None:
@@ -202,7 +282,7 @@ def pixel_reason(data: PixelData) -> str | None:
     )
     if has_nan:
         return "NaN in maps"
-    n_def = int(np.count_nonzero(data.defect))
+    n_def = data.truth.n_defect if data.truth is not None else int(np.count_nonzero(data.defect))
     if n_def == 0:
         return "no defect pixels"
     if n_def == data.defect.size:
@@ -244,19 +324,20 @@ def pixel_curves(data: PixelData, fpr_limit: float | None) -> PixelCurves:
 
 
 def _last_needed(counts: RankedCounts, fpr_limit: float) -> int:
-    """Index of the first threshold whose FPR exceeds the limit (needed to interpolate there)."""
-    n_neg = counts.n_neg
-    return min(
-        int(np.searchsorted(counts.fps, fpr_limit * n_neg, side="right")), counts.fps.size - 1
-    )
+    """Index of the first threshold whose FPR exceeds the limit (needed to interpolate there).
+
+    FP counts are integers, so ``fps > limit * n_neg`` iff ``fps > floor(limit * n_neg)``: an
+    integer search (no float64 copy of the whole count array).
+    """
+    bound = np.int64(math.floor(fpr_limit * counts.n_neg))
+    return min(int(np.searchsorted(counts.fps, bound, side="right")), counts.fps.size - 1)
 
 
 def _region_weights(data: PixelData) -> np.ndarray:
     """Per-region weight 1 / (K * region size), index 0 (normal pixels) weighs 0."""
-    sizes = np.bincount(data.regions, minlength=data.n_regions + 1).astype(np.float64)
-    weight = np.zeros_like(sizes)
-    weight[1:] = 1.0 / (sizes[1:] * data.n_regions)
-    return weight
+    if data.truth is not None:
+        return data.truth.region_weights()
+    return PixelTruth((), data.defect, data.regions, data.n_regions).region_weights()
 
 
 def _with_pro(counts: RankedCounts, last: int, pro_at_ends: np.ndarray) -> PixelCurves:
@@ -280,8 +361,7 @@ def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves
     del values
     ends = torch.nonzero(changes).squeeze(1)
     del changes
-    payload = data.defect if data.regions is None else data.regions
-    payload_sorted = torch.from_numpy(payload).to(device)[order]
+    payload_sorted = _device_payload(data, device)[order]
     del order
     tps = torch.cumsum(payload_sorted != 0, 0, dtype=torch.int64)[ends]
     fps = ends + 1 - tps
@@ -291,9 +371,104 @@ def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves
         return PixelCurves(counts=counts)
     last = _last_needed(counts, fpr_limit)
     ends = ends[: last + 1]
-    weight = torch.from_numpy(_region_weights(data)).to(device)
+    weight = (
+        data.truth.on_device("weights", device)
+        if data.truth is not None
+        else torch.from_numpy(_region_weights(data)).to(device)
+    )
     pro_cum = torch.cumsum(weight[payload_sorted[: int(ends[-1]) + 1].long()], 0)
     return _with_pro(counts, last, pro_cum[ends].cpu().numpy())
+
+
+def pixel_metric_values(data: PixelData, fpr_limit: float) -> tuple[float, float, float]:
+    """(pAUROC, pF1-max, AUPRO) of ``data`` (with regions) from one sort of its pixels.
+
+    The numpy path reduces the counts of :func:`pixel_curves`. The torch path (scores a tensor,
+    e.g. on a GPU) also reduces on the scores' device, so only the three values come back: no
+    copy of the per-threshold counts (hundreds of MB for a query set) to the host. pAUROC
+    (integer sums) and pF1-max (the same correctly rounded divisions) equal the numpy path's
+    bit for bit; AUPRO's float64 sums run in another order (equal to ~1e-15).
+    """
+    if not is_tensor(data.scores):
+        curves = pixel_curves(data, fpr_limit)
+        return (
+            auroc_from_counts(curves.counts),
+            f1max_from_counts(curves.counts),
+            aupro_from_curve(curves.pro_fpr, curves.pro, fpr_limit),
+        )
+    if data.regions is None:
+        raise ValueError("pixel_metric_values needs region ids (with_regions=True)")
+    return _pixel_values_torch(data, fpr_limit)
+
+
+def _pixel_values_torch(data: PixelData, fpr_limit: float) -> tuple[float, float, float]:
+    scores = data.scores
+    device = scores.device
+    values, order = torch.sort(scores, descending=True)
+    changes = torch.empty(values.numel(), dtype=torch.bool, device=device)
+    torch.ne(values[1:], values[:-1], out=changes[:-1])
+    changes[-1] = True
+    del values
+    ends = torch.nonzero(changes).squeeze(1)
+    del changes
+    payload_sorted = _device_payload(data, device)[order]
+    del order
+    tps = torch.cumsum(payload_sorted != 0, 0, dtype=torch.int64)[ends]
+    fps = ends + 1 - tps
+    n_pos, n_neg = (int(v) for v in torch.stack([tps[-1], fps[-1]]).tolist())
+
+    zero = tps.new_zeros(1)
+    tp_prev = torch.cat([zero, tps[:-1]])
+    dfp = fps - torch.cat([zero, fps[:-1]])
+    if 2 * n_pos * n_neg < 2**62:  # exact in int64, as auroc_from_counts
+        total = int(torch.sum(dfp * (tp_prev + tps)))
+        auroc = float(total / (2 * n_pos * n_neg))
+    else:
+        total_f = float(torch.sum(dfp.double() * (tp_prev + tps).double()))
+        auroc = total_f / (2.0 * n_pos * n_neg)
+    del tp_prev, dfp
+    f1 = (2.0 * tps.double()) / (tps + fps + n_pos).double()
+    f1max = max(0.0, float(f1.max()))
+    del f1
+
+    bound = torch.tensor([math.floor(fpr_limit * n_neg)], dtype=fps.dtype, device=device)
+    last = min(int(torch.searchsorted(fps, bound, right=True)), fps.numel() - 1)
+    ends = ends[: last + 1]
+    weight = data.truth.on_device("weights", device) if data.truth is not None else None
+    if weight is None:
+        weight = torch.from_numpy(_region_weights(data)).to(device)
+    pro_cum = torch.cumsum(weight[payload_sorted[: int(ends[-1]) + 1].long()], 0)
+    del payload_sorted
+    zero_f = torch.zeros(1, dtype=torch.float64, device=device)
+    fpr = torch.cat([zero_f, fps[: last + 1].double() / n_neg])
+    pro = torch.cat([zero_f, pro_cum[ends]])
+    return auroc, f1max, _aupro_torch(fpr, pro, fpr_limit)
+
+
+def _aupro_torch(fpr: torch.Tensor, pro: torch.Tensor, fpr_limit: float) -> float:
+    """:func:`aupro_from_curve` on the curve's device."""
+    limit = torch.tensor([fpr_limit], dtype=fpr.dtype, device=fpr.device)
+    inside = int(torch.searchsorted(fpr, limit, right=True))  # points with fpr <= limit
+    x = fpr[:inside]
+    y = pro[:inside]
+    if inside < fpr.numel():
+        x0, x1, y0, y1 = torch.stack(
+            [fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]]
+        ).tolist()
+        if x0 < fpr_limit:
+            y_end = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            x = torch.cat([x, limit])
+            y = torch.cat([y, torch.tensor([y_end], dtype=y.dtype, device=y.device)])
+    area = float(torch.sum(torch.diff(x) * (y[1:] + y[:-1]) / 2.0))
+    return area / fpr_limit
+
+
+def _device_payload(data: PixelData, device: torch.device) -> torch.Tensor:
+    """Region ids (or defect flags) on ``device``; copied once per query set via the truth."""
+    name = "defect" if data.regions is None else "regions"
+    if data.truth is not None:
+        return data.truth.on_device(name, device)
+    return torch.from_numpy(getattr(data, name)).to(device)
 
 
 def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:

@@ -54,9 +54,22 @@ class _SupportFeatures(Dataset):
         """A whole batch with one gather per tensor (the DataLoader's fetcher prefers this over
         per-item indexing + collate: same rows, same order, a few kernels instead of many)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        feats = {k: v[index.to(v.device)] for k, v in self.support.features.items()}
+        placed: dict[torch.device, Tensor] = {}
+
+        def on(device: torch.device) -> Tensor:
+            # One copy per device; on CUDA from pinned memory without blocking the host (a
+            # pageable copy would wait for the queued kernels at every step).
+            if device not in placed:
+                placed[device] = (
+                    index
+                    if device.type == "cpu"
+                    else index.pin_memory().to(device, non_blocking=True)
+                )
+            return placed[device]
+
+        feats = {k: v[on(v.device)] for k, v in self.support.features.items()}
         labels, masks = self.support.labels, self.support.masks
-        return feats, labels[index.to(labels.device)], masks[index.to(masks.device)]
+        return feats, labels[on(labels.device)], masks[on(masks.device)]
 
 
 def _batched(batch: tuple[Features, Tensor, Tensor]) -> tuple[Features, Tensor, Tensor]:

@@ -62,6 +62,15 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "composes with --shard",
         ),
     ),
+    (
+        "--no-feature-cache",
+        dict(
+            dest="feature_cache",
+            action="store_false",
+            help="do not read or write the on-disk feature cache ($SEMCLIP_BENCH_CACHE/features); "
+            "features are then computed once per process (in memory)",
+        ),
+    ),
 ]
 
 

@@ -59,6 +59,8 @@ class RunConfig:
     precision: str = "auto"
     #: Processes (GPUs, or CPU processes) to spread the episodes over with Lightning's DDP launcher.
     devices: int = 1
+    #: Reuse/write frozen features in the on-disk store under $SEMCLIP_BENCH_CACHE/features.
+    feature_cache: bool = True
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
@@ -120,6 +122,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if str(value) not in PRECISIONS:
                 raise ValueError(f"choose from {', '.join(PRECISIONS)}")
             return str(value)
+        if name == "feature_cache":
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
         if name == "devices":
             number = int(value)
             if number < 1:

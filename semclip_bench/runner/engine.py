@@ -19,13 +19,16 @@ rows (the store scans the whole run folder).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +42,7 @@ from semclip_bench import __version__
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.runner.config import RunConfig, Variant
+from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
     FeatureCache,
     resolve_precision,
@@ -113,13 +117,61 @@ def device_name(device: torch.device) -> str:
 
 
 class _Stages:
-    """Accumulates wall-clock seconds per named stage."""
+    """Accumulates wall-clock seconds per named stage (from the main and the scoring thread)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+#: Score an episode (exact metrics) on a background thread while the next episode fits and
+#: predicts. Rows are still appended in episode order, each once its metrics are done.
+OVERLAP_SCORING = True
+
+
+class _Scorer:
+    """Runs each episode's scoring call, in order, on one background thread when allowed.
+
+    ``submit`` returns the rows finished by now, oldest first: with background scoring, the
+    previous episode's row (its metrics ran while this episode fitted and predicted); otherwise
+    this episode's row. At most one episode waits for its metrics, so an interrupted run loses at
+    most the episode being scored and the one in flight.
+    """
+
+    def __init__(self, background: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="scoring") if background else None
+        self._pending: Future | None = None
+
+    def submit(
+        self, row: dict[str, Any], score: Callable[[], dict[str, Any]] | None, in_background: bool
+    ) -> list[dict[str, Any]]:
+        future = None
+        if score is not None and in_background and self._pool is not None:
+            future = self._pool.submit(score)  # queued behind the previous episode's scoring
+        finished = self._drain()
+        if future is not None:
+            self._pending = future
+        else:
+            finished.append(score() if score is not None else row)
+        return finished
+
+    def _drain(self) -> list[dict[str, Any]]:
+        if self._pending is None:
+            return []
+        pending, self._pending = self._pending, None
+        return [pending.result()]
+
+    def close(self) -> list[dict[str, Any]]:
+        """The last pending row (if any); stops the thread."""
+        try:
+            return self._drain()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResult:
@@ -186,7 +238,16 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
         )
     _check_shots(config, dataset, categories)
 
-    cache = FeatureCache(device, batch_size=config.batch_size, precision=precision)
+    disk = FeatureStore(features_root()) if config.feature_cache else None
+    cache = FeatureCache(
+        device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
+    )
+    if fabric is not None and disk is not None:
+        shard = [u for i, u in enumerate(units) if i % shard_count == shard_index]
+        pending = [u for u in shard if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
+        _extract_shared(pending, dataset, classes, backbone, cache, device, rank, world)
+        disk.flush()
+        fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
     progress = tqdm(
@@ -197,6 +258,17 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
         leave=False,
         **({"disable": True} if rank else {}),  # rank 0 keeps tqdm's defaults (TQDM_* env)
     )
+
+    def record(row: dict[str, Any]) -> None:
+        store.append(row)
+        if row["status"] == "ok":
+            result.written += 1
+            progress.write(_one_line(row))
+        else:
+            result.skipped += 1
+            progress.write(f"skipped {row['episode_id']}: {row['reason']}")
+
+    scorer = _Scorer(background=OVERLAP_SCORING)
     for category, shots, seed, variant in progress:
         key = (category, shots, seed)
         if key not in episodes:
@@ -216,7 +288,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
                 }
             )
             supports_done.add(support_key)
-        row = _run_one(
+        row, score = _run_one(
             episode=episode,
             variant=variant,
             method_cls=classes[variant.method],
@@ -236,16 +308,16 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             weights=str(spec.pretrained) if spec.pretrained else "random init",
             device=device_name(device),
         )
-        store.append(row)
-        if row["status"] == "ok":
-            result.written += 1
-            progress.write(_one_line(row))
-        else:
-            result.skipped += 1
-            progress.write(f"skipped {row['episode_id']}: {row['reason']}")
+        # W&B runs are finished in episode order on this thread: score at once when logging.
+        for finished in scorer.submit(row, score, in_background=not tracker.enabled):
+            record(finished)
+    for finished in scorer.close():
+        record(finished)
     progress.close()
+    if disk is not None:
+        disk.close()  # every queued feature file is on disk before the summary counts them
     stages.add("features", cache.stats.seconds)
-    result.cache_summary = cache.stats.summary()
+    result.cache_summary = cache.summary()
     log.info(result.cache_summary)
 
     result.wall_seconds = time.perf_counter() - start
@@ -270,6 +342,46 @@ def _summary_rows(folder: Path) -> list[dict[str, Any]]:
         {"variant": variant, "shots": int(shots), **{k: float(v) for k, v in values.items()}}
         for (variant, shots), values in means.iterrows()
     ]
+
+
+def _extract_shared(
+    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int, world: int
+) -> None:
+    """Several processes: extract the features every unit of the run needs once, not per rank.
+
+    Each (feature kind, image) the units need is assigned to one rank (round robin over a list
+    every rank builds alike); each rank extracts its share into the shared on-disk store. After a
+    barrier, every rank loads the others' shares from disk instead of extracting them again.
+    """
+    from semclip_bench.data.episodes import make_episode
+
+    wanted: dict[str, tuple[FewShotMethod, int, Any, Any, dict[str, Any]]] = {}
+    episodes: dict[tuple[str, int, int], Any] = {}
+    built: dict[tuple[str, str], FewShotMethod] = {}
+    for category, shots, seed, variant in units:
+        key = (category, shots, seed)
+        if key not in episodes:
+            episodes[key] = make_episode(dataset, category, shots, seed)
+        episode = episodes[key]
+        method_cls = classes[variant.method]
+        if episode.skipped or (shots == 0 and not method_cls.zero_shot):
+            continue
+        if (variant.label, category) not in built:
+            built[(variant.label, category)] = (
+                method_cls(backbone, episode.class_names, **variant.options).to(device).eval()
+            )
+        method = built[(variant.label, category)]
+        size = int(getattr(method, "image_size", backbone.image_size))
+        mean = getattr(method, "mean", backbone.mean)
+        std = getattr(method, "std", backbone.std)
+        samples = list(episode.normal_support)
+        if method_cls.supervision == "normal+defects":
+            samples += list(episode.defect_support_flat)
+        samples += list(episode.query)
+        entry = wanted.setdefault(method.feature_key(), (method, size, mean, std, {}))
+        entry[4].update((s.key, s) for s in samples)
+    for method, size, mean, std, samples in wanted.values():
+        cache.prefetch(method, list(samples.values())[rank::world], size, mean, std)
 
 
 def _launch(config: RunConfig, device: torch.device):
@@ -340,9 +452,13 @@ def _run_one(
     stages: _Stages,
     config: RunConfig,
     precision: str = "fp32",
-) -> dict[str, Any]:
-    """Fit and evaluate one variant on one episode; returns its row (without identity columns)."""
-    from semclip_bench.metrics import NotAvailable, evaluate
+) -> tuple[dict[str, Any], Callable[[], dict[str, Any]] | None]:
+    """Fit one variant on one episode and predict its query.
+
+    Returns its row (without identity columns) and the call that scores it (exact metrics into the
+    row, then the W&B finish when logging); None when the episode is skipped (the row is final).
+    The scoring may run on the scoring thread while the next episode fits (see :func:`run`).
+    """
     from semclip_bench.models.lightning import TrainingConfig, fit_method
 
     supervision = method_cls.supervision
@@ -360,10 +476,10 @@ def _run_one(
     )
     if episode.skipped:
         row["reason"] = episode.skipped
-        return row
+        return row, None
     if episode.shots == 0 and not method_cls.zero_shot:
         row["reason"] = f"{variant.method} needs support images (K = 0 is zero-shot only)"
-        return row
+        return row, None
 
     torch.manual_seed(episode.seed)
     method = method_cls(backbone, episode.class_names, **variant.options).to(device)
@@ -419,28 +535,82 @@ def _run_one(
     stages.add("fit", row["fit_seconds"])
 
     query = list(episode.query)
-    features = cache.features(method, query, size, mean, std)  # timed in the "features" stage
+    batches = cache.batches(method, query, size, mean, std, config.batch_size)  # "features" stage
     t0 = time.perf_counter()
-    outputs = _predict(method, features, config.batch_size, device, precision)
+    outputs = _predict(method, batches, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the maps stay on the GPU: time the work, not the launch
     row["predict_seconds"] = round(time.perf_counter() - t0, 3)
     stages.add("predict", row["predict_seconds"])
 
+    produces_maps = method.produces_maps
+    t0 = time.perf_counter()
+    truth = None
+    if produces_maps:  # the masks' side, built once per query set and shared by its methods
+        truth = cache.pixel_truth(query, size, tuple(outputs.anomaly_map.shape[-2:]))
+    stages.add("metrics", time.perf_counter() - t0)
+    overlays = None
+    if logger is not None and episode.seed == config.seeds[0]:
+        overlays = _overlays(query, outputs, size, cache)
+    score = functools.partial(
+        _score,
+        row=row,
+        outputs=outputs,
+        query=query,
+        truth=truth,
+        class_index=class_index,
+        method_name=variant.method,
+        produces_maps=produces_maps,
+        device=device,
+        stages=stages,
+    )
+    if logger is None:
+        return row, score
+
+    def score_and_log() -> dict[str, Any]:
+        scored = score()
+        tracker.finish(logger, {k: scored[k] for k in METRIC_COLUMNS}, overlays)
+        return scored
+
+    return row, score_and_log
+
+
+def _score(
+    *,
+    row: dict[str, Any],
+    outputs: MethodOutput,
+    query: Sequence,
+    truth,
+    class_index: dict[str, int],
+    method_name: str,
+    produces_maps: bool,
+    device: torch.device,
+    stages: _Stages,
+) -> dict[str, Any]:
+    """Exact metrics of one episode's outputs into its row (may run on the scoring thread).
+
+    On CUDA the maps are still on the GPU: the pixel metrics sort and reduce them there and only
+    the metric values come back. On the CPU the numpy path runs (bit-identical to earlier runs).
+    """
+    from semclip_bench.metrics import NotAvailable, evaluate
+
     t0 = time.perf_counter()
     labels = np.array([int(s.is_anomalous) for s in query])
-    produces_maps = method.produces_maps
+    maps = None
+    if produces_maps:
+        maps = outputs.anomaly_map if device.type == "cuda" else outputs.anomaly_map.numpy()
     metrics = evaluate(
         outputs.image_score.numpy(),
         labels,
-        maps=outputs.anomaly_map.numpy() if produces_maps else None,
-        masks=cache.masks(query, size).numpy() if produces_maps else None,
+        maps=maps,
         types=[s.label for s in query],
         class_pred=None
         if outputs.class_logits is None
         else outputs.class_logits.argmax(dim=1).numpy(),
         class_target=np.array([class_index[s.label] for s in query]),
-        num_classes=len(episode.class_names),
-        # On CUDA the pixel metrics' one big sort runs on the GPU (same values as numpy's path).
+        num_classes=len(class_index),
         device=device if device.type == "cuda" else None,
+        pixel_truth=truth,
     )
     stages.add("metrics", time.perf_counter() - t0)
 
@@ -453,9 +623,9 @@ def _run_one(
             per_type[key.split("/", 1)[1]] = None if np.isnan(value) else float(value)
     for column in METRIC_COLUMNS:
         if column in {"pAUROC", "pF1max", "AUPRO"} and not produces_maps:
-            reasons[column] = f"{variant.method} produces no anomaly maps"
+            reasons[column] = f"{method_name} produces no anomaly maps"
         if column.startswith("cls_") and outputs.class_logits is None:
-            reasons[column] = f"{variant.method} does not classify defect types"
+            reasons[column] = f"{method_name} does not classify defect types"
         value = metrics.get(column)
         row[column] = float("nan") if value is None else float(value)
     row.update(
@@ -466,10 +636,6 @@ def _run_one(
         per_type_auroc=per_type,
         na_reasons=reasons,
     )
-    overlays = None
-    if logger is not None and episode.seed == config.seeds[0]:
-        overlays = _overlays(query, outputs, size, cache)
-    tracker.finish(logger, {k: row[k] for k in METRIC_COLUMNS}, overlays)
     return row
 
 
@@ -491,27 +657,23 @@ def _deterministic(device: torch.device) -> bool | str:
 
 
 def _predict(
-    method: FewShotMethod,
-    features: dict[str, torch.Tensor],
-    batch_size: int,
-    device,
-    precision: str = "fp32",
+    method: FewShotMethod, batches: Iterable[dict[str, torch.Tensor]], device
 ) -> MethodOutput:
-    """Batched float32 prediction (``precision`` is the run's, used for extraction only; see
-    ``runner/features.py``); outputs stay on the device until one final copy to the CPU (no host
-    round trip per batch)."""
-    n = next(iter(features.values())).shape[0]
+    """Batched float32 prediction (the run's precision is used for extraction only; see
+    ``runner/features.py``). Scores and logits come back to the CPU in one copy each; the maps
+    stay where they were computed (on CUDA, the pixel metrics run there: no host round trip)."""
     parts: list[MethodOutput] = []
     with torch.no_grad():
-        for begin in range(0, n, batch_size):
-            batch = {k: v[begin : begin + batch_size].to(device) for k, v in features.items()}
-            parts.append(method.predict(batch))
+        for batch in batches:
+            parts.append(method.predict({k: v.to(device) for k, v in batch.items()}))
     logits = [p.class_logits for p in parts]
     return MethodOutput(
-        image_score=torch.cat([p.image_score.float() for p in parts]),
-        anomaly_map=torch.cat([p.anomaly_map.float() for p in parts]),
-        class_logits=None if logits[0] is None else torch.cat([x.float() for x in logits]),
-    ).detach_cpu()
+        image_score=torch.cat([p.image_score.detach().float() for p in parts]).cpu(),
+        anomaly_map=torch.cat([p.anomaly_map.detach().float() for p in parts]),
+        class_logits=None
+        if logits[0] is None
+        else torch.cat([x.detach().float() for x in logits]).cpu(),
+    )
 
 
 def _overlays(query, outputs: MethodOutput, size: int, cache: FeatureCache, count: int = 4):
@@ -529,7 +691,7 @@ def _overlays(query, outputs: MethodOutput, size: int, cache: FeatureCache, coun
             image = image[..., None]
         if image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
-        heat = outputs.anomaly_map[i].numpy()
+        heat = outputs.anomaly_map[i].cpu().numpy()
         pictures.append(
             (overlay(image, heat), heat, f"{query[i].label}: {query[i].image_path.name}")
         )

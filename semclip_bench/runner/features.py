@@ -3,7 +3,8 @@
 Methods split into a frozen ``extract`` and a per-episode head (see ``models/base.py``). The cache
 keys extracted features by ``(method.feature_key(), image path)``, so the same image seen in
 another shot count, seed or by another method with the same extraction is never recomputed.
-Masks are cached by ``(path, size)``.
+Masks are cached by ``(path, size)``. Across processes and runs, a :class:`FeatureStore` on disk
+(``runner/feature_store.py``, keyed by the image's content digest) serves what memory lacks.
 
 Precision: ``extract`` (the frozen backbone: nearly all the FLOPs) runs under :func:`autocast`
 (bf16 on CUDA by default); its floating outputs are stored as float32 (a lossless upcast). So the
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,11 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from semclip_bench.data.datamodule import SampleDataset
 from semclip_bench.data.images import read_mask
 from semclip_bench.data.types import Sample
+from semclip_bench.metrics.pixel import PixelTruth, pixel_truth
 from semclip_bench.models.base import Features, FewShotMethod
+from semclip_bench.runner.feature_store import FeatureStore, StoreKey, image_digests
 
 log = logging.getLogger(__name__)
 
@@ -83,62 +89,170 @@ def _own_storage(value: Tensor) -> Tensor:
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # served from memory
+    misses: int = 0  # not in memory: loaded from the disk store or extracted
+    loaded: int = 0  # misses served by the disk store
     seconds: float = 0.0
     by_key: dict[str, list[int]] = field(default_factory=dict)  # key -> [hits, misses]
 
-    def summary(self) -> str:
+    def summary(self, disk: bool = False) -> str:
+        """One line; with ``disk`` it says how many misses the disk store served."""
         total = self.hits + self.misses
         rate = 100.0 * self.hits / total if total else 0.0
+        served = f"; {self.loaded} loaded from disk, {self.misses - self.loaded} extracted"
         return (
-            f"feature cache: {self.hits} hits, {self.misses} misses ({rate:.0f}% hits), "
-            f"{len(self.by_key)} feature kinds, {self.seconds:.1f}s extracting"
+            f"feature cache: {self.hits} hits, {self.misses} misses ({rate:.0f}% hits"
+            f"{served if disk else ''}), {len(self.by_key)} feature kinds, "
+            f"{self.seconds:.1f}s extracting{'/loading' if disk else ''}"
         )
 
 
-class FeatureCache:
-    """In-memory cache of per-image frozen features and masks, on ``device``."""
+#: Extractions of at least this many images show a progress bar with ETA.
+PROGRESS_MIN_IMAGES = 64
 
-    def __init__(self, device: torch.device, batch_size: int = 32, precision: str = "fp32") -> None:
+
+class FeatureCache:
+    """In-memory cache of per-image frozen features and masks, on ``device``.
+
+    With a :class:`FeatureStore`, images missing from memory are looked up on disk by the content
+    digest of their file before being extracted, and freshly extracted features are written there
+    (see ``runner/feature_store.py``). ``progress``: show a progress bar when many images are
+    extracted at once.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        store: FeatureStore | None = None,
+        progress: bool = True,
+    ) -> None:
         self.device = device
         self.batch_size = batch_size
         self.precision = resolve_precision(precision, device)
+        self.store = store
+        self.progress = progress
         self._features: dict[tuple[str, str], dict[str, Tensor]] = {}
         self._masks: dict[tuple[str, int], Tensor] = {}
+        self._stacked_masks: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._truths: OrderedDict[tuple, PixelTruth] = OrderedDict()
         self.stats = CacheStats()
+
+    def summary(self) -> str:
+        """The cache line of the run log and the provenance (memory and disk)."""
+        if self.store is None:
+            return self.stats.summary()
+        return f"{self.stats.summary(disk=True)}; {self.store.summary()}"
 
     def features(
         self, method: FewShotMethod, samples: Sequence[Sample], image_size: int, mean, std
     ) -> Features:
         """Stacked features of ``samples`` (in order), extracting only the missing ones."""
-        import time
-
         key = method.feature_key()
+        self._fill(method, key, samples, image_size, mean, std)
+        if not samples:
+            return {}
+        per_image = [self._features[(key, s.key)] for s in samples]
+        return {name: torch.stack([f[name] for f in per_image]) for name in per_image[0]}
+
+    def prefetch(
+        self, method: FewShotMethod, samples: Sequence[Sample], image_size: int, mean, std
+    ) -> None:
+        """Load or extract the features of ``samples`` into memory (and the disk store)."""
+        self._fill(method, method.feature_key(), samples, image_size, mean, std)
+
+    def _fill(
+        self, method: FewShotMethod, key: str, samples: Sequence[Sample], image_size: int, mean, std
+    ) -> None:
+        """Count hits and misses of ``samples``; load or extract the missing ones into memory."""
         counts = self.stats.by_key.setdefault(key, [0, 0])
         missing = [s for s in dict.fromkeys(samples) if (key, s.key) not in self._features]
         counts[0] += len(samples) - len(missing)
         counts[1] += len(missing)
         self.stats.hits += len(samples) - len(missing)
         self.stats.misses += len(missing)
+        if not missing:
+            return
+        start = time.perf_counter()
+        store_key = None
+        digests: list[str | None] = [None] * len(missing)
+        if self.store is not None:
+            store_key = StoreKey(
+                kind=method.name,
+                feature_key=key,
+                image_size=int(image_size),
+                mean=tuple(float(v) for v in mean),
+                std=tuple(float(v) for v in std),
+                precision=self.precision,
+                device_type=self.device.type,
+            )
+            digests = list(image_digests([s.image_path for s in missing]))
+            missing, digests = self._load_stored(key, store_key, missing, digests)
         if missing:
-            start = time.perf_counter()
-            dataset = SampleDataset(missing, ("good",), image_size, mean, std)
-            begin = 0
-            for images in self._batches(dataset):
-                extracted = extract_features(method, images, self.precision, self.device)
-                # Per-image entries are views of the batch's (own) storage: no copies, no kernels.
-                extracted = {k: _own_storage(v) for k, v in extracted.items()}
-                for row in range(images.shape[0]):
-                    self._features[(key, missing[begin + row].key)] = {
-                        name: value[row] for name, value in extracted.items()
-                    }
-                begin += images.shape[0]
-            self.stats.seconds += time.perf_counter() - start
-        if not samples:
-            return {}
-        per_image = [self._features[(key, s.key)] for s in samples]
-        return {name: torch.stack([f[name] for f in per_image]) for name in per_image[0]}
+            self._extract(method, key, missing, digests, store_key, image_size, mean, std)
+        self.stats.seconds += time.perf_counter() - start
+
+    def _load_stored(
+        self, key: str, store_key: StoreKey, samples: list[Sample], digests: list
+    ) -> tuple[list[Sample], list]:
+        """Fill the memory cache from the disk store; returns the samples (and digests) left."""
+        assert self.store is not None
+        left: list[Sample] = []
+        left_digests: list = []
+        for sample, digest in zip(samples, digests, strict=True):
+            stored = self.store.load(store_key, digest)
+            if stored is None:
+                left.append(sample)
+                left_digests.append(digest)
+                continue
+            self._features[(key, sample.key)] = {
+                name: value.to(self.device) for name, value in stored.items()
+            }
+            self.stats.loaded += 1
+        return left, left_digests
+
+    def _extract(
+        self,
+        method: FewShotMethod,
+        key: str,
+        samples: list[Sample],
+        digests: list,
+        store_key: StoreKey | None,
+        image_size: int,
+        mean,
+        std,
+    ) -> None:
+        """Extract ``samples`` in batches into memory (and queue them for the disk store)."""
+        dataset = SampleDataset(samples, ("good",), image_size, mean, std)
+        bar = tqdm(
+            total=len(samples),
+            desc=f"features {method.name}",
+            unit="img",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not self.progress or len(samples) < PROGRESS_MIN_IMAGES,
+        )
+        begin = 0
+        for images in self._batches(dataset):
+            extracted = extract_features(method, images, self.precision, self.device)
+            # Per-image entries are views of the batch's (own) storage: no copies, no kernels.
+            extracted = {k: _own_storage(v) for k, v in extracted.items()}
+            on_host = None
+            if store_key is not None:  # one device-to-host copy per batch, not per image
+                on_host = {k: v.cpu() for k, v in extracted.items()}
+            for row in range(images.shape[0]):
+                sample = samples[begin + row]
+                self._features[(key, sample.key)] = {
+                    name: value[row] for name, value in extracted.items()
+                }
+                if on_host is not None and self.store is not None:
+                    self.store.save(
+                        store_key, digests[begin + row], {n: v[row] for n, v in on_host.items()}
+                    )
+            begin += images.shape[0]
+            bar.update(images.shape[0])
+        bar.close()
 
     def _batches(self, dataset: SampleDataset) -> Iterator[Tensor]:
         """Stacked (B, 3, S, S) images of ``dataset`` in order; decoding runs ahead in threads."""
@@ -167,16 +281,77 @@ class FeatureCache:
                 yield stack([future.result()["image"] for future in done])
 
     def masks(self, samples: Sequence[Sample], size: int) -> Tensor:
-        """(N, size, size) float {0, 1} masks, nearest-resized; zeros for normal images."""
+        """(N, size, size) float {0, 1} masks, nearest-resized; zeros for normal images.
+
+        The stacked result of a recent request is returned again (every method of an episode
+        asks for the same query masks): treat it as read-only.
+        """
+        request = (tuple(s.key for s in samples), size)
+        stacked = self._recent(self._stacked_masks, request)
+        if stacked is not None:
+            return stacked
         out = []
         for sample in samples:
             cache_key = (sample.key, size)
             if cache_key not in self._masks:
                 self._masks[cache_key] = _load_mask(sample, size)
             out.append(self._masks[cache_key])
-        if not out:
-            return torch.zeros(0, size, size)
-        return torch.stack(out)
+        stacked = torch.stack(out) if out else torch.zeros(0, size, size)
+        self._remember(self._stacked_masks, request, stacked)
+        return stacked
+
+    def pixel_truth(
+        self, samples: Sequence[Sample], size: int, map_shape: tuple[int, int]
+    ) -> PixelTruth:
+        """The masks' side of the pixel metrics for ``samples`` scored by (H, W) maps.
+
+        Built once per query set (mask stacking, resizing, region labelling) and shared by every
+        method scored on it; its device copies are made once too.
+        """
+        request = (tuple(s.key for s in samples), size, tuple(map_shape))
+        truth = self._recent(self._truths, request)
+        if truth is None:
+            masks = self.masks(samples, size).numpy()
+            truth = pixel_truth(masks, [tuple(map_shape)] * len(samples), with_regions=True)
+            self._remember(self._truths, request, truth)
+        return truth
+
+    @staticmethod
+    def _recent(store: OrderedDict, request: tuple):
+        value = store.get(request)
+        if value is not None:
+            store.move_to_end(request)
+        return value
+
+    @staticmethod
+    def _remember(store: OrderedDict, request: tuple, value, keep: int = 2) -> None:
+        store[request] = value
+        while len(store) > keep:
+            store.popitem(last=False)
+
+    def batches(
+        self,
+        method: FewShotMethod,
+        samples: Sequence[Sample],
+        image_size: int,
+        mean,
+        std,
+        batch_size: int,
+    ) -> Iterator[Features]:
+        """Features of ``samples`` stacked ``batch_size`` images at a time (in order).
+
+        Missing features are extracted (or loaded) first, at the call; the batches are then
+        built one by one, so no stacked copy of the whole set is ever made.
+        """
+        key = method.feature_key()
+        self._fill(method, key, samples, image_size, mean, std)
+
+        def generate() -> Iterator[Features]:
+            for begin in range(0, len(samples), batch_size):
+                chunk = [self._features[(key, s.key)] for s in samples[begin : begin + batch_size]]
+                yield {name: torch.stack([f[name] for f in chunk]) for name in chunk[0]}
+
+        return generate()
 
 
 def _load_mask(sample: Sample, size: int) -> Tensor:

@@ -10,6 +10,14 @@ import yaml
 from semclip_bench.data.synth import SynthConfig, generate
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Runs write stored features to $SEMCLIP_BENCH_CACHE: keep them out of the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEMCLIP_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One category, two defect types, 64 x 64 images: enough for 1- and 2-shot episodes."""
