@@ -94,6 +94,12 @@ class FewShotModule(L.LightningModule):
             )
         return terms["loss"]
 
+    def cpu(self) -> FewShotModule:
+        """Stay put: Lightning's teardown calls ``cpu()`` after every fit, which would copy the
+        shared frozen backbone (hundreds of MB for the paper's ViT) to the host and back once
+        per episode. ``module.to("cpu")`` still moves it."""
+        return self
+
     def predict_step(self, batch: Features, batch_idx: int) -> MethodOutput:
         return self.method.predict(batch)
 
@@ -153,7 +159,8 @@ def fit_method(
         trainer = L.Trainer(**defaults)
         trainer.fit(module, train_dataloaders=loader)
     # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to
-    # the CPU; put it back where the caller had it, or every later extraction runs on the CPU.
+    # the CPU unless FewShotModule.cpu keeps it; make sure it is where the caller had it, or
+    # every later extraction runs on the CPU (a no-op when nothing moved).
     method.to(device)
     method.eval()
     return module

@@ -48,6 +48,8 @@ STORE_FORMAT = 1
 FEATURES_DIR = "features"
 KEY_FILE = "key.json"
 SUFFIX = ".pt"
+#: Feature files waiting for the writer thread at most (the extraction waits beyond that).
+MAX_QUEUED = 128
 
 
 #: Environment variable naming the feature store folder itself (default: <cache>/features).
@@ -174,9 +176,10 @@ class FeatureStore:
         """Queue the features of one image for writing (a compact CPU copy is taken now)."""
         narrow = key.precision == "bf16"
         record = _pack(features, self._folder(key).digest, image_digest, narrow)
+        self._pending = [f for f in self._pending if not f.done()]
+        while len(self._pending) >= MAX_QUEUED:  # bound the memory the queued copies hold
+            self._pending.pop(0).result()
         self._pending.append(self._writer.submit(self._write, key, image_digest, record))
-        if len(self._pending) > 256:  # bound the queue (and the memory its copies hold)
-            self._pending = [f for f in self._pending if not f.done()]
 
     def _write(self, key: StoreKey, image_digest: str, record: dict) -> None:
         folder = self._folder(key)
