@@ -83,3 +83,49 @@ def test_device_reduction_equals_numpy_path() -> None:
         assert torch_path["pF1max"] == numpy_path["pF1max"]
         assert torch_path["AUPRO"] == pytest.approx(numpy_path["AUPRO"], rel=1e-12)
         assert 0.0 < numpy_path["AUPRO"] <= 1.0
+
+
+def _packed_curves(data, fpr_limit):
+    """The packed (key, payload) sort of all pixels: the earlier float32 path, step by step."""
+    from semclip_bench.metrics import pixel
+    from semclip_bench.metrics.ranking import counts_from_sorted, sort_descending, tie_group_ends
+
+    payload = data.defect if data.regions is None else data.regions
+    keys, payload_sorted = sort_descending(data.scores, payload)
+    ends = tie_group_ends(keys)
+    counts = counts_from_sorted(payload_sorted != 0, ends)
+    if data.regions is None or fpr_limit is None:
+        return pixel.PixelCurves(counts=counts)
+    last = pixel._last_needed(counts, fpr_limit)
+    ends = ends[: last + 1]
+    pro_cum = pixel._region_weights(data)[payload_sorted[: ends[-1] + 1]]
+    np.cumsum(pro_cum, out=pro_cum)
+    return pixel._with_pro(counts, last, pro_cum[ends])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_sort_path_equals_packed_sort_path(seed: int) -> None:
+    """float32 scores take the split sort; its counts and PRO curve equal the packed sort's."""
+    from semclip_bench.metrics.pixel import pixel_curves, pixel_data
+
+    rng = np.random.default_rng(seed)
+    maps, masks, _ = _case(seed, n=8, size=24)
+    if seed % 2:  # heavy ties, signed zeros and defect pixels tied with normal ones
+        maps = np.round(maps * 2) / 2
+        maps[rng.random(maps.shape) < 0.1] = -0.0
+        maps[rng.random(maps.shape) < 0.1] = 0.0
+    data = pixel_data(maps, masks, with_regions=True)
+    for limit in (0.3, 1.0, None, 0.01):
+        fast, packed = pixel_curves(data, limit), _packed_curves(data, limit)
+        np.testing.assert_array_equal(fast.counts.tps, packed.counts.tps)
+        np.testing.assert_array_equal(fast.counts.fps, packed.counts.fps)
+        assert fast.counts.tps.dtype == packed.counts.tps.dtype == np.int64
+        if limit is None:
+            assert fast.pro is None and packed.pro is None
+            continue
+        assert np.array_equal(fast.pro_fpr, packed.pro_fpr)
+        assert np.array_equal(fast.pro, packed.pro)  # bit for bit, not approximately
+    flat = pixel_data(maps, masks, with_regions=False)
+    np.testing.assert_array_equal(
+        pixel_curves(flat, None).counts.tps, _packed_curves(flat, None).counts.tps
+    )
