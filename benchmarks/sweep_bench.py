@@ -49,14 +49,16 @@ def _option(command: list[str], flag: str) -> str | None:
     return None
 
 
-def run_once(command: list[str], out: Path, env: dict[str, str]) -> dict[str, Any]:
+def run_once(
+    command: list[str], out: Path, env: dict[str, str], cwd: Path | None = None
+) -> dict[str, Any]:
     """Run ``python -m semclip_bench <command>`` in a child process; wall time and provenance."""
     full = [*command]
     if _option(command, "--out") is None:
         full += ["--out", str(out)]
     argv = [sys.executable, "-m", "semclip_bench", *full]
     start = time.perf_counter()
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True)
+    completed = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     tail = (completed.stdout + completed.stderr)[-3000:]
     if completed.returncode != 0:
@@ -92,7 +94,9 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section_body(runs: list[tuple[str, dict[str, Any]]], mode: str, argv: list[str]) -> str:
+def section_body(
+    runs: list[tuple[str, dict[str, Any]]], mode: str, argv: list[str], notes: list[str] = ()
+) -> str:
     first = runs[0][1]["ranks"][0]
     lines = [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -104,6 +108,7 @@ def section_body(runs: list[tuple[str, dict[str, Any]]], mode: str, argv: list[s
         "- command: python -m semclip_bench " + " ".join(map(shlex.quote, runs[0][1]["command"])),
         "- benchmark: python -m benchmarks.sweep_bench " + " ".join(map(shlex.quote, argv)),
         f"- feature cache: {mode}",
+        *(f"- note: {note}" for note in notes),
     ]
     if hasattr(os, "getloadavg"):
         lines.append(
@@ -138,6 +143,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--feature-cache", choices=MODES, default="cold")
     parser.add_argument("--md", type=Path, default=Path("results/performance.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--label", default="", help="added to the section key (e.g. 'before', 'after')"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line added to the section")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="checkout whose semclip_bench package runs (e.g. an older commit, for before/after); "
+        "the command then runs in that folder, so give it absolute paths",
+    )
     args = parser.parse_args(own)
     command = command or list(DEFAULT_COMMAND)
     if command[0] not in KINDS:
@@ -150,27 +166,31 @@ def main(argv: list[str] | None = None) -> int:
     args, command = parse_args(argv)
     if args.feature_cache == "off" and "--no-feature-cache" not in command:
         command = [*command, "--no-feature-cache"]
-    root = Path(__file__).resolve().parents[1]
+    code = args.code.resolve()
+    here = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
+    if code == here:
+        code = None  # run where we are: relative paths in the command keep their meaning
     runs: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="sweep_bench-") as tmp:
         if args.feature_cache in {"cold", "warm"}:
             env["SEMCLIP_BENCH_FEATURES"] = str(Path(tmp) / "features")
         labels = ["first", "second"] if args.feature_cache == "warm" else [args.feature_cache]
         for label in labels:
-            run = run_once(command, Path(tmp) / f"out-{label}", env)
+            run = run_once(command, Path(tmp) / f"out-{label}", env, cwd=code)
             print(f"{label}: {run['wall']:.1f}s wall ({' '.join(run['command'])})", flush=True)
             for prov in run["ranks"]:
                 print(f"  stages: {prov.get('stage_seconds')}\n  {prov.get('cache', '')}")
             runs.append((label, run))
-    body = section_body(runs, args.feature_cache, argv)
+    body = section_body(runs, args.feature_cache, argv, args.note)
     print(body)
     if not args.no_write:
         first = runs[0][1]["ranks"][0]
         key = (
             f"sweep_bench | {first.get('device', '?')} x{first.get('devices', 1)} | "
             f"{' '.join(command)} | cache {args.feature_cache}"
+            + (f" | {args.label}" if args.label else "")
         )
         write_section(args.md, key, body)
         print(f"written: {args.md}")

@@ -173,6 +173,16 @@ def test_rows_from_stored_features_equal_fresh_rows(
     assert " 0 extracted" in second, second
     assert "0 written" in second
 
+    # A truncated file is a miss: recomputed, rewritten (one warning), same rows.
+    victim = next((tmp_path / "cache" / "features" / "patchcore").rglob("*.pt"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    healed = tmp_path / "healed"
+    assert _sweep(tiny_data, fast_config, healed, "--methods", methods) == 0
+    line = _cache_line(healed)
+    assert "1 unreadable rewritten" in line and " 1 extracted" in line and "1 written" in line
+    assert torch.load(victim, weights_only=True)["features"]  # whole again
+    pd.testing.assert_frame_equal(_metric_rows(fresh), _metric_rows(healed))
+
     args = ("--methods", methods, "--no-feature-cache")
     assert _sweep(tiny_data, fast_config, memory_only, *args) == 0
     assert "disk" not in _cache_line(memory_only)
