@@ -14,7 +14,13 @@ re-executes the command line; on CUDA rank r uses GPU r % device_count, so proce
 one GPU); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
 ``i % (n * N) == s + n * r`` for ``--shard s/n``, writes ``<out>/<kind>/rank<r>/episodes.csv``, and
 rank 0 waits for all ranks (barrier) before the tables are written. Resuming sees every rank's
-rows (the store scans the whole run folder).
+rows (the store scans the whole run folder). With the on-disk feature store, the ranks first
+extract each needed image once between them (``features.extract_shared``) and then read each
+other's shares from disk.
+
+Features missing from memory are read from the on-disk store (``runner/feature_store.py``) before
+being extracted. Exact metrics run on the scoring thread while the next episode fits and predicts
+(``runner/scoring.py``; rows are still appended in order), except when W&B logs the episode.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,9 +50,11 @@ from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
     FeatureCache,
+    extract_shared,
     resolve_precision,
     trainer_precision,
 )
+from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer, score_episode
 from semclip_bench.runner.store import (
     METRIC_COLUMNS,
     PROVENANCE_FILE,
@@ -128,52 +135,6 @@ class _Stages:
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
-#: Score an episode (exact metrics) on a background thread while the next episode fits and
-#: predicts. Rows are still appended in episode order, each once its metrics are done.
-OVERLAP_SCORING = True
-
-
-class _Scorer:
-    """Runs each episode's scoring call, in order, on one background thread when allowed.
-
-    ``submit`` returns the rows finished by now, oldest first: with background scoring, the
-    previous episode's row (its metrics ran while this episode fitted and predicted); otherwise
-    this episode's row. At most one episode waits for its metrics, so an interrupted run loses at
-    most the episode being scored and the one in flight.
-    """
-
-    def __init__(self, background: bool) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="scoring") if background else None
-        self._pending: Future | None = None
-
-    def submit(
-        self, row: dict[str, Any], score: Callable[[], dict[str, Any]] | None, in_background: bool
-    ) -> list[dict[str, Any]]:
-        future = None
-        if score is not None and in_background and self._pool is not None:
-            future = self._pool.submit(score)  # queued behind the previous episode's scoring
-        finished = self._drain()
-        if future is not None:
-            self._pending = future
-        else:
-            finished.append(score() if score is not None else row)
-        return finished
-
-    def _drain(self) -> list[dict[str, Any]]:
-        if self._pending is None:
-            return []
-        pending, self._pending = self._pending, None
-        return [pending.result()]
-
-    def close(self) -> list[dict[str, Any]]:
-        """The last pending row (if any); stops the thread."""
-        try:
-            return self._drain()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-
-
 def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResult:
     """Run every episode x variant of ``config`` not already in the output folder."""
     from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
@@ -245,7 +206,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     if fabric is not None and disk is not None:
         shard = [u for i, u in enumerate(units) if i % shard_count == shard_index]
         pending = [u for u in shard if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
-        _extract_shared(pending, dataset, classes, backbone, cache, device, rank, world)
+        extract_shared(pending, dataset, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
@@ -268,7 +229,7 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             result.skipped += 1
             progress.write(f"skipped {row['episode_id']}: {row['reason']}")
 
-    scorer = _Scorer(background=OVERLAP_SCORING)
+    scorer = Scorer(background=OVERLAP_SCORING)
     for category, shots, seed, variant in progress:
         key = (category, shots, seed)
         if key not in episodes:
@@ -342,46 +303,6 @@ def _summary_rows(folder: Path) -> list[dict[str, Any]]:
         {"variant": variant, "shots": int(shots), **{k: float(v) for k, v in values.items()}}
         for (variant, shots), values in means.iterrows()
     ]
-
-
-def _extract_shared(
-    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int, world: int
-) -> None:
-    """Several processes: extract the features every unit of the run needs once, not per rank.
-
-    Each (feature kind, image) the units need is assigned to one rank (round robin over a list
-    every rank builds alike); each rank extracts its share into the shared on-disk store. After a
-    barrier, every rank loads the others' shares from disk instead of extracting them again.
-    """
-    from semclip_bench.data.episodes import make_episode
-
-    wanted: dict[str, tuple[FewShotMethod, int, Any, Any, dict[str, Any]]] = {}
-    episodes: dict[tuple[str, int, int], Any] = {}
-    built: dict[tuple[str, str], FewShotMethod] = {}
-    for category, shots, seed, variant in units:
-        key = (category, shots, seed)
-        if key not in episodes:
-            episodes[key] = make_episode(dataset, category, shots, seed)
-        episode = episodes[key]
-        method_cls = classes[variant.method]
-        if episode.skipped or (shots == 0 and not method_cls.zero_shot):
-            continue
-        if (variant.label, category) not in built:
-            built[(variant.label, category)] = (
-                method_cls(backbone, episode.class_names, **variant.options).to(device).eval()
-            )
-        method = built[(variant.label, category)]
-        size = int(getattr(method, "image_size", backbone.image_size))
-        mean = getattr(method, "mean", backbone.mean)
-        std = getattr(method, "std", backbone.std)
-        samples = list(episode.normal_support)
-        if method_cls.supervision == "normal+defects":
-            samples += list(episode.defect_support_flat)
-        samples += list(episode.query)
-        entry = wanted.setdefault(method.feature_key(), (method, size, mean, std, {}))
-        entry[4].update((s.key, s) for s in samples)
-    for method, size, mean, std, samples in wanted.values():
-        cache.prefetch(method, list(samples.values())[rank::world], size, mean, std)
 
 
 def _launch(config: RunConfig, device: torch.device):
@@ -553,7 +474,7 @@ def _run_one(
     if logger is not None and episode.seed == config.seeds[0]:
         overlays = _overlays(query, outputs, size, cache)
     score = functools.partial(
-        _score,
+        score_episode,
         row=row,
         outputs=outputs,
         query=query,
@@ -573,70 +494,6 @@ def _run_one(
         return scored
 
     return row, score_and_log
-
-
-def _score(
-    *,
-    row: dict[str, Any],
-    outputs: MethodOutput,
-    query: Sequence,
-    truth,
-    class_index: dict[str, int],
-    method_name: str,
-    produces_maps: bool,
-    device: torch.device,
-    stages: _Stages,
-) -> dict[str, Any]:
-    """Exact metrics of one episode's outputs into its row (may run on the scoring thread).
-
-    On CUDA the maps are still on the GPU: the pixel metrics sort and reduce them there and only
-    the metric values come back. On the CPU the numpy path runs (bit-identical to earlier runs).
-    """
-    from semclip_bench.metrics import NotAvailable, evaluate
-
-    t0 = time.perf_counter()
-    labels = np.array([int(s.is_anomalous) for s in query])
-    maps = None
-    if produces_maps:
-        maps = outputs.anomaly_map if device.type == "cuda" else outputs.anomaly_map.numpy()
-    metrics = evaluate(
-        outputs.image_score.numpy(),
-        labels,
-        maps=maps,
-        types=[s.label for s in query],
-        class_pred=None
-        if outputs.class_logits is None
-        else outputs.class_logits.argmax(dim=1).numpy(),
-        class_target=np.array([class_index[s.label] for s in query]),
-        num_classes=len(class_index),
-        device=device if device.type == "cuda" else None,
-        pixel_truth=truth,
-    )
-    stages.add("metrics", time.perf_counter() - t0)
-
-    reasons: dict[str, str] = {}
-    per_type: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        if isinstance(value, NotAvailable):
-            reasons[key] = value.reason
-        if key.startswith("iAUROC/"):
-            per_type[key.split("/", 1)[1]] = None if np.isnan(value) else float(value)
-    for column in METRIC_COLUMNS:
-        if column in {"pAUROC", "pF1max", "AUPRO"} and not produces_maps:
-            reasons[column] = f"{method_name} produces no anomaly maps"
-        if column.startswith("cls_") and outputs.class_logits is None:
-            reasons[column] = f"{method_name} does not classify defect types"
-        value = metrics.get(column)
-        row[column] = float("nan") if value is None else float(value)
-    row.update(
-        status="ok",
-        n_query=len(query),
-        n_query_normal=int((labels == 0).sum()),
-        n_query_defect=int(labels.sum()),
-        per_type_auroc=per_type,
-        na_reasons=reasons,
-    )
-    return row
 
 
 def no_uninitialized_fill() -> None:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -363,3 +364,43 @@ def _load_mask(sample: Sample, size: int) -> Tensor:
     mask = read_mask(sample.mask_path).astype(np.uint8)
     resized = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy(resized > 0).float()
+
+
+def extract_shared(
+    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int, world: int
+) -> None:
+    """Several processes: extract the features every unit of the run needs once, not per rank.
+
+    Each (feature kind, image) the units need is assigned to one rank (round robin over a list
+    every rank builds alike); each rank extracts its share into the shared on-disk store. After a
+    barrier, every rank loads the others' shares from disk instead of extracting them again.
+    """
+    from semclip_bench.data.episodes import make_episode
+
+    wanted: dict[str, tuple[FewShotMethod, int, Any, Any, dict[str, Any]]] = {}
+    episodes: dict[tuple[str, int, int], Any] = {}
+    built: dict[tuple[str, str], FewShotMethod] = {}
+    for category, shots, seed, variant in units:
+        key = (category, shots, seed)
+        if key not in episodes:
+            episodes[key] = make_episode(dataset, category, shots, seed)
+        episode = episodes[key]
+        method_cls = classes[variant.method]
+        if episode.skipped or (shots == 0 and not method_cls.zero_shot):
+            continue
+        if (variant.label, category) not in built:
+            built[(variant.label, category)] = (
+                method_cls(backbone, episode.class_names, **variant.options).to(device).eval()
+            )
+        method = built[(variant.label, category)]
+        size = int(getattr(method, "image_size", backbone.image_size))
+        mean = getattr(method, "mean", backbone.mean)
+        std = getattr(method, "std", backbone.std)
+        samples = list(episode.normal_support)
+        if method_cls.supervision == "normal+defects":
+            samples += list(episode.defect_support_flat)
+        samples += list(episode.query)
+        entry = wanted.setdefault(method.feature_key(), (method, size, mean, std, {}))
+        entry[4].update((s.key, s) for s in samples)
+    for method, size, mean, std, samples in wanted.values():
+        cache.prefetch(method, list(samples.values())[rank::world], size, mean, std)
