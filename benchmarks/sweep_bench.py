@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -57,9 +58,12 @@ def run_once(
     if _option(command, "--out") is None:
         full += ["--out", str(out)]
     argv = [sys.executable, "-m", "semclip_bench", *full]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    before = _children_cpu()
     start = time.perf_counter()
     completed = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    cpu = _children_cpu() - before
     tail = (completed.stdout + completed.stderr)[-3000:]
     if completed.returncode != 0:
         raise RuntimeError(f"command failed (exit {completed.returncode}):\n{tail}")
@@ -68,7 +72,20 @@ def run_once(
     ranks = [json.loads(p.read_text()) for p in sorted(folder.rglob("provenance.json"))]
     if not ranks:
         raise RuntimeError(f"no provenance.json under {folder}:\n{tail}")
-    return {"command": full, "wall": wall, "ranks": ranks, "stdout": completed.stdout}
+    return {
+        "command": full,
+        "wall": wall,
+        "cpu": cpu,
+        "load": load,
+        "ranks": ranks,
+        "stdout": completed.stdout,
+    }
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (and their children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
@@ -77,8 +94,10 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
         for prov in run["ranks"]:
             names += [k for k in prov.get("stage_seconds", {}) if k not in names]
     lines = [
-        "| run | wall s (process) | run s (in process) | " + " | ".join(names) + " | episodes |",
-        "|---" * (len(names) + 4) + "|",
+        "| run | wall s (process) | CPU s (process) | run s (in process) | "
+        + " | ".join(names)
+        + " | episodes |",
+        "|---" * (len(names) + 5) + "|",
     ]
     for label, run in runs:
         for rank, prov in enumerate(run["ranks"]):
@@ -86,8 +105,9 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             stages = prov.get("stage_seconds", {})
             cells = [f"{stages[n]:.1f}" if n in stages else "-" for n in names]
             wall = f"{run['wall']:.1f}" if rank == 0 else ""
+            cpu = f"{run['cpu']:.1f}" if rank == 0 else ""
             lines.append(
-                f"| {who} | {wall} | {prov.get('wall_seconds', float('nan')):.1f} | "
+                f"| {who} | {wall} | {cpu} | {prov.get('wall_seconds', float('nan')):.1f} | "
                 + " | ".join(cells)
                 + f" | {prov.get('episodes_written', '?')} |"
             )
@@ -110,9 +130,11 @@ def section_body(
         f"- feature cache: {mode}",
         *(f"- note: {note}" for note in notes),
     ]
-    if hasattr(os, "getloadavg"):
+    if hasattr(os, "getloadavg"):  # other processes make CPU timings noisy
         lines.append(
-            "- load average at the end (1/5/15 min): "
+            "- load average (1/5/15 min) at the start: "
+            + " / ".join(f"{x:.1f}" for x in runs[0][1]["load"])
+            + "; at the end: "
             + " / ".join(f"{x:.1f}" for x in os.getloadavg())
         )
     text = "\n".join(lines) + "\n\n" + _stages_table(runs)
@@ -124,7 +146,8 @@ def section_body(
     )
     text += (
         "\nwall = the child process from start to exit (interpreter start, imports, backbone, "
-        "data, episodes, tables); run = the runner's own wall-clock; stages = provenance "
+        "data, episodes, tables); CPU = its user + system CPU seconds (all its threads and "
+        "processes); run = the runner's own wall-clock; stages = provenance "
         "stage_seconds (metrics may overlap the next episode on the scoring thread).\n"
     )
     return text
