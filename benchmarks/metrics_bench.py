@@ -23,6 +23,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--md", type=Path, help="also write the table as a section of this file")
+    parser.add_argument("--label", default="", help="added to the section key")
     args = parser.parse_args(argv)
 
     if args.child:
@@ -130,15 +133,21 @@ def main(argv: list[str] | None = None) -> None:
         if gpu
         else "CPU only (numpy): no CUDA device here; CUDA-tensor maps would take the torch path"
     )
-    print(f"{args.images} maps of {args.size}x{args.size} = {args.images * args.size**2:,} pixels")
-    print(f"devices: {where}; {os.cpu_count()} CPU cores")
-    print(
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(f"{args.images} maps of {args.size}x{args.size} = {args.images * args.size**2:,} pixels")
+    say(f"devices: {where}; {os.cpu_count()} CPU cores")
+    say(
         "peak memory is measured from after the inputs exist (float32 maps + bool masks, "
         f"{args.images * args.size**2 * 5 / 2**20:.0f} MiB, not included): tracemalloc = "
         "numpy/scipy allocations; ru_maxrss = growth of the process peak RSS; GPU = "
         "torch.cuda.max_memory_allocated growth"
     )
-    print(
+    say(
         f"{'case':<18}{'seconds':>9}{'tracemalloc MiB':>17}{'ru_maxrss MiB':>15}{'GPU MiB':>9}"
         "  value"
     )
@@ -147,10 +156,38 @@ def main(argv: list[str] | None = None) -> None:
         cmd += ["--images", str(args.images), "--size", str(args.size)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
-        print(
+        say(
             f"{row['case']:<18}{row['seconds']:>9.2f}{row['tracemalloc_peak_mib']:>17.0f}"
             f"{row['ru_maxrss_delta_mib']:>15.0f}{row['gpu_peak_mib']:>9.0f}  {row['value']}"
         )
+    if args.md:
+        _write_section(args, lines, gpu)
+
+
+def _write_section(args: argparse.Namespace, lines: list[str], gpu: bool) -> None:
+    """The printed table as a section of ``args.md`` (with the code's commit and the command)."""
+    import shlex
+    from datetime import datetime, timezone
+
+    import torch
+
+    import semclip_bench
+    from benchmarks._sections import write_section
+    from semclip_bench.runner.engine import git_commit
+
+    device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    body = (
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- code: {Path(semclip_bench.__file__).parent} (git {git_commit()})\n"
+        f"- command: python -m benchmarks.metrics_bench "
+        + " ".join(map(shlex.quote, sys.argv[1:]))
+        + f"\n- load average at the end (1/5/15 min): {load}\n\n```\n"
+        + "\n".join(lines)
+        + "\n```\n"
+    )
+    key = f"metrics_bench | {device} | {args.images} maps of {args.size}x{args.size}"
+    write_section(args.md, key + (f" | {args.label}" if args.label else ""), body)
 
 
 if __name__ == "__main__":
