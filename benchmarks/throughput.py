@@ -375,6 +375,7 @@ def check_precision(args, device: torch.device) -> str:
                 out=Path(tmp) / precision,
                 wandb="disabled",
                 precision=precision,
+                feature_cache=False,  # time the extraction, not a read of earlier features
             )
             start = time.perf_counter()
             command = f"python -m benchmarks.throughput --check-precision ({precision})"
