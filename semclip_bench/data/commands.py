@@ -152,8 +152,8 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``data synth``: generate a dataset into ``--out`` and optionally a preview sheet."""
-    from semclip_bench.data.dataset import ProgressLog, generate_into
     from semclip_bench.data.synth import SynthConfig, write_preview
+    from semclip_bench.data.synth_cache import ProgressLog, generate_into
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -168,6 +168,7 @@ def run_synth(args: argparse.Namespace) -> int:
         f"wrote {report.n_images} images to {out} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} images/s, {args.workers} worker(s))"
     )
+    print(f"content digest {report.content_digest} (recorded in {out / 'synth.json'})")
     if args.preview is not None:
         preview = write_preview(Path(args.preview).expanduser(), config)
         print(f"wrote preview sheet to {preview}")

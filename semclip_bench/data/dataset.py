@@ -13,39 +13,35 @@ Layouts (see ``PROTOCOL.md``):
   category folder (one that holds ``train/`` or ``test/``).
 * CSV manifest with the header ``image_path,category,split,label,mask_path``; relative paths are
   resolved against the CSV file's folder; ``mask_path`` is empty for normal images.
-* ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder.
+* ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder
+  (:mod:`semclip_bench.data.synth_cache`); ``sem-synth:val`` is its validation split (the same
+  generator on a disjoint seed), ``sem-synth:test`` the same as ``sem-synth``.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from semclip_bench.data.images import ImageInfo, image_info, is_image_file, read_mask
+from semclip_bench.data.synth_cache import CACHE_ENV as CACHE_ENV
+from semclip_bench.data.synth_cache import SYNTH_NAME as SYNTH_NAME
+from semclip_bench.data.synth_cache import ProgressLog as ProgressLog
+from semclip_bench.data.synth_cache import default_cache_dir as default_cache_dir
+from semclip_bench.data.synth_cache import ensure_synth as ensure_synth
+from semclip_bench.data.synth_cache import generate_into as generate_into
+from semclip_bench.data.synth_cache import parse_synth_spec, synth_dataset_name
+from semclip_bench.data.synth_cache import synth_cache_path as synth_cache_path
 from semclip_bench.data.types import NORMAL_LABEL, DefectDataset, Sample
 from semclip_bench.errors import UserError
 
-if TYPE_CHECKING:
-    from semclip_bench.data.synth import GenerationReport, SynthConfig
-
 log = logging.getLogger(__name__)
 
-#: Name of the built-in synthetic dataset.
-SYNTH_NAME = "sem-synth"
-#: Environment variable naming the cache folder (default ``~/.cache/semclip_bench``).
-CACHE_ENV = "SEMCLIP_BENCH_CACHE"
 #: The splits of the MVTec AD layout.
 SPLITS: tuple[str, ...] = ("train", "test")
 GROUND_TRUTH = "ground_truth"
@@ -76,7 +72,8 @@ class _Problems:
 
 
 def load_dataset(spec: str | Path, cache_dir: str | Path | None = None) -> DefectDataset:
-    """Load ``spec``: ``"sem-synth"``, an MVTec AD layout folder, or a ``.csv`` manifest.
+    """Load ``spec``: ``"sem-synth"`` (or ``"sem-synth:val"``, its validation split), an MVTec AD
+    layout folder, or a ``.csv`` manifest.
 
     ``cache_dir`` is where ``sem-synth`` is generated (default: ``$SEMCLIP_BENCH_CACHE`` or
     ``~/.cache/semclip_bench``). Raises :class:`UserError` on the first structural problem.
@@ -84,126 +81,15 @@ def load_dataset(spec: str | Path, cache_dir: str | Path | None = None) -> Defec
     return _load(spec, cache_dir, _Problems(collect=False))
 
 
-def default_cache_dir() -> Path:
-    """The cache folder: ``$SEMCLIP_BENCH_CACHE`` if set, else ``~/.cache/semclip_bench``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "semclip_bench"
-
-
-def synth_config_hash(config: SynthConfig) -> str:
-    """Short stable hash of a generator configuration (names its cache folder)."""
-    from semclip_bench import __version__
-    from semclip_bench.data import synth
-
-    payload = {
-        "config": dataclasses.asdict(config),
-        # A new release (or generator version) may draw differently: it gets its own cache.
-        "package_version": __version__,
-        "generator_version": getattr(synth, "GENERATOR_VERSION", None),
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def synth_cache_path(
-    config: SynthConfig | None = None, cache_dir: str | Path | None = None
-) -> Path:
-    """Folder that holds (or will hold) the generated dataset of ``config``."""
-    from semclip_bench.data.synth import SynthConfig
-
-    config = config if config is not None else SynthConfig()
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return base / f"{SYNTH_NAME}-{synth_config_hash(config)}"
-
-
-def ensure_synth(
-    config: SynthConfig | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
-) -> Path:
-    """Return the cached folder of ``config``'s synthetic dataset, generating it if needed."""
-    from semclip_bench.data.synth import SynthConfig
-
-    config = config if config is not None else SynthConfig()
-    target = synth_cache_path(config, cache_dir)
-    if target.is_dir():
-        return target
-    log.info("generating %s into %s (first use; later runs reuse it)", SYNTH_NAME, target)
-    if workers is None:  # worker processes start slowly: worth it for real sizes only
-        workers = 1 if config.n_images < 64 else max(1, min(8, os.cpu_count() or 1))
-    report = generate_into(target, config, workers=workers, progress=ProgressLog(config.n_images))
-    log.info(
-        "generated %d images in %.1f s (%.1f images/s)",
-        report.n_images,
-        report.seconds,
-        report.images_per_second,
-    )
-    return target
-
-
-class ProgressLog:
-    """``progress(n)`` callback that logs every tenth of ``total`` images generated."""
-
-    def __init__(self, total: int, every: float = 0.1) -> None:
-        self.total = max(1, total)
-        self.done = 0
-        self.step = max(1, int(self.total * every))
-        self.next = self.step
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if self.done >= self.next or self.done == self.total:
-            log.info("  %d / %d images", self.done, self.total)
-            self.next = (self.done // self.step + 1) * self.step
-
-
-def generate_into(
-    target: str | Path,
-    config: SynthConfig,
-    workers: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> GenerationReport:
-    """Generate ``config``'s dataset so that ``target`` only ever appears complete.
-
-    Writes into a temporary folder next to ``target`` (removed on any failure or interruption)
-    and renames it to ``target`` at the end (the generator records its config in ``synth.json``).
-    ``target`` must not exist or be an empty folder. If another process completes ``target``
-    first, its result is kept. ``progress(n)`` is called with the number of images finished
-    since its previous call. Returns the generator's report (n_images, seconds, images/s).
-    """
-    from semclip_bench.data.synth import generate
-
-    target = Path(target).expanduser()
-    if target.exists():
-        if not target.is_dir() or any(target.iterdir()):
-            raise UserError(f"{target}: already exists and is not an empty folder")
-        target.rmdir()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    except OSError as exc:
-        raise UserError(f"{target.parent}: cannot create the output folder ({exc})") from None
-    try:
-        report = generate(tmp, config, workers=workers, progress=progress)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return report
-
-
 # --------------------------------------------------------------------------------------------
 # Loading
 
 
 def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -> DefectDataset:
-    if isinstance(spec, str) and spec == SYNTH_NAME:
-        root = ensure_synth(cache_dir=cache_dir).resolve()
-        return _finish(SYNTH_NAME, _scan_mvtec(root, problems), root, problems)
+    variant = parse_synth_spec(spec)
+    if variant is not None:
+        root = ensure_synth(cache_dir=cache_dir, variant=variant).resolve()
+        return _finish(synth_dataset_name(variant), _scan_mvtec(root, problems), root, problems)
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
@@ -221,7 +107,7 @@ def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -
         raise UserError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
     raise UserError(
         f"{path}: no such dataset folder or CSV manifest (or use '{SYNTH_NAME}' for the "
-        "built-in synthetic dataset)"
+        f"built-in synthetic dataset, '{SYNTH_NAME}:val' for its validation split)"
     )
 
 

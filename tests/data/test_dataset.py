@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from semclip_bench.data import check_dataset, load_dataset, read_image, read_mask
-from semclip_bench.data.dataset import ensure_synth, synth_cache_path
 from semclip_bench.data.fixtures import tiny_synth_config
 from semclip_bench.data.images import image_info
 from semclip_bench.errors import UserError
@@ -227,52 +226,6 @@ def test_generated_round_trip(fixture: str, request: pytest.FixtureRequest) -> N
     report = check_dataset(dataset)
     assert report.ok, report.format()
     assert dict(report.bit_depths) == {bits: len(dataset.samples)}
-
-
-def test_synth_cache_generated_once_and_atomically(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from semclip_bench.data import synth
-
-    config = tiny_synth_config(
-        n_train_good=1, n_test_good=1, n_per_defect=1, defect_types=("hole",)
-    )
-    real_generate = synth.generate
-
-    def interrupted(root: Path, config: object, **kwargs: object) -> None:
-        real_generate(root, config, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(synth, "generate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ensure_synth(config, cache_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []  # no half dataset, no temporary folder left
-
-    monkeypatch.setattr(synth, "generate", real_generate)
-    target = ensure_synth(config, cache_dir=tmp_path)
-    assert target == synth_cache_path(config, tmp_path)
-    assert target.name.startswith("sem-synth-") and (target / "synth.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]
-
-    def fail(*args: object, **kwargs: object) -> None:
-        raise AssertionError("regenerated a cached dataset")
-
-    monkeypatch.setattr(synth, "generate", fail)
-    assert ensure_synth(config, cache_dir=tmp_path) == target
-    other = tiny_synth_config(seed=1)
-    assert synth_cache_path(other, tmp_path) != target
-
-
-def test_load_sem_synth_uses_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from semclip_bench.data import synth
-
-    tiny = tiny_synth_config(n_train_good=1, n_test_good=1, n_per_defect=1, defect_types=("hole",))
-    monkeypatch.setattr(synth, "SynthConfig", lambda: tiny)
-    monkeypatch.setenv("SEMCLIP_BENCH_CACHE", str(tmp_path / "cache"))
-    dataset = load_dataset("sem-synth")
-    assert dataset.name == "sem-synth"
-    assert dataset.root == synth_cache_path(tiny, tmp_path / "cache")
-    assert len(dataset.samples) == 3
 
 
 # ---------------------------------------------------------------- check_dataset
