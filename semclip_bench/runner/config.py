@@ -257,12 +257,14 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
         method = method or declared
     if method is None:
         method = name if name in METHODS else None
+    where = layers[0][0] if layers else name
     if method not in METHODS:
-        where = layers[0][0] if layers else name
         raise UserError(
             f"{where}: 'method' must name a registered method ({', '.join(METHODS)}), "
             f"got {method!r}"
         )
+    if name in METHODS and method != name:
+        raise UserError(f"{where}: the reference config of '{name}' must use method '{name}'")
     options: dict[str, Any] = {}
     training: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
@@ -271,9 +273,14 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
     overrides = overrides or {}
     for key in dict.fromkeys((method, name)):
         extra = overrides.get(key) or {}
-        if not isinstance(extra, dict) or not set(extra) <= {"options", "training"}:
+        if (
+            not isinstance(extra, dict)
+            or not set(extra) <= {"options", "training"}
+            or not all(isinstance(v or {}, dict) for v in extra.values())
+        ):
             raise UserError(
-                f"method_overrides.{key}: expected a mapping with 'options' and/or 'training'"
+                f"method_overrides.{key}: expected a mapping with 'options' and/or 'training' "
+                "mappings"
             )
         sources.append((f"method_overrides.{key}", dict(extra.get("options") or {}),
                         extra.get("training")))  # fmt: skip
@@ -282,7 +289,7 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
         _check_training_keys(train or {}, source)
         options.update(opts)
         training.update(train or {})
-    _check_training_values(training, str(layers[0][0]) if layers else name)
+    _check_training_values(training, str(where))
     return Variant(name, method, options, training)
 
 

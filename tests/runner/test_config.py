@@ -98,6 +98,7 @@ def test_registered_method_without_file_uses_constructor_defaults(methods_dir: P
         ({"a": {"method": "semclip", "training": {"max_steps": 9}}}, "a", "max_steps"),
         ({"a": {"method": "semclip", "training": {"epochs": -1}}}, "a", "epochs"),
         ({"a": {"method": "semclip", "options": [1, 2]}}, "a", "'options' must be a mapping"),
+        ({"winclip": {"method": "semclip"}}, "winclip", "must use method 'winclip'"),
         (
             {"a": {"base": "b", "method": "winclip"}, "b": {"method": "semclip"}},
             "a",
@@ -123,6 +124,8 @@ def test_unknown_names_list_the_choices() -> None:
         sweep_variants(RunConfig(methods=["winclip"], method_overrides={"typo": {}}))
     with pytest.raises(UserError, match=r"method_overrides\.winclip"):
         load_variant("winclip", {"winclip": {"option": {"sigma": 1}}})
+    with pytest.raises(UserError, match=r"method_overrides\.winclip"):
+        load_variant("winclip", {"winclip": {"options": [1]}})
     with pytest.raises(UserError, match=r"method_overrides\.semclip: unknown option"):
         load_variant("semclip_plus", {"semclip": {"options": {"nope": 1}}})
 
