@@ -13,6 +13,15 @@ Layouts (see ``PROTOCOL.md``):
   category folder (one that holds ``train/`` or ``test/``).
 * CSV manifest with the header ``image_path,category,split,label,mask_path``; relative paths are
   resolved against the CSV file's folder; ``mask_path`` is empty for normal images.
+
+Masks are optional (image-level labels only, e.g. review images sorted into class folders): a
+category without ``ground_truth/``, a defect type without ``ground_truth/<type>/``, a manifest
+without the ``mask_path`` column or with empty cells give defect samples with ``mask_path=None``.
+These are *notes* (logged, listed by ``data check``), not problems: image metrics and
+classification are computed as usual, pixel metrics are "n/a (no masks)" (see
+:func:`masks_missing_reason`) and methods that train on masks use the masks that exist. A
+``ground_truth/<type>/`` folder that exists must hold a mask for every image of its type (a
+missing one there is more likely a misnamed file than a choice).
 * ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder.
 """
 
@@ -27,7 +36,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +69,7 @@ class _Problems:
         self.collect = collect
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def __call__(self, message: str) -> None:
         if not self.collect:
@@ -69,6 +79,11 @@ class _Problems:
     def warn(self, message: str) -> None:
         log.warning("warning: %s", message)
         self.warnings.append(message)
+
+    def note(self, message: str) -> None:
+        """Something the user should know that is not a problem (e.g. no masks)."""
+        log.info("note: %s", message)
+        self.notes.append(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +286,8 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 f"(expected {', '.join(SPLITS)} or {GROUND_TRUTH})"
             )
     samples: list[Sample] = []
+    gt_dir = folder / GROUND_TRUTH
+    unmasked: dict[str, int] = {}  # defect type without a ground_truth/<type>/ -> its image count
     for split in SPLITS:
         split_dir = folder / split
         if not split_dir.is_dir():
@@ -294,30 +311,46 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 problems.warn(f"{label_dir}: no images")
                 continue
             masks = _pair_masks(folder, split, label, images, problems)
+            if split == "test" and label != NORMAL_LABEL and not (gt_dir / label).is_dir():
+                unmasked[label] = len(images)
             samples.extend(
                 Sample(image, category, split, label, masks.get(image)) for image in images
             )
-    gt_dir = folder / GROUND_TRUTH
     if gt_dir.is_dir():
         for label_dir in _subdirs(gt_dir):
             if not (folder / "test" / label_dir.name).is_dir():
                 problems(f"{label_dir}: masks without images (no folder test/{label_dir.name}/)")
+    if unmasked:
+        n = sum(unmasked.values())
+        if not gt_dir.is_dir():
+            problems.note(
+                f"{folder}: no {GROUND_TRUTH}/ folder, so its {n} defect image(s) have image-level "
+                f"labels only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            types = ", ".join(f"{t} ({unmasked[t]} images)" for t in sorted(unmasked))
+            problems.note(f"{gt_dir}: no masks for defect type(s) {types} ({_NO_MASK_EFFECT})")
     return samples
+
+
+#: What a defect image without a mask means for a run (printed in notes).
+_NO_MASK_EFFECT = (
+    "image metrics and classification as usual; pixel metrics n/a; methods that train on masks "
+    "use image-level losses for these images"
+)
 
 
 def _pair_masks(
     folder: Path, split: str, label: str, images: list[Path], problems: _Problems
 ) -> dict[Path, Path]:
-    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem."""
+    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem.
+
+    No such folder: no masks for this label (image-level labels only; the caller notes it).
+    """
     if split != "test":
         return {}
     mask_dir = folder / GROUND_TRUTH / label
     if not mask_dir.is_dir():
-        if label != NORMAL_LABEL:
-            problems(
-                f"{mask_dir}: mask folder missing for the {len(images)} defect image(s) "
-                f"of {folder / split / label}"
-            )
         return {}
     by_stem: dict[str, Path] = {}
     for mask in _image_files(mask_dir):
@@ -362,6 +395,7 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
         )
     samples: list[Sample] = []
     seen: dict[Path, int] = {}
+    unmasked: Counter[tuple[str, str]] = Counter()  # (category, defect type) -> images, no mask
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
         row = {key.strip(): value for key, value in row.items() if isinstance(key, str)}
@@ -391,11 +425,41 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
             if not mask.is_file():
                 problems(f"{where}: mask file not found: {mask}")
                 continue
-        elif label != NORMAL_LABEL:
-            problems(f"{where}: defect image without a mask_path: {image}")
-            continue
+        elif label != NORMAL_LABEL and split == "test":
+            unmasked[(values["category"], label)] += 1
         samples.append(Sample(image, values["category"], split, label, mask))
+    if unmasked:
+        n = sum(unmasked.values())
+        if "mask_path" not in header:
+            problems.note(
+                f"{path}: no mask_path column, so its {n} defect image(s) have image-level labels "
+                f"only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            which = ", ".join(f"{c}/{t} ({k})" for (c, t), k in sorted(unmasked.items()))
+            problems.note(
+                f"{path}: {n} defect image(s) without a mask_path: {which} ({_NO_MASK_EFFECT})"
+            )
     return samples
+
+
+def missing_mask_types(samples: Iterable[Sample]) -> list[str]:
+    """Defect types (sorted) of which at least one sample of ``samples`` has no mask."""
+    return sorted({s.label for s in samples if s.is_anomalous and s.mask_path is None})
+
+
+def masks_missing_reason(samples: Sequence[Sample]) -> str | None:
+    """Why pixel metrics over ``samples`` are undefined for lack of masks, or None.
+
+    Pixel metrics need a mask for every defect image: None when they all have one, ``"no
+    masks"`` when none has, else ``"masks missing for <types>"``.
+    """
+    missing = missing_mask_types(samples)
+    if not missing:
+        return None
+    if all(s.mask_path is None for s in samples if s.is_anomalous):
+        return "no masks"
+    return f"masks missing for {', '.join(missing)}"
 
 
 def _resolve(value: str, base: Path) -> Path:
@@ -420,6 +484,10 @@ class CheckReport:
     max_values: dict[int, int] = field(default_factory=dict)  # bit depth -> largest pixel value
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Not problems, but worth knowing (e.g. defect images without masks).
+    notes: list[str] = field(default_factory=list)
+    #: (defect images with a mask, defect images) over the test split.
+    masks: tuple[int, int] = (0, 0)
 
     @property
     def ok(self) -> bool:
@@ -463,6 +531,14 @@ class CheckReport:
             "sizes (H x W): "
             + (", ".join(f"{h}x{w}: {n}" for (h, w), n in sorted(self.sizes.items())) or "-")
         )
+        with_mask, defects = self.masks
+        if defects:
+            lines.append(
+                f"masks: {with_mask} of {defects} defect images"
+                + ("" if with_mask == defects else " (pixel metrics n/a; see the notes)")
+            )
+        for message in self.notes:
+            lines.append(f"note: {message}")
         for message in self.warnings:
             lines.append(f"warning: {message}")
         for message in self.problems:
@@ -496,6 +572,9 @@ def check_dataset(
     report = CheckReport(dataset=dataset.name, root=dataset.root)
     report.problems.extend(structural.errors)
     report.warnings.extend(structural.warnings)
+    report.notes.extend(structural.notes)
+    defects = [s for s in dataset.samples if s.is_anomalous]
+    report.masks = (sum(s.mask_path is not None for s in defects), len(defects))
     report.counts = dict(Counter((s.category, s.split, s.label) for s in dataset.samples))
     for category in dataset.categories():
         if not dataset.select(category, "train", NORMAL_LABEL):

@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from semclip_bench.configs import PACKAGE_CONFIG_DIR, check_config_dir, find_config
 from semclip_bench.errors import UserError
 
 #: The package's configs/ folder (method hyper-parameters, prompt banks); ships in the wheel.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Files are looked up with user folders first: see :mod:`semclip_bench.configs`.
+CONFIG_DIR = PACKAGE_CONFIG_DIR
 
 #: Values of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -64,6 +66,9 @@ class RunConfig:
     )
     #: Per-method overrides over configs/methods/<method>.yaml: {method: {options:, training:}}
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Folder searched first for methods/<method>.yaml and prompts/<bank>.yaml (then
+    #: $SEMCLIP_BENCH_CONFIGS, ./configs, the package's): see semclip_bench.configs.
+    config_dir: Path | None = None
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -112,6 +117,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return [str(v).strip() for v in items if str(v).strip()]
         if name == "out":
             return Path(value)
+        if name == "config_dir":
+            option = "--config-dir" if source == "command line" else f"{source}: 'config_dir'"
+            return check_config_dir(value, option)
         if name == "shard":
             return parse_shard(value)
         if name in {"image_size", "batch_size"}:
@@ -164,9 +172,13 @@ def parse_shard(value: Any) -> tuple[int, int]:
 
 
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
-    """(options, training) of a method from configs/methods/<method>.yaml plus overrides."""
-    path = CONFIG_DIR / "methods" / f"{method}.yaml"
-    content = read_yaml(path, option=f"method config of '{method}'") if path.exists() else {}
+    """(options, training) of a method from ``methods/<method>.yaml`` plus overrides.
+
+    The file is the first found in the config lookup order (:mod:`semclip_bench.configs`); a
+    method without a file (e.g. a plugin) runs with its constructor's defaults.
+    """
+    path = find_config("methods", method)
+    content = read_yaml(path, option=f"method config of '{method}'") if path is not None else {}
     options = dict(content.get("options") or {})
     training = dict(content.get("training") or {})
     overrides = overrides or {}
