@@ -208,10 +208,10 @@ class Method:
     """
 
     name: str
-    method_class: type[FewShotMethod]
+    method_class: type[FewShotMethod] = field(repr=False)
     options: dict[str, Any]
     training: dict[str, Any]
-    backbone: Any
+    backbone: Any = field(repr=False)
     device: torch.device
     precision: str = "fp32"
     seed: int = 0

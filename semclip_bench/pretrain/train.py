@@ -161,8 +161,8 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class _ProgressBar(L.Callback):
     """A tqdm bar (rank 0, stderr) over the training budget: steps done, rate and an ETA.
 
-    The ETA is the sooner of the step budget at the current rate and the time budget
-    (``--max-minutes``), whichever ends training first.
+    With a step budget only, tqdm's own remaining time is the ETA; with a time budget
+    (``--max-minutes``) the ETA shown is the sooner of the two ends.
     """
 
     def __init__(self, steps: int | None, max_seconds: float | None) -> None:
@@ -185,11 +185,11 @@ class _ProgressBar(L.Callback):
             return
         step = int(trainer.global_step)
         self.bar.update(step - self.bar.n)
-        elapsed = time.perf_counter() - self.t0
-        left = [self.max_seconds - elapsed] if self.max_seconds else []
-        if self.steps and step:
-            left.append((self.steps - step) * elapsed / step)
-        if left:
+        if self.max_seconds:
+            elapsed = time.perf_counter() - self.t0
+            left = [self.max_seconds - elapsed]
+            if self.steps and step:
+                left.append((self.steps - step) * elapsed / step)
             self.bar.set_postfix_str(f"ETA {dt.timedelta(seconds=round(max(0.0, min(left))))}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

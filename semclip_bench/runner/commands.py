@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--shots", dict(help="comma-separated shot counts K (0 = zero-shot where a method allows)")),
     ("--seeds", dict(help="comma-separated seeds; each draws its own support set")),
-    ("--methods", dict(help="comma-separated methods")),
+    (
+        "--methods",
+        dict(
+            help="comma-separated methods (built in, or installed plugins: docs/adding_a_method.md)"
+        ),
+    ),
     ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
