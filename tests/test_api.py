@@ -79,6 +79,15 @@ def test_cli_and_api_give_the_same_rows(api_run, data: Path, tmp_path: Path) -> 
     assert cli[columns].equals(api[columns])
 
 
+def test_run_ablation(data: Path, tmp_path: Path) -> None:
+    rows = sb.run_ablation(
+        data, ablations=["single_path"], shots=[1], seeds=[0], out=tmp_path,
+        method_overrides=FAST, **TINY,
+    )  # fmt: skip
+    assert list(rows["variant"]) == ["semclip", "semclip-single_path"]
+    assert (tmp_path / "ablation.md").is_file()
+
+
 def test_run_sweep_option_errors() -> None:
     with pytest.raises(UserError, match=r"run_sweep\(\): unknown option 'shot'"):
         sb.run_sweep("sem-synth", shot=[1])
@@ -201,7 +210,7 @@ def test_readme_example_runs(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
     substitutions = [
         ('data = "path/to/my_sem_images"', f"data = {str(data)!r}"),
         ("shots=[1, 5], seeds=[0, 1, 2]", "shots=[1], seeds=[0]"),
-        ('out="runs/mine")', f'out="runs/mine", method_overrides={FAST!r}, **{TINY!r})'),
+        ('out="runs/mine"', f'out="runs/mine", method_overrides={FAST!r}, **{TINY!r}'),
         ('sb.load_method("semclip")', 'sb.load_method("semclip", backbone="semclip-tiny")'),
     ]
     for old, new in substitutions:
