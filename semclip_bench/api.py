@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from semclip_bench.data.dataset import CheckReport
+    from semclip_bench.data.check import CheckReport
     from semclip_bench.models.base import FewShotMethod
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _json_dict(text: Any) -> dict[str, Any]:
 def check_data(path: str | Path, workers: int = 4) -> CheckReport:
     """The ``data check`` report of a dataset (``print(report.format())`` shows it; ``report.ok``
     says whether it is usable; notes such as missing masks are in ``report.notes``)."""
-    from semclip_bench.data.dataset import check_dataset
+    from semclip_bench.data.check import check_dataset
 
     return check_dataset(path, workers=workers)
 

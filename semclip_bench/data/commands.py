@@ -178,7 +178,7 @@ def run_check(args: argparse.Namespace) -> int:
     """``data check``: print the dataset's report; exit 1 if any problem was found."""
     from tqdm.auto import tqdm
 
-    from semclip_bench.data.dataset import check_dataset
+    from semclip_bench.data.check import check_dataset
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
