@@ -33,6 +33,7 @@ CONFIGS_ENV = "SEMCLIP_BENCH_CONFIGS"
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent
 
 _explicit: list[Path] = []  # --config-dir of the running command (see use_config_dir)
+_announced: set[Path] = set()  # user files already logged (once per process)
 
 
 def search_path() -> list[Path]:
@@ -58,7 +59,8 @@ def find_config(kind: str, name: str) -> Path | None:
     for folder in search_path():
         path = folder / kind / f"{name}.yaml"
         if path.is_file():
-            if not _same(folder, PACKAGE_CONFIG_DIR):
+            if not _same(folder, PACKAGE_CONFIG_DIR) and path not in _announced:
+                _announced.add(path)
                 log.info("using %s (overrides the package's %s/%s.yaml)", path, kind, name)
             return path
     return None
