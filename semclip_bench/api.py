@@ -15,9 +15,10 @@ the command line prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,16 +276,17 @@ class Method:
             ),
         )
         on_gpu = self.device.type == "cuda"
-        fit_method(
-            module,
-            support,
-            TrainingConfig(**self.training),
-            seed=self.seed,
-            accelerator="gpu" if on_gpu else "cpu",
-            devices=[self.device.index or 0] if on_gpu else 1,
-            precision=trainer_precision(self.precision, self.device),
-            deterministic="warn" if on_gpu else True,
-        )
+        with _torch_settings_kept():  # the Trainer turns deterministic algorithms on globally
+            fit_method(
+                module,
+                support,
+                TrainingConfig(**self.training),
+                seed=self.seed,
+                accelerator="gpu" if on_gpu else "cpu",
+                devices=[self.device.index or 0] if on_gpu else 1,
+                precision=trainer_precision(self.precision, self.device),
+                deterministic="warn" if on_gpu else True,
+            )
         module.eval()
         self.module, self.class_names = module, class_names
         return self
@@ -299,6 +301,8 @@ class Method:
         assert module is not None and self.class_names is not None
         size, mean, std = _input_geometry(module, self.backbone)
         pictures = _image_list(images)
+        if not pictures:
+            raise UserError("predict: no images given")
         scores, maps, logits = [], [], []
         for begin in range(0, len(pictures), self.batch_size):
             batch, _ = _to_tensors(pictures[begin : begin + self.batch_size], None, size, mean, std)
@@ -309,8 +313,6 @@ class Method:
             maps.append(out.anomaly_map)
             if out.class_logits is not None:
                 logits.append(out.class_logits)
-        if not pictures:
-            raise UserError("predict: no images given")
         probs = torch.cat(logits).softmax(dim=1).numpy() if logits else None
         return Prediction(
             scores=torch.cat(scores).numpy(),
@@ -350,6 +352,19 @@ class Method:
             for i in range(0, images.shape[0], self.batch_size)
         ]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+@contextlib.contextmanager
+def _torch_settings_kept() -> Iterator[None]:
+    """Restore torch's deterministic-algorithm settings afterwards (a notebook keeps its own)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def load_method(
