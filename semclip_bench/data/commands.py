@@ -177,11 +177,22 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """``data check``: print the dataset's report; exit 1 if any problem was found."""
-    from semclip_bench.data.dataset import check_dataset
+    from tqdm.auto import tqdm
+
+    from semclip_bench.data.check import check_dataset
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    report = check_dataset(args.path, workers=args.workers)
+    bar = tqdm(desc=f"data check: reading {args.path}", unit="image", leave=False)
+
+    def progress(done: int, total: int) -> None:  # a bar with rate and ETA, on stderr
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = check_dataset(args.path, workers=args.workers, progress=progress)
+    finally:
+        bar.close()
     print(report.format())
     sys.stdout.flush()
     return 0 if report.ok else 1

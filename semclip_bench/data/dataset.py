@@ -2,8 +2,8 @@
 
 Loading checks the structure only (which files exist and how they pair up), which is cheap even for
 large datasets; image contents are verified when they are read, or all at once by
-:func:`check_dataset` (the ``data check`` command). Every structural problem is a
-:class:`~semclip_bench.errors.UserError` naming the file or folder at fault.
+:func:`semclip_bench.data.check.check_dataset` (the ``data check`` command). Every structural
+problem is a :class:`~semclip_bench.errors.UserError` naming the file or folder at fault.
 
 Layouts (see ``PROTOCOL.md``):
 
@@ -16,6 +16,16 @@ Layouts (see ``PROTOCOL.md``):
 * ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder
   (:mod:`semclip_bench.data.synth_cache`); ``sem-synth:val`` is its validation split (the same
   generator on a disjoint seed), ``sem-synth:test`` the same as ``sem-synth``.
+
+
+Masks are optional (image-level labels only, e.g. review images sorted into class folders): a
+category without ``ground_truth/``, a defect type without ``ground_truth/<type>/``, a manifest
+without the ``mask_path`` column or with empty cells give defect samples with ``mask_path=None``.
+These are *notes* (logged, listed by ``data check``), not problems: image metrics and
+classification are computed as usual, pixel metrics are "n/a (no masks)" (see
+:func:`masks_missing_reason`) and methods that train on masks use the masks that exist. A
+``ground_truth/<type>/`` folder that exists must hold a mask for every image of its type (a
+missing one there is more likely a misnamed file than a choice).
 """
 
 from __future__ import annotations
@@ -23,12 +33,10 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from semclip_bench.data.images import ImageInfo, image_info, is_image_file, read_mask
+from semclip_bench.data.images import is_image_file
 from semclip_bench.data.synth_cache import CACHE_ENV as CACHE_ENV
 from semclip_bench.data.synth_cache import SYNTH_NAME as SYNTH_NAME
 from semclip_bench.data.synth_cache import ProgressLog as ProgressLog
@@ -56,6 +64,7 @@ class _Problems:
         self.collect = collect
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def __call__(self, message: str) -> None:
         if not self.collect:
@@ -65,6 +74,13 @@ class _Problems:
     def warn(self, message: str) -> None:
         log.warning("warning: %s", message)
         self.warnings.append(message)
+
+    def note(self, message: str) -> None:
+        """Something the user should know that is not a problem (e.g. no masks): logged when
+        loading, listed by the report when collecting (``data check``)."""
+        if not self.collect:
+            log.info("note: %s", message)
+        self.notes.append(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +173,8 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 f"(expected {', '.join(SPLITS)} or {GROUND_TRUTH})"
             )
     samples: list[Sample] = []
+    gt_dir = folder / GROUND_TRUTH
+    unmasked: dict[str, int] = {}  # defect type without a ground_truth/<type>/ -> its image count
     for split in SPLITS:
         split_dir = folder / split
         if not split_dir.is_dir():
@@ -180,30 +198,46 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 problems.warn(f"{label_dir}: no images")
                 continue
             masks = _pair_masks(folder, split, label, images, problems)
+            if split == "test" and label != NORMAL_LABEL and not (gt_dir / label).is_dir():
+                unmasked[label] = len(images)
             samples.extend(
                 Sample(image, category, split, label, masks.get(image)) for image in images
             )
-    gt_dir = folder / GROUND_TRUTH
     if gt_dir.is_dir():
         for label_dir in _subdirs(gt_dir):
             if not (folder / "test" / label_dir.name).is_dir():
                 problems(f"{label_dir}: masks without images (no folder test/{label_dir.name}/)")
+    if unmasked:
+        n = sum(unmasked.values())
+        if not gt_dir.is_dir():
+            problems.note(
+                f"{folder}: no {GROUND_TRUTH}/ folder, so its {n} defect image(s) have image-level "
+                f"labels only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            types = ", ".join(f"{t} ({unmasked[t]} images)" for t in sorted(unmasked))
+            problems.note(f"{gt_dir}: no masks for defect type(s) {types} ({_NO_MASK_EFFECT})")
     return samples
+
+
+#: What a defect image without a mask means for a run (printed in notes).
+_NO_MASK_EFFECT = (
+    "image metrics and classification as usual; pixel metrics n/a; methods that train on masks "
+    "use image-level losses for these images"
+)
 
 
 def _pair_masks(
     folder: Path, split: str, label: str, images: list[Path], problems: _Problems
 ) -> dict[Path, Path]:
-    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem."""
+    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem.
+
+    No such folder: no masks for this label (image-level labels only; the caller notes it).
+    """
     if split != "test":
         return {}
     mask_dir = folder / GROUND_TRUTH / label
     if not mask_dir.is_dir():
-        if label != NORMAL_LABEL:
-            problems(
-                f"{mask_dir}: mask folder missing for the {len(images)} defect image(s) "
-                f"of {folder / split / label}"
-            )
         return {}
     by_stem: dict[str, Path] = {}
     for mask in _image_files(mask_dir):
@@ -248,6 +282,7 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
         )
     samples: list[Sample] = []
     seen: dict[Path, int] = {}
+    unmasked: Counter[tuple[str, str]] = Counter()  # (category, defect type) -> images, no mask
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
         row = {key.strip(): value for key, value in row.items() if isinstance(key, str)}
@@ -277,164 +312,43 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
             if not mask.is_file():
                 problems(f"{where}: mask file not found: {mask}")
                 continue
-        elif label != NORMAL_LABEL:
-            problems(f"{where}: defect image without a mask_path: {image}")
-            continue
+        elif label != NORMAL_LABEL and split == "test":
+            unmasked[(values["category"], label)] += 1
         samples.append(Sample(image, values["category"], split, label, mask))
+    if unmasked:
+        n = sum(unmasked.values())
+        if "mask_path" not in header:
+            problems.note(
+                f"{path}: no mask_path column, so its {n} defect image(s) have image-level labels "
+                f"only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            which = ", ".join(f"{c}/{t} ({k})" for (c, t), k in sorted(unmasked.items()))
+            problems.note(
+                f"{path}: {n} defect image(s) without a mask_path: {which} ({_NO_MASK_EFFECT})"
+            )
     return samples
+
+
+def missing_mask_types(samples: Iterable[Sample]) -> list[str]:
+    """Defect types (sorted) of which at least one sample of ``samples`` has no mask."""
+    return sorted({s.label for s in samples if s.is_anomalous and s.mask_path is None})
+
+
+def masks_missing_reason(samples: Sequence[Sample]) -> str | None:
+    """Why pixel metrics over ``samples`` are undefined for lack of masks, or None.
+
+    Pixel metrics need a mask for every defect image: None when they all have one, ``"no
+    masks"`` when none has, else ``"masks missing for <types>"``.
+    """
+    missing = missing_mask_types(samples)
+    if not missing:
+        return None
+    if all(s.mask_path is None for s in samples if s.is_anomalous):
+        return "no masks"
+    return f"masks missing for {', '.join(missing)}"
 
 
 def _resolve(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
     return (path if path.is_absolute() else base / path).resolve()
-
-
-# --------------------------------------------------------------------------------------------
-# Content check (``data check``)
-
-
-@dataclass
-class CheckReport:
-    """What ``data check`` found: counts, image properties, and every problem (exit 1 if any)."""
-
-    dataset: str
-    root: Path | None
-    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (cat, split, label)
-    bit_depths: Counter[int] = field(default_factory=Counter)
-    channels: Counter[int] = field(default_factory=Counter)
-    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (H, W)
-    max_values: dict[int, int] = field(default_factory=dict)  # bit depth -> largest pixel value
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def n_images(self) -> int:
-        return sum(self.counts.values())
-
-    def format(self) -> str:
-        """Human-readable report, as printed by ``data check``."""
-        categories = sorted({c for c, _, _ in self.counts})
-        lines = [
-            f"dataset {self.dataset}: {self.n_images} images, {len(categories)} categories"
-            + (f" ({self.root})" if self.root else "")
-        ]
-        if self.counts:
-            width = max(len("category"), *(len(c) for c in categories))
-            label_width = max(len("label"), *(len(lb) for _, _, lb in self.counts))
-            lines.append(f"  {'category':<{width}}  {'split':<5}  {'label':<{label_width}}  images")
-            order = sorted(
-                self.counts.items(),
-                key=lambda kv: (kv[0][0], kv[0][1] != "train", kv[0][2] != NORMAL_LABEL, kv[0][2]),
-            )
-            for (category, split, label), n in order:
-                lines.append(f"  {category:<{width}}  {split:<5}  {label:<{label_width}}  {n:>6}")
-        lines.append(
-            "bit depths: "
-            + (
-                ", ".join(
-                    f"{b}-bit: {n} (max value {self.max_values.get(b, '?')})"
-                    for b, n in sorted(self.bit_depths.items())
-                )
-                or "-"
-            )
-        )
-        lines.append(
-            "channels: " + (", ".join(f"{c}: {n}" for c, n in sorted(self.channels.items())) or "-")
-        )
-        lines.append(
-            "sizes (H x W): "
-            + (", ".join(f"{h}x{w}: {n}" for (h, w), n in sorted(self.sizes.items())) or "-")
-        )
-        for message in self.warnings:
-            lines.append(f"warning: {message}")
-        for message in self.problems:
-            lines.append(f"problem: {message}")
-        lines.append(
-            "OK: no problems found" if self.ok else f"FAILED: {len(self.problems)} problem(s) found"
-        )
-        return "\n".join(lines)
-
-
-def check_dataset(
-    dataset: DefectDataset | str | Path,
-    cache_dir: str | Path | None = None,
-    workers: int = 4,
-    progress: Callable[[int, int], None] | None = None,
-) -> CheckReport:
-    """Verify every image and mask of ``dataset`` and count what it holds.
-
-    ``dataset`` may be a loaded :class:`DefectDataset` or a spec as for :func:`load_dataset`; with a
-    spec, structural problems are collected (not raised) so that all of them are reported.
-    Problems: unreadable/truncated images or masks, mask size differing from its image. Warnings:
-    empty defect masks, categories without train/good or test images. ``progress(done, total)``
-    is called as images are checked.
-    """
-    structural = _Problems(collect=True)
-    if not isinstance(dataset, DefectDataset):
-        try:
-            dataset = _load(dataset, cache_dir, structural)
-        except UserError as exc:
-            return CheckReport(dataset=str(dataset), root=None, problems=[str(exc)])
-    report = CheckReport(dataset=dataset.name, root=dataset.root)
-    report.problems.extend(structural.errors)
-    report.warnings.extend(structural.warnings)
-    report.counts = dict(Counter((s.category, s.split, s.label) for s in dataset.samples))
-    for category in dataset.categories():
-        if not dataset.select(category, "train", NORMAL_LABEL):
-            report.warnings.append(
-                f"category {category}: no train/{NORMAL_LABEL} images (only zero-shot episodes)"
-            )
-        if not dataset.select(category, "test"):
-            report.warnings.append(f"category {category}: no test images (nothing to evaluate)")
-
-    total = len(dataset.samples)
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV releases the GIL
-        for result in pool.map(_check_sample, dataset.samples):
-            info, problems, warnings = result
-            if info is not None:
-                report.bit_depths[info.bit_depth] += 1
-                report.channels[info.channels] += 1
-                report.sizes[(info.height, info.width)] += 1
-                previous = report.max_values.get(info.bit_depth, 0)
-                report.max_values[info.bit_depth] = max(previous, info.max_value)
-            report.problems.extend(problems)
-            report.warnings.extend(warnings)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    high = report.max_values.get(16)
-    if high is not None and high < 2**12:
-        report.warnings.append(
-            f"16-bit images use at most 12 bits (max value {high}): they are scaled by 65535 "
-            "(their bit depth, as the protocol says) and so look dark to the models"
-        )
-    return report
-
-
-def _check_sample(sample: Sample) -> tuple[ImageInfo | None, list[str], list[str]]:
-    problems: list[str] = []
-    warnings: list[str] = []
-    try:
-        info = image_info(sample.image_path)
-    except UserError as exc:
-        problems.append(str(exc))
-        info = None
-    if sample.mask_path is not None:
-        try:
-            mask = read_mask(sample.mask_path)
-        except UserError as exc:
-            problems.append(str(exc))
-        else:
-            if info is not None and mask.shape != (info.height, info.width):
-                problems.append(
-                    f"{sample.mask_path}: mask size {mask.shape[0]}x{mask.shape[1]} (HxW) differs "
-                    f"from its image {sample.image_path} ({info.height}x{info.width})"
-                )
-            if sample.is_anomalous and not mask.any():
-                warnings.append(f"{sample.mask_path}: mask of a defect image is empty")
-    return info, problems, warnings

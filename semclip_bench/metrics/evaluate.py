@@ -42,6 +42,7 @@ def evaluate(
     fpr_limit: float = 0.3,
     normal: str = "good",
     device: Any = None,
+    masks_reason: str | None = None,
 ) -> dict[str, float]:
     """Every metric of ``PROTOCOL.md`` for one query set, exact, on the concatenated raw scores.
 
@@ -53,6 +54,8 @@ def evaluate(
     images vs the normal images). ``num_classes`` defaults to the score columns of a 2-D
     ``class_pred``, else to the largest class id + 1. The pixel metrics share one sort, done where
     ``device`` says (see ``semclip_bench.metrics.pixel``: CUDA-tensor maps stay on their GPU).
+    ``masks_reason`` says why ``masks`` is None (e.g. "no masks", "masks missing for bridge": a
+    dataset with image-level labels only); it becomes the pixel metrics' n/a reason.
     """
     scores = score_array(image_scores)
     labels = label_array(image_labels, "image_labels")
@@ -71,7 +74,7 @@ def evaluate(
         result["iAP"] = ap_from_counts(counts)
         result["iF1max"] = f1max_from_counts(counts)
 
-    result.update(_pixel_metrics(maps, masks, fpr_limit, device))
+    result.update(_pixel_metrics(maps, masks, fpr_limit, device, masks_reason))
     result.update(_classification(class_pred, class_target, num_classes))
 
     if types is not None:
@@ -80,11 +83,13 @@ def evaluate(
     return result
 
 
-def _pixel_metrics(maps: Any, masks: Any, fpr_limit: float, device: Any) -> dict[str, float]:
+def _pixel_metrics(
+    maps: Any, masks: Any, fpr_limit: float, device: Any, masks_reason: str | None = None
+) -> dict[str, float]:
     if maps is None:
         return {k: NotAvailable("no pixel maps") for k in PIXEL_KEYS}
     if masks is None:
-        return {k: NotAvailable("no ground-truth masks") for k in PIXEL_KEYS}
+        return {k: NotAvailable(masks_reason or "no ground-truth masks") for k in PIXEL_KEYS}
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     data = pixel_data(maps, masks, with_regions=True, device=device)

@@ -98,7 +98,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.base import (
+    Features,
+    FewShotMethod,
+    MethodOutput,
+    SupportSet,
+    pixel_supervision,
+)
 from semclip_bench.models.common import (
     cosine_logits,
     dice_loss,
@@ -166,6 +172,8 @@ class SemClip(FewShotMethod):
     supervision: ClassVar = "normal+defects"
     classifies: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
+    #: Pixel losses on the support masks (defect images without a mask: cross-entropy only).
+    uses_masks: ClassVar[bool] = True
     #: K = 0 runs as zero-shot: frozen-projection maps and CLIP text logits (untrained head off).
     zero_shot: ClassVar[bool] = True
 
@@ -470,7 +478,7 @@ class SemClip(FewShotMethod):
         b, m = probs.shape[:2]
         masks = masks.to(probs.dtype)
         # Pixel supervision only where it exists: normal images, or defect images with a mask.
-        pixel_weight = ((labels == 0) | (masks.flatten(1).amax(dim=1) > 0)).to(probs.dtype)
+        pixel_weight = pixel_supervision(labels, masks).to(probs.dtype)
         if self.loss_resolution == "grid":
             target = downsample_masks(masks, self.grid)  # (B, L) area fractions
             if self.grid_target == "any":

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -157,6 +158,46 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class _ProgressBar(L.Callback):
+    """A tqdm bar (rank 0, stderr) over the training budget: steps done, rate and an ETA.
+
+    With a step budget only, tqdm's own remaining time is the ETA; with a time budget
+    (``--max-minutes``) the ETA shown is the sooner of the two ends.
+    """
+
+    def __init__(self, steps: int | None, max_seconds: float | None) -> None:
+        self.steps = steps
+        self.max_seconds = max_seconds
+        self.bar: Any = None
+        self.t0 = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            budget = [f"{self.steps} steps"] if self.steps else []
+            budget += [f"{self.max_seconds / 60:g} min"] if self.max_seconds else []
+            self.bar = tqdm(total=self.steps, desc=f"pretrain ({' / '.join(budget)})", unit="step")
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.bar is None:
+            return
+        step = int(trainer.global_step)
+        self.bar.update(step - self.bar.n)
+        if self.max_seconds:
+            elapsed = time.perf_counter() - self.t0
+            left = [self.max_seconds - elapsed]
+            if self.steps and step:
+                left.append((self.steps - step) * elapsed / step)
+            self.bar.set_postfix_str(f"ETA {dt.timedelta(seconds=round(max(0.0, min(left))))}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class _Module(ClipPretrainModule):
     """The pretraining module with its DataLoader (built after DDP setup)."""
 
@@ -206,8 +247,6 @@ def profile_data(opts: PretrainOptions, seconds: float) -> float:
 
 def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     """Train, export and (optionally) evaluate; returns the summary on rank 0, None elsewhere."""
-    import lightning as L
-
     opts.validate()
     out = Path(opts.out)
     precision = opts.precision or default_precision()
@@ -239,6 +278,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         enable_model_summary=False,
         gradient_clip_val=1.0,
         num_sanity_val_steps=0,
+        callbacks=[_ProgressBar(opts.steps, opts.max_minutes * 60 if opts.max_minutes else None)],
     )
     t0 = time.perf_counter()
     trainer.fit(module)

@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--shots", dict(help="comma-separated shot counts K (0 = zero-shot where a method allows)")),
     ("--seeds", dict(help="comma-separated seeds; each draws its own support set")),
-    ("--methods", dict(help="comma-separated methods or named variants (configs/methods/*.yaml)")),
+    (
+        "--methods",
+        dict(
+            help="comma-separated methods or named variants (configs/methods/*.yaml), built in "
+            "or from installed plugins (docs/adding_a_method.md)"
+        ),
+    ),
     ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
@@ -36,6 +42,13 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
     ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
     ("--out", dict(help="output folder for tables, plots and episode rows")),
+    (
+        "--config-dir",
+        dict(
+            help="folder searched first for methods/<method>.yaml and prompts/<bank>.yaml "
+            "(then $SEMCLIP_BENCH_CONFIGS, ./configs, the package's own)"
+        ),
+    ),
     (
         "--wandb",
         dict(
@@ -154,11 +167,26 @@ def _command_line() -> str:
     return "python -m semclip_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _execute(config: RunConfig, variants) -> int:
+def variants_of(config: RunConfig) -> list:
+    """The variants a run of ``config.kind`` compares: every method (sweep) or SEM-CLIP and its
+    ablations (ablation), with their configs from the lookup order of semclip_bench.configs."""
+    if config.kind == "ablation":
+        return ablation_variants(config)
+    return sweep_variants(config)
+
+
+def execute(config: RunConfig, command: str) -> tuple[Any, Path | None]:
+    """Run ``config`` (resuming finished episodes) and write its tables; the one routine behind
+    ``sweep``/``ablate`` and :func:`semclip_bench.run_sweep`.
+
+    Returns the engine's ``RunResult`` and the tables' path (None on ranks other than 0).
+    """
+    from semclip_bench.configs import use_config_dir
     from semclip_bench.runner.engine import run
     from semclip_bench.runner.report import write_report
 
-    result = run(config, variants, _command_line())
+    with use_config_dir(config.config_dir):
+        result = run(config, variants_of(config), command)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     where = "" if result.world_size == 1 else f" (this rank of {result.world_size})"
     print(
@@ -167,20 +195,21 @@ def _execute(config: RunConfig, variants) -> int:
         f"precision {result.precision})"
     )
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
-        return 0
+        return result, None
     path, _ = write_report([result.folder], config.kind, config.out)
     print(f"tables: {path}")
-    return 0
+    return result, path
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    config = _config_from_args(args, RunConfig(kind="sweep"))
-    return _execute(config, sweep_variants(config))
+    execute(_config_from_args(args, RunConfig(kind="sweep")), _command_line())
+    return 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
     config = _config_from_args(args, RunConfig(kind="ablation", shots=[10], methods=["semclip"]))
-    return _execute(config, ablation_variants(config))
+    execute(config, _command_line())
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -20,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from semclip_bench.configs import PACKAGE_CONFIG_DIR, check_config_dir, find_config, search_path
 from semclip_bench.errors import UserError
 
 #: The package's configs/ folder (method hyper-parameters, prompt banks); ships in the wheel.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Files are looked up with user folders first: see :mod:`semclip_bench.configs`.
+CONFIG_DIR = PACKAGE_CONFIG_DIR
 
 #: Values of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -84,6 +86,9 @@ class RunConfig:
     #: Overrides over the config files, {name: {options:, training:}}: a method's name applies to
     #: every variant of that method, a variant's name (applied after it) to that variant only.
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Folder searched first for methods/<method>.yaml and prompts/<bank>.yaml (then
+    #: $SEMCLIP_BENCH_CONFIGS, ./configs, the package's): see semclip_bench.configs.
+    config_dir: Path | None = None
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -132,6 +137,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return [str(v).strip() for v in items if str(v).strip()]
         if name == "out":
             return Path(value)
+        if name == "config_dir":
+            option = "--config-dir" if source == "command line" else f"{source}: 'config_dir'"
+            return check_config_dir(value, option)
         if name == "shard":
             return parse_shard(value)
         if name in {"image_size", "batch_size"}:
@@ -184,21 +192,25 @@ def parse_shard(value: Any) -> tuple[int, int]:
 
 
 def methods_dir() -> Path:
-    """Folder of the method and variant config files."""
+    """The package's folder of method and variant config files (the last of the lookup order)."""
     return CONFIG_DIR / "methods"
 
 
 def available_variants() -> list[str]:
-    """Registered methods and every config file's name, sorted (for messages and help)."""
+    """Registered methods and every variant file in the lookup order, sorted (for messages)."""
     from semclip_bench.models import METHODS
 
-    return sorted(set(METHODS) | {p.stem for p in methods_dir().glob("*.yaml")})
+    files = {p.stem for folder in search_path() for p in (folder / "methods").glob("*.yaml")}
+    return sorted(set(METHODS) | files)
 
 
 def _read_variant_file(name: str) -> tuple[Path, dict[str, Any]] | None:
-    """(path, content) of configs/methods/<name>.yaml, None when there is no such file."""
-    path = methods_dir() / f"{name}.yaml"
-    if "/" in name or "\\" in name or not path.is_file():
+    """(path, content) of ``methods/<name>.yaml``, the first found in the config lookup order
+    (:mod:`semclip_bench.configs`); None when there is no such file."""
+    if "/" in name or "\\" in name:
+        return None
+    path = find_config("methods", name)
+    if path is None:
         return None
     content = read_yaml(path, option=f"method config '{name}'")
     unknown = sorted(set(map(str, content)) - set(VARIANT_KEYS))
@@ -230,7 +242,8 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
     if found is None:
         if name not in METHODS:
             raise UserError(
-                f"--methods: unknown method or variant '{name}' (no {methods_dir() / name}.yaml); "
+                f"--methods: unknown method or variant '{name}' (no methods/{name}.yaml in "
+                f"{', '.join(map(str, search_path()))}); "
                 f"choose from {', '.join(available_variants())}"
             )
         layers: list[tuple[Path, dict[str, Any]]] = []
@@ -244,7 +257,9 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
                 raise UserError(f"{path}: base '{base}' makes a cycle ({chain})")
             parent = _read_variant_file(base)
             if parent is None:
-                raise UserError(f"{path}: unknown base '{base}' (no {methods_dir() / base}.yaml)")
+                raise UserError(
+                    f"{path}: unknown base '{base}' (no methods/{base}.yaml in the config folders)"
+                )
             layers.append(parent)
     method = name if not layers else None
     for path, content in layers:  # the variant's own file first, then its bases

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from semclip_bench import __version__
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.features import (
     FeatureCache,
@@ -51,6 +51,7 @@ from semclip_bench.runner.store import (
     episode_id,
 )
 from semclip_bench.runner.tracking import Tracker, overlay
+from semclip_bench.runner.validate import probe_class_names, validate_variants
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             "resuming: %d of %d episodes already in %s", result.already_done, len(mine), folder
         )
     _check_shots(config, dataset, categories)
+    # Every variant is built once now: a bad setting fails in seconds, not after other methods.
+    validate_variants(variants, classes, backbone, probe_class_names(dataset, categories))
 
     cache = FeatureCache(device, batch_size=config.batch_size, precision=precision)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
@@ -342,17 +345,24 @@ def _run_one(
     precision: str = "fp32",
 ) -> dict[str, Any]:
     """Fit and evaluate one variant on one episode; returns its row (without identity columns)."""
+    from semclip_bench.data.dataset import masks_missing_reason, missing_mask_types
     from semclip_bench.metrics import NotAvailable, evaluate
     from semclip_bench.models.lightning import TrainingConfig, fit_method
 
     supervision = method_cls.supervision
     if episode.shots == 0 and supervision != "zero-shot":
         supervision = "zero-shot"
+    defect_support = episode.defect_support_flat
     row: dict[str, Any] = dict(
         category=episode.category,
         variant=variant.label,
         method=variant.method,
-        supervision=SUPERVISION_TEXT.get(supervision, supervision),
+        supervision=supervision_text(  # says when a mask-trained method had no masks
+            supervision,
+            method_cls.uses_masks,
+            missing_mask_types(defect_support),
+            bool(defect_support) and all(s.mask_path is None for s in defect_support),
+        ),
         shots=episode.shots,
         seed=episode.seed,
         status="skipped",
@@ -379,9 +389,10 @@ def _run_one(
     support_set = SupportSet(
         features=cache.features(method, support, size, mean, std),
         labels=torch.tensor([class_index[s.label] for s in support], dtype=torch.long),
-        masks=cache.masks(support, size),
+        masks=cache.masks(support, size),  # zeros for images without a mask
         class_names=episode.class_names,
         category=episode.category,
+        has_mask=torch.tensor([s.mask_path is not None or not s.is_anomalous for s in support]),
     )
     if support_set.features:
         support_set.features = {k: v.to(device) for k, v in support_set.features.items()}
@@ -428,11 +439,13 @@ def _run_one(
     t0 = time.perf_counter()
     labels = np.array([int(s.is_anomalous) for s in query])
     produces_maps = method.produces_maps
+    no_masks = masks_missing_reason(query)  # pixel metrics need every defect image's mask
     metrics = evaluate(
         outputs.image_score.numpy(),
         labels,
         maps=outputs.anomaly_map.numpy() if produces_maps else None,
-        masks=cache.masks(query, size).numpy() if produces_maps else None,
+        masks=cache.masks(query, size).numpy() if produces_maps and not no_masks else None,
+        masks_reason=no_masks,
         types=[s.label for s in query],
         class_pred=None
         if outputs.class_logits is None

@@ -26,10 +26,13 @@ from semclip_bench.runner.store import read_rows
 
 @pytest.fixture
 def methods_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty configs/methods folder in place of the package's."""
+    """An empty configs/methods folder as the only config folder (the package's left out)."""
+    import semclip_bench.configs as configs_module
+
     folder = tmp_path / "methods"
     folder.mkdir()
-    monkeypatch.setattr(config_module, "methods_dir", lambda: folder)
+    monkeypatch.setattr(configs_module, "search_path", lambda: [tmp_path])
+    monkeypatch.setattr(config_module, "search_path", lambda: [tmp_path])
     return folder
 
 
