@@ -163,10 +163,12 @@ def make_episode(
         if shots > 0:
             defect_support[defect_type] = chosen
     for size, names in sorted(too_small.items()):
-        which = f"{names[0]} has" if len(names) == 1 else f"{{{','.join(names)}}} have"
-        reasons.append(
-            f"defect support pool of {which} {size} image(s), {shots}-shot needs {shots}"
+        which = (
+            f"defect support pool of {names[0]} has {size} image(s)"
+            if len(names) == 1
+            else f"defect support pools of {{{','.join(names)}}} have {size} image(s) each"
         )
+        reasons.append(f"{which}, {shots}-shot needs {shots}")
 
     query = query_set(dataset, category, pools)
     if not query and not reasons:

@@ -184,7 +184,9 @@ def test_shots_beyond_a_pool_are_skipped_with_reason() -> None:
     )
     counts = {("train", "good"): 9, ("test", "hole"): 3, ("test", "scratch"): 3}
     grouped = make_episode(_dataset(counts), "c", 2, seed=0).skipped
-    assert grouped == "c: defect support pool of {hole,scratch} have 1 image(s), 2-shot needs 2"
+    assert grouped == (
+        "c: defect support pools of {hole,scratch} have 1 image(s) each, 2-shot needs 2"
+    )
 
 
 def test_type_with_one_image_has_no_pool() -> None:

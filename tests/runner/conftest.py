@@ -21,7 +21,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image_size=64,
         n_train_good=4,
         n_test_good=4,
-        n_per_defect=4,
+        n_per_defect=7,
     )
     generate(root, config)
     return root
