@@ -24,3 +24,11 @@ ablate: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# Validation-only tuning studies (docs/tuning.md): each writes results/tuning/<study>/sweep.md.
+STUDIES := winclip patchcore semclip lr budget
+.PHONY: tune
+tune: $(STAMP)
+	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config benchmarks/tuning/studies/$$s.yaml || exit 1; done
+	$(PY) -m benchmarks.convergence --method semclip --seeds 0,1 --out results/tuning/convergence_semclip.md
+	$(PY) -m benchmarks.convergence --method anomalyclip --seeds 0,1 --out results/tuning/convergence_anomalyclip.md
