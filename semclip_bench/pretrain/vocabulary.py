@@ -23,7 +23,7 @@ from semclip_bench.pretrain.captions import _FORBIDDEN, EXCLUDED_TYPES, SEEN_TYP
 
 #: Template words not required in captions: the images are not JPEG files, so a caption that
 #: said so would be false.
-TEMPLATE_WORDS_NOT_CHECKED: dict[str, str] = {"jpeg": "the images are not JPEG-compressed"}
+TEMPLATE_WORDS_NOT_CHECKED: dict[str, str] = {"jpeg": "the images are not JPEG files"}
 _ARTICLES = ("a", "an", "the")
 _NORMAL_LABEL = "good"
 
@@ -119,7 +119,7 @@ def unchecked_words() -> dict[str, str]:
     out = {}
     for w in dict.fromkeys(w for t in texts for w in words(t)):
         if _FORBIDDEN.search(w):
-            out[w] = "names a held-out defect type (never in a pretraining caption)"
+            out[w] = "it names a held-out defect type, which no pretraining caption may"
         elif w in TEMPLATE_WORDS_NOT_CHECKED:
             out[w] = TEMPLATE_WORDS_NOT_CHECKED[w]
     return out
