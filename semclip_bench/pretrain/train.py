@@ -18,8 +18,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from semclip_bench.backbones import DEFAULT_MODEL
 from semclip_bench.errors import UserError
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.pretrain.data import (
     DEFAULT_PRETRAIN_SEED,
     NORMAL_FRACTION,
@@ -44,7 +44,7 @@ class PretrainOptions:
     """Everything the ``pretrain`` command takes (see its ``--help``)."""
 
     data: str = "sem-synth"
-    arch: str = "semclip-vit-s16"
+    arch: str = DEFAULT_MODEL
     out: str = "pretrain_out"
     steps: int | None = None
     max_minutes: float | None = None
@@ -299,7 +299,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     )
     summary: dict[str, Any] = {
         "arch": opts.arch,
-        "checkpoint": str(ckpt),
+        "checkpoint": ckpt.name,
         "sha256": sha256_file(ckpt),
         "file_bytes": size,
         "fits_shipping_limit": size <= MAX_SHIPPED_BYTES,
@@ -318,7 +318,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         "first_loss": float(history[0][1]) if history else float("nan"),
         "options": {k: v for k, v in asdict(opts).items() if k != "command"},
         "command": opts.command,
-        "files": [str(p) for p in curves],
+        "files": [p.name for p in curves],
     }
     if opts.evaluate:
         summary["evaluation"] = evaluate_trained(ckpt, opts)
@@ -331,34 +331,20 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
 
 
 def evaluate_trained(ckpt: Path, opts: PretrainOptions) -> dict[str, Any]:
-    """Evaluate the exported checkpoint and the randomly initialised model of the same arch."""
-    from semclip_bench.backbones import BackboneSpec, build_backbone
-    from semclip_bench.data.synth import SynthConfig
-    from semclip_bench.pretrain.evaluate import evaluate_backbone, render_test_split
+    """Evaluate the exported checkpoint and the randomly initialised model of the same arch on
+    the validation split with every prompt bank (see :mod:`semclip_bench.pretrain.evaluate`)."""
+    from semclip_bench.pretrain.evaluate import evaluate_models, validation_config
 
     device = "cuda" if torch.cuda.is_available() and opts.accelerator != "cpu" else "cpu"
-    workers = opts.eval_workers
-    config = SynthConfig()
-    rendered = render_test_split(config, workers or min(8, os.cpu_count() or 1))
-    result = {}
-    for name, weights in (("pretrained", str(ckpt)), ("random_init", None)):
-        backbone = build_backbone(BackboneSpec(opts.arch, weights), device)
-        result[name] = evaluate_backbone(
-            backbone,
-            zero_shot_config=config,
-            rendered=rendered,
-            retrieval_images=opts.retrieval_images,
-            workers=workers,
-            render_size=opts.render_size,
-        )
-        print(f"evaluation ({name}): {json.dumps(result[name])}", flush=True)
-    result["protocol"] = {
-        "zero_shot_data": "sem-synth SynthConfig() test split (seed 0)",
-        "retrieval_seed": RETRIEVAL_SEED,
-        "seen_types": list(SEEN_TYPES),
-        "unseen_types": list(EXCLUDED_TYPES),
-    }
-    return result
+    return evaluate_models(
+        opts.arch,
+        str(ckpt),
+        validation_config(),
+        device=device,
+        workers=opts.eval_workers or min(8, os.cpu_count() or 1),
+        retrieval_images=opts.retrieval_images,
+        render_size=opts.render_size,
+    )
 
 
 def command_line() -> list[str]:
