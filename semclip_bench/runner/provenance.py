@@ -9,6 +9,8 @@ folders (shards, ranks of a ``--devices N`` run, resumed invocations) as the tab
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import subprocess
@@ -29,8 +31,7 @@ from semclip_bench.runner.store import (
     IDENTITY_NAMES,
     PROTOCOL_VERSION,
     PROVENANCE_FILE,
-    identity_values,
-    read_rows,
+    UNKNOWN,
 )
 
 #: Where the shipped default weights live, relative to the repository (how tables name them).
@@ -118,18 +119,24 @@ def run_identity(dataset_digest: str, weights_digest: str) -> dict[str, str]:
 
 def check_resume(folder: Path, identity: dict[str, str], allow_mixed: bool) -> None:
     """Refuse to add rows of ``identity`` to a folder holding rows of another identity (called
-    before the first episode); ``allow_mixed`` lets it through (the tables then say so)."""
-    if allow_mixed or not any(p.stat().st_size for p in Path(folder).rglob(EPISODES_FILE)):
+    before the first episode); ``allow_mixed`` lets it through (the tables then say so).
+
+    Reads complete lines only: other ranks of the same run may be appending rows meanwhile.
+    """
+    if allow_mixed:
         return
-    values = identity_values(read_rows([folder]))
-    for column in IDENTITY_COLUMNS:
-        other = [v for v in values[column] if v != identity[column]]
-        if other:
-            raise UserError(
-                f"--out: {folder} already holds rows of {IDENTITY_NAMES[column]} {other[0]} "
-                f"({', '.join(values[column][other[0]])}), this run has {identity[column]}; "
-                "resuming would mix them: use another --out, or pass --allow-mixed"
-            )
+    for path in sorted(Path(folder).rglob(EPISODES_FILE)):
+        data = path.read_text(encoding="utf-8")
+        lines = data[: data.rfind("\n") + 1]
+        for row in csv.DictReader(io.StringIO(lines)):
+            for column in IDENTITY_COLUMNS:
+                value = row.get(column) or UNKNOWN
+                if value != identity[column]:
+                    raise UserError(
+                        f"--out: {path.parent} already holds rows of {IDENTITY_NAMES[column]} "
+                        f"{value}, this run has {identity[column]}; resuming would mix them: "
+                        "use another --out, or pass --allow-mixed"
+                    )
 
 
 def write_provenance(
