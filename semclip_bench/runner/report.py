@@ -7,9 +7,9 @@ any category of an aggregate is "n/a (reason)".
 Chance levels: each shot count of the detection table has a "constant score" row, what flagging
 every query image achieves (iAUROC and pAUROC 50, iAP = the query's defect fraction, iF1-max = the
 F1 of flagging every image, 2p / (1 + p)), aggregated like the methods' values. The best mean per
-column is bold within each shot count, unless every method's mean is within one seed standard
-deviation of that column's chance level (the column then does not separate the methods from
-chance, and nothing is bold).
+column is bold within each shot count, but in a column with a chance level only if it exceeds that
+level by more than its seed standard deviation: a column whose methods are all within one std of
+chance (not separated from chance) has no bold, nor has a best value that is itself at chance.
 """
 
 from __future__ import annotations
@@ -133,9 +133,10 @@ def _bold_best(
     stds: list[list[float]] | None = None,
     chance: Sequence[dict[Any, float] | float | None] | None = None,
 ) -> None:
-    """Bold the highest mean per column within each group (shot count), unless every mean of the
-    group lies within one seed std of the column's chance level (``chance[col]``: one level for
-    every group, or a level per group)."""
+    """Bold the highest mean per column within each group (shot count). Where the column has a
+    chance level (``chance[col]``: one level for every group, or a level per group), only a best
+    mean more than one seed std above it is bold; so a column whose methods are all within one
+    std of chance has no bold."""
     if not cells:
         return
     for col in range(len(means[0])):
@@ -145,13 +146,12 @@ def _bold_best(
             if len(idx) < 2:
                 continue
             level = levels.get(group) if isinstance(levels, dict) else levels
-            if level is not None and stds is not None:
-                spread = [0.0 if math.isnan(stds[i][col]) else stds[i][col] for i in idx]
-                if all(abs(means[i][col] - level) <= s for i, s in zip(idx, spread, strict=True)):
-                    continue
             best = max(means[i][col] for i in idx)
             for i in idx:
-                if means[i][col] == best:
+                if means[i][col] != best:
+                    continue
+                spread = 0.0 if stds is None or math.isnan(stds[i][col]) else stds[i][col]
+                if level is None or best - level > spread:
                     cells[i][col] = f"**{cells[i][col]}**"
 
 
@@ -339,18 +339,23 @@ def _notes(rows: pd.DataFrame) -> list[tuple[str, int]]:
     return sorted(counts.items())
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 LEGEND = (
     "Metrics in percent, exact on the concatenated query set of each episode (PROTOCOL.md). Each "
-    "cell: mean ± sample std over seeds of the mean over categories ({categories} categories, "
+    "cell: mean ± sample std over seeds of the mean over categories ({categories}, "
     "seeds {seeds}). F1-max values are maxima over all thresholds (an oracle threshold, not a "
     "deployable operating point). '{chance}' rows: chance levels, what a constant score (flagging "
     "every query image) achieves on the same queries: iAUROC and pAUROC 50, iAP = the query's "
     "defect fraction p, iF1-max = the F1 of flagging every image, 2p / (1 + p). Bold: the best "
     "mean per column within a shot count (per category and shot count in the per-category "
-    "table), except where every method's mean is within one seed standard deviation of the "
-    "column's chance level (AUROC columns: 50; iAP: p; iF1-max: 2p / (1 + p)): such a column does "
-    "not tell the methods apart from chance, and nothing in it is bold. 'n/a (reason)': the "
-    "metric is undefined for that method or query set.\n"
+    "table); in a column with a chance level (AUROC columns: 50; iAP: p; iF1-max: 2p / (1 + p)) "
+    "only if it exceeds that level by more than its seed standard deviation, so a column where "
+    "every method is within one std of chance, which does not tell the methods apart from "
+    "chance, has nothing bold. 'n/a (reason)': the metric is undefined for that method or "
+    "query set.\n"
 )
 
 
@@ -381,7 +386,7 @@ def build_report(
     parts.append(provenance_block(records, report_command))
     parts.append(
         LEGEND.format(
-            categories=ok["category"].nunique(),
+            categories=_plural(ok["category"].nunique(), "category", "categories"),
             seeds=sorted(int(x) for x in ok["seed"].unique()),
             chance=CHANCE_LABEL.strip("_"),
         )

@@ -40,6 +40,12 @@ from semclip_bench.runner.config import (
     merge_config,
     sweep_variants,
 )
+from semclip_bench.runner.provenance import (
+    backbone_spec,
+    git_commit,
+    run_identity,
+    weights_identity,
+)
 from semclip_bench.runner.store import (
     EPISODES_FILE,
     IDENTITY_COLUMNS,
@@ -306,7 +312,6 @@ def verify(
     """
     from semclip_bench.data import dataset_digest, load_dataset
     from semclip_bench.runner.engine import run
-    from semclip_bench.runner.provenance import backbone_spec, run_identity, weights_identity
 
     source = Path(source)
     if not source.exists():
@@ -329,7 +334,12 @@ def verify(
     problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
     if problems:
         raise UserError("verify refused: " + "; ".join(problems))
+    here = git_commit()
     for folder, record, _ in plans:
+        if record.get("git_commit") != here:
+            result.notes.append(
+                f"{folder}: rows written at git commit {record.get('git_commit')}, rerun at {here}"
+            )
         if record.get("episodes_resumed"):
             result.notes.append(
                 f"{folder}: the run was resumed after an interruption; its later rows started "
@@ -340,17 +350,21 @@ def verify(
     out_root = Path(out) if keep else Path(tempfile.mkdtemp(prefix="semclip-verify-out-"))
     try:
         with clean_cache():
-            for number, (folder, record, ids) in enumerate(plans):
+            configs = []
+            for number, (folder, record, ids) in enumerate(plans):  # every check first
                 config = _rerun_config(record, out_root / f"part{number}")
                 dataset = load_dataset(config.data)  # generated afresh in the clean cache
-                spec = backbone_spec(config)
-                seen = run_identity(dataset_digest(dataset), weights_identity(spec)[1])
+                seen = run_identity(
+                    dataset_digest(dataset), weights_identity(backbone_spec(config))[1]
+                )
                 committed = {
                     c: {raw[i].get(c, UNKNOWN) or UNKNOWN for i in ids} for c in IDENTITY_COLUMNS
                 }
-                problems = _identity_problems(committed, seen, folder)
-                if problems:
-                    raise UserError("verify refused: " + "; ".join(problems))
+                problems += _identity_problems(committed, seen, folder)
+                configs.append(config)
+            if problems:
+                raise UserError("verify refused: " + "; ".join(problems))
+            for config, (folder, _, ids) in zip(configs, plans, strict=True):
                 variants = (
                     ablation_variants(config)
                     if config.kind == "ablation"

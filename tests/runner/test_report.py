@@ -114,3 +114,15 @@ def test_notes_and_skips_are_printed(tmp_path: Path) -> None:
     notes = text.split("## Notes on the episodes")[1].split("##")[0]
     assert f"| {note} | 3 |" in notes
     assert "K = 20 exceeds the scratch pool (12)" in text.split("## Skipped episodes")[1]
+
+
+def test_best_value_at_chance_is_not_bold() -> None:
+    # a = 51 ± 1.4 is the best iAUROC but within a std of 50; b = 31 is far below chance
+    rows = [
+        _row("a", 0, iAUROC=0.50),
+        _row("a", 1, iAUROC=0.52),
+        _row("b", 0, iAUROC=0.30),
+        _row("b", 1, iAUROC=0.32),
+    ]
+    table = metric_table(_frame(rows), ("iAUROC",), ["a", "b"], chance=True)
+    assert "**" not in table
