@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install test sweep ablate lint
+.PHONY: install test sweep ablate lint verify-results
 install: $(STAMP)
 
 test: $(STAMP)
@@ -21,6 +21,11 @@ sweep: $(STAMP)
 
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate
+
+# Rerun a few committed episodes of results/sweep from a clean cache on the CPU in fp32 and compare
+# their rows bit for bit (exit 1 on any difference).
+verify-results: $(STAMP)
+	$(PY) -m semclip_bench verify --from results/sweep
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

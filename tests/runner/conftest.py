@@ -10,6 +10,14 @@ import yaml
 from semclip_bench.data.synth import SynthConfig, generate
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "verify_results: reruns committed results/sweep episodes (make verify-results; a few "
+        "minutes on 2 cores); deselect with -m 'not verify_results'",
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One category, two defect types, 64 x 64 images: enough for 1- and 2-shot episodes."""
