@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 # Validation-only tuning studies (docs/tuning.md): each writes results/tuning/<study>/sweep.md.
-STUDIES := winclip patchcore semclip lr budget
+STUDIES := winclip patchcore semclip lr budget budget2_semclip budget2_semclip_plus budget2_anomalyclip
 .PHONY: tune
 tune: $(STAMP)
 	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config benchmarks/tuning/studies/$$s.yaml || exit 1; done

@@ -86,15 +86,15 @@ def test_identity_in_rows_provenance_and_header(small_run: Path, tiny_data: Path
 
 
 def test_weights_digest_of_a_file(tmp_path: Path) -> None:
-    from semclip_bench.backbones import DEFAULT_WEIGHTS, BackboneSpec
+    from semclip_bench.backbones import DEFAULT_MODEL, DEFAULT_WEIGHTS, BackboneSpec
 
     expected = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
-    label, digest = weights_identity(BackboneSpec("semclip-vit-s16", str(DEFAULT_WEIGHTS)))
+    label, digest = weights_identity(BackboneSpec(DEFAULT_MODEL, str(DEFAULT_WEIGHTS)))
     assert digest == expected
-    assert label == "semclip_bench/weights/semclip-vit-s16.pt (shipped default)"
+    assert label == f"semclip_bench/weights/{DEFAULT_MODEL}.pt (shipped default)"
     copy = tmp_path / "mine.pt"
     shutil.copy(DEFAULT_WEIGHTS, copy)
-    assert weights_identity(BackboneSpec("semclip-vit-s16", str(copy))) == (str(copy), expected)
+    assert weights_identity(BackboneSpec(DEFAULT_MODEL, str(copy))) == (str(copy), expected)
     assert weights_identity(BackboneSpec("ViT-B-16", "laion400m_e32"))[1].startswith("open_clip")
 
 
