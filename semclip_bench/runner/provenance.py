@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,9 +39,17 @@ from semclip_bench.runner.store import (
 SHIPPED_LABEL = "semclip_bench/weights/{name} (shipped default)"
 
 
+#: Environment variable that overrides the detected git commit (see :func:`git_commit`).
+COMMIT_ENV = "SEMCLIP_BENCH_GIT_COMMIT"
+
+
 def git_commit() -> str:
     """Short commit of the package's checkout (``+dirty`` with uncommitted changes to tracked
-    files), or "unknown" outside git."""
+    files), or "unknown" outside git. ``$SEMCLIP_BENCH_GIT_COMMIT`` overrides it, for runs from a
+    copy of the code whose git metadata is missing or stale (e.g. a tree synced to a GPU host)."""
+    override = os.environ.get(COMMIT_ENV, "").strip()
+    if override:
+        return override
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -217,3 +217,12 @@ def test_header_describes_a_multi_rank_run_once() -> None:
     assert "precision: bf16" in text
     # a missing rank is said
     assert "Only 1 of 2 ranks" in provenance_block(records[:1], None)
+
+
+def test_git_commit_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    from semclip_bench.runner import provenance
+
+    monkeypatch.setenv(provenance.COMMIT_ENV, "abc1234")
+    assert provenance.git_commit() == "abc1234"
+    monkeypatch.delenv(provenance.COMMIT_ENV)
+    assert provenance.git_commit() != "abc1234"
