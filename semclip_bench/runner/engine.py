@@ -21,10 +21,10 @@ the backbone weights (``runner/provenance.py``); a run refuses, before its first
 into a folder holding rows of another identity unless ``allow_mixed``.
 
 Selected units (``select``, used by ``verify``): only those episode ids are evaluated and written;
-the units before them in the same categories are replayed up to their feature extraction, so the
-feature cache sees the same extraction calls as the original run (CPU BLAS kernels are chosen by a
-batch's row count, so an image's features can differ in the last bits with the batch it was
-extracted in).
+the units before them of the same categories and methods are replayed up to their feature
+extraction, so the feature cache sees the same extraction calls as the original run (CPU BLAS
+kernels are chosen by a batch's row count, so an image's features can differ in the last bits with
+the batch it was extracted in).
 """
 
 from __future__ import annotations
@@ -270,14 +270,15 @@ def run(
 
 
 def _selected(todo: list[tuple], select: set[str]) -> tuple[list[tuple], set[int]]:
-    """The units up to the last selected one, in their run order, and the positions (in that
-    list) of the units to replay only: those not selected, in a selected unit's category."""
+    """The units to visit for ``select``, in run order, and the positions (in that list) of the
+    units to replay only: every unit up to the last selected one that has a selected unit's
+    category and method (methods of different classes never share a feature key)."""
     ids = [episode_id(u[0], u[3].label, u[1], u[2]) for u in todo]
     positions = [i for i, uid in enumerate(ids) if uid in select]
     if not positions:
         return [], set()
-    categories = {todo[i][0] for i in positions}
-    kept = [i for i in range(positions[-1] + 1) if todo[i][0] in categories]
+    wanted = {(todo[i][0], todo[i][3].method) for i in positions}
+    kept = [i for i in range(positions[-1] + 1) if (todo[i][0], todo[i][3].method) in wanted]
     units = [todo[i] for i in kept]
     return units, {n for n, i in enumerate(kept) if ids[i] not in select}
 
