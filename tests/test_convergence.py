@@ -16,7 +16,7 @@ from semclip_bench.data.fixtures import write_tiny_mvtec
 @pytest.fixture(scope="module")
 def tiny_val(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("val") / "data"
-    return write_tiny_mvtec(root, seed=1, image_size=64, n_train_good=3, n_per_defect=4)
+    return write_tiny_mvtec(root, seed=1, image_size=64, n_train_good=3, n_per_defect=7)
 
 
 def test_checkpoints_are_quarter_half_full_double() -> None:
