@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install test sweep ablate lint
+.PHONY: install test sweep ablate lint verify-results
 install: $(STAMP)
 
 test: $(STAMP)
@@ -22,5 +22,18 @@ sweep: $(STAMP)
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate
 
+# Rerun a few committed episodes of results/sweep from a clean cache on the CPU in fp32 and compare
+# their rows bit for bit (exit 1 on any difference).
+verify-results: $(STAMP)
+	$(PY) -m semclip_bench verify --from results/sweep
+
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# Validation-only tuning studies (docs/tuning.md): each writes results/tuning/<study>/sweep.md.
+STUDIES := winclip patchcore semclip lr budget budget2_semclip budget2_semclip_plus budget2_anomalyclip
+.PHONY: tune
+tune: $(STAMP)
+	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config benchmarks/tuning/studies/$$s.yaml || exit 1; done
+	$(PY) -m benchmarks.convergence --method semclip --seeds 0,1 --out results/tuning/convergence_semclip.md
+	$(PY) -m benchmarks.convergence --method anomalyclip --seeds 0,1 --out results/tuning/convergence_anomalyclip.md

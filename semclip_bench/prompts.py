@@ -19,7 +19,8 @@ names the file.
 
 Built-in banks live in ``configs/prompts/<name>.yaml``: ``expert`` (SEM-domain phrasings, the
 method's default) and ``generic`` (WinCLIP-style "a photo of a {}" with bare class names, for the
-prompt ablation). A user passes a path to use their own file.
+prompt ablation). A user passes a path to use their own file, or overrides a bank by name with a
+file of the same name in a config folder (lookup order in :mod:`semclip_bench.configs`).
 """
 
 from __future__ import annotations
@@ -45,18 +46,24 @@ _ALLOWED_KEYS = {"name", "description", "templates", "classes"}
 
 
 def prompt_dirs() -> list[Path]:
-    """Where built-in banks are looked up: the package's ``configs/prompts``."""
-    return [Path(__file__).resolve().parent / "configs" / "prompts"]
+    """Where banks given by name are looked up, in order: ``prompts/`` of every folder of
+    :func:`semclip_bench.configs.search_path` (``--config-dir``, ``$SEMCLIP_BENCH_CONFIGS``,
+    ``./configs``, then the package's own)."""
+    from semclip_bench.configs import search_path
+
+    return [folder / "prompts" for folder in search_path() if (folder / "prompts").is_dir()]
 
 
 def builtin_bank_path(name: str) -> Path:
-    """Path of the built-in bank ``name``; UserError when it is not shipped."""
-    for folder in prompt_dirs():
-        path = folder / f"{name}.yaml"
-        if path.is_file():
-            return path
+    """Path of the bank ``name`` (first match in :func:`prompt_dirs`); UserError when absent."""
+    from semclip_bench.configs import find_config
+
+    path = find_config("prompts", name)
+    if path is not None:
+        return path
     raise UserError(
-        f"prompt bank '{name}' not found in configs/prompts (option prompts): use one of "
+        f"prompt bank '{name}' not found in configs/prompts (option prompts; searched "
+        f"{', '.join(str(d) for d in prompt_dirs())}): use one of "
         f"{', '.join(BUILTIN_BANKS)} or a path to a YAML file"
     )
 

@@ -37,3 +37,47 @@ def test_throughput_writes_a_row_per_method_and_the_floor(tmp_path: Path, capsys
     assert main(argv) == 0  # a re-run replaces its own section, keeps the other one
     again = read_sections(out)
     assert len(again) == 2 and again["other | device | backbone | bf16"].endswith("kept\n\n")
+
+
+def _write_rows(folder, values):
+    from semclip_bench.runner.store import EpisodeStore
+
+    store = EpisodeStore(folder)
+    for (method, seed), auroc in values.items():
+        store.append(
+            {
+                "episode_id": f"cat/{method}/k1/s{seed}",
+                "category": "cat",
+                "variant": method,
+                "method": method,
+                "shots": 1,
+                "seed": seed,
+                "status": "ok",
+                "iAUROC": auroc,
+                "pAUROC": float("nan"),
+            }
+        )
+
+
+def test_compare_runs_reports_largest_gap_and_verdict(tmp_path, capsys):
+    from benchmarks import compare_runs
+
+    _write_rows(
+        tmp_path / "a", {("patchcore", 0): 0.80, ("patchcore", 1): 0.70, ("semclip", 0): 0.9}
+    )
+    _write_rows(
+        tmp_path / "b", {("patchcore", 0): 0.8004, ("patchcore", 1): 0.69, ("semclip", 0): 0.8}
+    )
+    table = compare_runs.compare(
+        compare_runs.read_rows([tmp_path / "a"]), compare_runs.read_rows([tmp_path / "b"])
+    )
+    row = table.set_index("method").loc["patchcore"]
+    assert row["episodes"] == 2
+    assert abs(row["iAUROC"] - 0.01) < 1e-9
+    assert row["pAUROC"] == 0.0  # NaN in both runs counts as equal
+    assert compare_runs.verdict("patchcore", 0.01, "fp32") == "MISS"
+    assert compare_runs.verdict("patchcore", 0.0004, "fp32") == "PASS"
+    assert compare_runs.verdict("semclip", 0.1, "fp32").startswith("stated")
+    out = tmp_path / "perf.md"
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "| patchcore | 2 |" in out.read_text()

@@ -1,7 +1,8 @@
 """Shared frozen CLIP backbone (open_clip) and the model configs registered with open_clip.
 
-Importing this package registers "semclip-tiny" (tests) and "semclip-vit-s16" (compact CPU default)
-with open_clip. :func:`default_backbone_spec` is the single place that decides the default weights.
+Importing this package registers "semclip-tiny" (tests), "semclip-vit-m16" (compact default: ViT
+12 x 240, text 6 x 64) and "semclip-vit-s16" (the earlier default, ViT 12 x 192) with open_clip.
+:func:`default_backbone_spec` is the single place that decides the default weights.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 #: Name of the compact default architecture.
-DEFAULT_MODEL = "semclip-vit-s16"
+DEFAULT_MODEL = "semclip-vit-m16"
 #: Packaged weights of the default architecture; used by default when the file exists.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / f"{DEFAULT_MODEL}.pt"
 
@@ -34,7 +35,7 @@ _warned_default = False
 
 
 def default_backbone_spec(warn: bool = True) -> BackboneSpec:
-    """The default backbone: packaged ``weights/semclip-vit-s16.pt`` if present, else random init.
+    """The default backbone: packaged ``weights/<DEFAULT_MODEL>.pt`` if present, else random init.
 
     This is the one place to change when trained default weights are shipped.
     """

@@ -52,7 +52,7 @@ class BackboneSpec:
     interpolated to the new grid.
     """
 
-    name: str = "semclip-vit-s16"
+    name: str = "semclip-vit-m16"
     pretrained: str | None = None
     image_size: int | None = None
 
@@ -117,7 +117,7 @@ def _create_model(spec: BackboneSpec) -> nn.Module:
     if spec.name not in open_clip.list_models():
         raise UserError(
             f"backbone name {spec.name!r} is not an open_clip model "
-            "(e.g. semclip-tiny, semclip-vit-s16, ViT-B-16-plus-240; see open_clip.list_models())"
+            "(e.g. semclip-tiny, semclip-vit-m16, ViT-B-16-plus-240; see open_clip.list_models())"
         )
     if spec.image_size is not None and spec.image_size <= 0:
         raise UserError(f"backbone image_size must be positive, got {spec.image_size}")

@@ -4,7 +4,8 @@ Light imports only here; the tensor side (:mod:`semclip_bench.data.datamodule`) 
 (:mod:`semclip_bench.data.synth`) are imported from their modules.
 """
 
-from semclip_bench.data.dataset import CheckReport, check_dataset, load_dataset
+from semclip_bench.data.check import CheckReport, check_dataset
+from semclip_bench.data.dataset import load_dataset
 from semclip_bench.data.digest import dataset_digest, file_sha256
 from semclip_bench.data.episodes import make_episode, support_manifest, write_support_manifest
 from semclip_bench.data.images import read_image, read_mask

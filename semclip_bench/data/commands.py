@@ -152,8 +152,8 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``data synth``: generate a dataset into ``--out`` and optionally a preview sheet."""
-    from semclip_bench.data.dataset import ProgressLog, generate_into
     from semclip_bench.data.synth import SynthConfig, write_preview
+    from semclip_bench.data.synth_cache import ProgressLog, generate_into
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -168,6 +168,7 @@ def run_synth(args: argparse.Namespace) -> int:
         f"wrote {report.n_images} images to {out} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} images/s, {args.workers} worker(s))"
     )
+    print(f"content digest {report.content_digest} (recorded in {out / 'synth.json'})")
     if args.preview is not None:
         preview = write_preview(Path(args.preview).expanduser(), config)
         print(f"wrote preview sheet to {preview}")
@@ -176,11 +177,22 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """``data check``: print the dataset's report; exit 1 if any problem was found."""
-    from semclip_bench.data.dataset import check_dataset
+    from tqdm.auto import tqdm
+
+    from semclip_bench.data.check import check_dataset
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    report = check_dataset(args.path, workers=args.workers)
+    bar = tqdm(desc=f"data check: reading {args.path}", unit="image", leave=False)
+
+    def progress(done: int, total: int) -> None:  # a bar with rate and ETA, on stderr
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = check_dataset(args.path, workers=args.workers, progress=progress)
+    finally:
+        bar.close()
     print(report.format())
     sys.stdout.flush()
     return 0 if report.ok else 1

@@ -2,8 +2,8 @@
 
 Loading checks the structure only (which files exist and how they pair up), which is cheap even for
 large datasets; image contents are verified when they are read, or all at once by
-:func:`check_dataset` (the ``data check`` command). Every structural problem is a
-:class:`~semclip_bench.errors.UserError` naming the file or folder at fault.
+:func:`semclip_bench.data.check.check_dataset` (the ``data check`` command). Every structural
+problem is a :class:`~semclip_bench.errors.UserError` naming the file or folder at fault.
 
 Layouts (see ``PROTOCOL.md``):
 
@@ -13,39 +13,43 @@ Layouts (see ``PROTOCOL.md``):
   category folder (one that holds ``train/`` or ``test/``).
 * CSV manifest with the header ``image_path,category,split,label,mask_path``; relative paths are
   resolved against the CSV file's folder; ``mask_path`` is empty for normal images.
-* ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder.
+* ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder
+  (:mod:`semclip_bench.data.synth_cache`); ``sem-synth:val`` is its validation split (the same
+  generator on a disjoint seed), ``sem-synth:test`` the same as ``sem-synth``.
+
+
+Masks are optional (image-level labels only, e.g. review images sorted into class folders): a
+category without ``ground_truth/``, a defect type without ``ground_truth/<type>/``, a manifest
+without the ``mask_path`` column or with empty cells give defect samples with ``mask_path=None``.
+These are *notes* (logged, listed by ``data check``), not problems: image metrics and
+classification are computed as usual, pixel metrics are "n/a (no masks)" (see
+:func:`masks_missing_reason`) and methods that train on masks use the masks that exist. A
+``ground_truth/<type>/`` folder that exists must hold a mask for every image of its type (a
+missing one there is more likely a misnamed file than a choice).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from semclip_bench.data.images import ImageInfo, image_info, is_image_file, read_mask
+from semclip_bench.data.images import is_image_file
+from semclip_bench.data.synth_cache import CACHE_ENV as CACHE_ENV
+from semclip_bench.data.synth_cache import SYNTH_NAME as SYNTH_NAME
+from semclip_bench.data.synth_cache import ProgressLog as ProgressLog
+from semclip_bench.data.synth_cache import default_cache_dir as default_cache_dir
+from semclip_bench.data.synth_cache import ensure_synth as ensure_synth
+from semclip_bench.data.synth_cache import generate_into as generate_into
+from semclip_bench.data.synth_cache import parse_synth_spec, synth_dataset_name
+from semclip_bench.data.synth_cache import synth_cache_path as synth_cache_path
 from semclip_bench.data.types import NORMAL_LABEL, DefectDataset, Sample
 from semclip_bench.errors import UserError
 
-if TYPE_CHECKING:
-    from semclip_bench.data.synth import GenerationReport, SynthConfig
-
 log = logging.getLogger(__name__)
 
-#: Name of the built-in synthetic dataset.
-SYNTH_NAME = "sem-synth"
-#: Environment variable naming the cache folder (default ``~/.cache/semclip_bench``).
-CACHE_ENV = "SEMCLIP_BENCH_CACHE"
 #: The splits of the MVTec AD layout.
 SPLITS: tuple[str, ...] = ("train", "test")
 GROUND_TRUTH = "ground_truth"
@@ -60,6 +64,7 @@ class _Problems:
         self.collect = collect
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def __call__(self, message: str) -> None:
         if not self.collect:
@@ -70,13 +75,21 @@ class _Problems:
         log.warning("warning: %s", message)
         self.warnings.append(message)
 
+    def note(self, message: str) -> None:
+        """Something the user should know that is not a problem (e.g. no masks): logged when
+        loading, listed by the report when collecting (``data check``)."""
+        if not self.collect:
+            log.info("note: %s", message)
+        self.notes.append(message)
+
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
 
 
 def load_dataset(spec: str | Path, cache_dir: str | Path | None = None) -> DefectDataset:
-    """Load ``spec``: ``"sem-synth"``, an MVTec AD layout folder, or a ``.csv`` manifest.
+    """Load ``spec``: ``"sem-synth"`` (or ``"sem-synth:val"``, its validation split), an MVTec AD
+    layout folder, or a ``.csv`` manifest.
 
     ``cache_dir`` is where ``sem-synth`` is generated (default: ``$SEMCLIP_BENCH_CACHE`` or
     ``~/.cache/semclip_bench``). Raises :class:`UserError` on the first structural problem.
@@ -84,126 +97,15 @@ def load_dataset(spec: str | Path, cache_dir: str | Path | None = None) -> Defec
     return _load(spec, cache_dir, _Problems(collect=False))
 
 
-def default_cache_dir() -> Path:
-    """The cache folder: ``$SEMCLIP_BENCH_CACHE`` if set, else ``~/.cache/semclip_bench``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "semclip_bench"
-
-
-def synth_config_hash(config: SynthConfig) -> str:
-    """Short stable hash of a generator configuration (names its cache folder)."""
-    from semclip_bench import __version__
-    from semclip_bench.data import synth
-
-    payload = {
-        "config": dataclasses.asdict(config),
-        # A new release (or generator version) may draw differently: it gets its own cache.
-        "package_version": __version__,
-        "generator_version": getattr(synth, "GENERATOR_VERSION", None),
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def synth_cache_path(
-    config: SynthConfig | None = None, cache_dir: str | Path | None = None
-) -> Path:
-    """Folder that holds (or will hold) the generated dataset of ``config``."""
-    from semclip_bench.data.synth import SynthConfig
-
-    config = config if config is not None else SynthConfig()
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return base / f"{SYNTH_NAME}-{synth_config_hash(config)}"
-
-
-def ensure_synth(
-    config: SynthConfig | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
-) -> Path:
-    """Return the cached folder of ``config``'s synthetic dataset, generating it if needed."""
-    from semclip_bench.data.synth import SynthConfig
-
-    config = config if config is not None else SynthConfig()
-    target = synth_cache_path(config, cache_dir)
-    if target.is_dir():
-        return target
-    log.info("generating %s into %s (first use; later runs reuse it)", SYNTH_NAME, target)
-    if workers is None:  # worker processes start slowly: worth it for real sizes only
-        workers = 1 if config.n_images < 64 else max(1, min(8, os.cpu_count() or 1))
-    report = generate_into(target, config, workers=workers, progress=ProgressLog(config.n_images))
-    log.info(
-        "generated %d images in %.1f s (%.1f images/s)",
-        report.n_images,
-        report.seconds,
-        report.images_per_second,
-    )
-    return target
-
-
-class ProgressLog:
-    """``progress(n)`` callback that logs every tenth of ``total`` images generated."""
-
-    def __init__(self, total: int, every: float = 0.1) -> None:
-        self.total = max(1, total)
-        self.done = 0
-        self.step = max(1, int(self.total * every))
-        self.next = self.step
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if self.done >= self.next or self.done == self.total:
-            log.info("  %d / %d images", self.done, self.total)
-            self.next = (self.done // self.step + 1) * self.step
-
-
-def generate_into(
-    target: str | Path,
-    config: SynthConfig,
-    workers: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> GenerationReport:
-    """Generate ``config``'s dataset so that ``target`` only ever appears complete.
-
-    Writes into a temporary folder next to ``target`` (removed on any failure or interruption)
-    and renames it to ``target`` at the end (the generator records its config in ``synth.json``).
-    ``target`` must not exist or be an empty folder. If another process completes ``target``
-    first, its result is kept. ``progress(n)`` is called with the number of images finished
-    since its previous call. Returns the generator's report (n_images, seconds, images/s).
-    """
-    from semclip_bench.data.synth import generate
-
-    target = Path(target).expanduser()
-    if target.exists():
-        if not target.is_dir() or any(target.iterdir()):
-            raise UserError(f"{target}: already exists and is not an empty folder")
-        target.rmdir()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    except OSError as exc:
-        raise UserError(f"{target.parent}: cannot create the output folder ({exc})") from None
-    try:
-        report = generate(tmp, config, workers=workers, progress=progress)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return report
-
-
 # --------------------------------------------------------------------------------------------
 # Loading
 
 
 def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -> DefectDataset:
-    if isinstance(spec, str) and spec == SYNTH_NAME:
-        root = ensure_synth(cache_dir=cache_dir).resolve()
-        return _finish(SYNTH_NAME, _scan_mvtec(root, problems), root, problems)
+    variant = parse_synth_spec(spec)
+    if variant is not None:
+        root = ensure_synth(cache_dir=cache_dir, variant=variant).resolve()
+        return _finish(synth_dataset_name(variant), _scan_mvtec(root, problems), root, problems)
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
@@ -221,7 +123,7 @@ def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -
         raise UserError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
     raise UserError(
         f"{path}: no such dataset folder or CSV manifest (or use '{SYNTH_NAME}' for the "
-        "built-in synthetic dataset)"
+        f"built-in synthetic dataset, '{SYNTH_NAME}:val' for its validation split)"
     )
 
 
@@ -271,6 +173,8 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 f"(expected {', '.join(SPLITS)} or {GROUND_TRUTH})"
             )
     samples: list[Sample] = []
+    gt_dir = folder / GROUND_TRUTH
+    unmasked: dict[str, int] = {}  # defect type without a ground_truth/<type>/ -> its image count
     for split in SPLITS:
         split_dir = folder / split
         if not split_dir.is_dir():
@@ -294,30 +198,46 @@ def _scan_category(folder: Path, problems: _Problems) -> list[Sample]:
                 problems.warn(f"{label_dir}: no images")
                 continue
             masks = _pair_masks(folder, split, label, images, problems)
+            if split == "test" and label != NORMAL_LABEL and not (gt_dir / label).is_dir():
+                unmasked[label] = len(images)
             samples.extend(
                 Sample(image, category, split, label, masks.get(image)) for image in images
             )
-    gt_dir = folder / GROUND_TRUTH
     if gt_dir.is_dir():
         for label_dir in _subdirs(gt_dir):
             if not (folder / "test" / label_dir.name).is_dir():
                 problems(f"{label_dir}: masks without images (no folder test/{label_dir.name}/)")
+    if unmasked:
+        n = sum(unmasked.values())
+        if not gt_dir.is_dir():
+            problems.note(
+                f"{folder}: no {GROUND_TRUTH}/ folder, so its {n} defect image(s) have image-level "
+                f"labels only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            types = ", ".join(f"{t} ({unmasked[t]} images)" for t in sorted(unmasked))
+            problems.note(f"{gt_dir}: no masks for defect type(s) {types} ({_NO_MASK_EFFECT})")
     return samples
+
+
+#: What a defect image without a mask means for a run (printed in notes).
+_NO_MASK_EFFECT = (
+    "image metrics and classification as usual; pixel metrics n/a; methods that train on masks "
+    "use image-level losses for these images"
+)
 
 
 def _pair_masks(
     folder: Path, split: str, label: str, images: list[Path], problems: _Problems
 ) -> dict[Path, Path]:
-    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem."""
+    """Map each test image to its mask in ``ground_truth/<label>/`` by file stem.
+
+    No such folder: no masks for this label (image-level labels only; the caller notes it).
+    """
     if split != "test":
         return {}
     mask_dir = folder / GROUND_TRUTH / label
     if not mask_dir.is_dir():
-        if label != NORMAL_LABEL:
-            problems(
-                f"{mask_dir}: mask folder missing for the {len(images)} defect image(s) "
-                f"of {folder / split / label}"
-            )
         return {}
     by_stem: dict[str, Path] = {}
     for mask in _image_files(mask_dir):
@@ -362,6 +282,7 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
         )
     samples: list[Sample] = []
     seen: dict[Path, int] = {}
+    unmasked: Counter[tuple[str, str]] = Counter()  # (category, defect type) -> images, no mask
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
         row = {key.strip(): value for key, value in row.items() if isinstance(key, str)}
@@ -391,164 +312,43 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
             if not mask.is_file():
                 problems(f"{where}: mask file not found: {mask}")
                 continue
-        elif label != NORMAL_LABEL:
-            problems(f"{where}: defect image without a mask_path: {image}")
-            continue
+        elif label != NORMAL_LABEL and split == "test":
+            unmasked[(values["category"], label)] += 1
         samples.append(Sample(image, values["category"], split, label, mask))
+    if unmasked:
+        n = sum(unmasked.values())
+        if "mask_path" not in header:
+            problems.note(
+                f"{path}: no mask_path column, so its {n} defect image(s) have image-level labels "
+                f"only ({_NO_MASK_EFFECT})"
+            )
+        else:
+            which = ", ".join(f"{c}/{t} ({k})" for (c, t), k in sorted(unmasked.items()))
+            problems.note(
+                f"{path}: {n} defect image(s) without a mask_path: {which} ({_NO_MASK_EFFECT})"
+            )
     return samples
+
+
+def missing_mask_types(samples: Iterable[Sample]) -> list[str]:
+    """Defect types (sorted) of which at least one sample of ``samples`` has no mask."""
+    return sorted({s.label for s in samples if s.is_anomalous and s.mask_path is None})
+
+
+def masks_missing_reason(samples: Sequence[Sample]) -> str | None:
+    """Why pixel metrics over ``samples`` are undefined for lack of masks, or None.
+
+    Pixel metrics need a mask for every defect image: None when they all have one, ``"no
+    masks"`` when none has, else ``"masks missing for <types>"``.
+    """
+    missing = missing_mask_types(samples)
+    if not missing:
+        return None
+    if all(s.mask_path is None for s in samples if s.is_anomalous):
+        return "no masks"
+    return f"masks missing for {', '.join(missing)}"
 
 
 def _resolve(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
     return (path if path.is_absolute() else base / path).resolve()
-
-
-# --------------------------------------------------------------------------------------------
-# Content check (``data check``)
-
-
-@dataclass
-class CheckReport:
-    """What ``data check`` found: counts, image properties, and every problem (exit 1 if any)."""
-
-    dataset: str
-    root: Path | None
-    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (cat, split, label)
-    bit_depths: Counter[int] = field(default_factory=Counter)
-    channels: Counter[int] = field(default_factory=Counter)
-    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (H, W)
-    max_values: dict[int, int] = field(default_factory=dict)  # bit depth -> largest pixel value
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def n_images(self) -> int:
-        return sum(self.counts.values())
-
-    def format(self) -> str:
-        """Human-readable report, as printed by ``data check``."""
-        categories = sorted({c for c, _, _ in self.counts})
-        lines = [
-            f"dataset {self.dataset}: {self.n_images} images, {len(categories)} categories"
-            + (f" ({self.root})" if self.root else "")
-        ]
-        if self.counts:
-            width = max(len("category"), *(len(c) for c in categories))
-            label_width = max(len("label"), *(len(lb) for _, _, lb in self.counts))
-            lines.append(f"  {'category':<{width}}  {'split':<5}  {'label':<{label_width}}  images")
-            order = sorted(
-                self.counts.items(),
-                key=lambda kv: (kv[0][0], kv[0][1] != "train", kv[0][2] != NORMAL_LABEL, kv[0][2]),
-            )
-            for (category, split, label), n in order:
-                lines.append(f"  {category:<{width}}  {split:<5}  {label:<{label_width}}  {n:>6}")
-        lines.append(
-            "bit depths: "
-            + (
-                ", ".join(
-                    f"{b}-bit: {n} (max value {self.max_values.get(b, '?')})"
-                    for b, n in sorted(self.bit_depths.items())
-                )
-                or "-"
-            )
-        )
-        lines.append(
-            "channels: " + (", ".join(f"{c}: {n}" for c, n in sorted(self.channels.items())) or "-")
-        )
-        lines.append(
-            "sizes (H x W): "
-            + (", ".join(f"{h}x{w}: {n}" for (h, w), n in sorted(self.sizes.items())) or "-")
-        )
-        for message in self.warnings:
-            lines.append(f"warning: {message}")
-        for message in self.problems:
-            lines.append(f"problem: {message}")
-        lines.append(
-            "OK: no problems found" if self.ok else f"FAILED: {len(self.problems)} problem(s) found"
-        )
-        return "\n".join(lines)
-
-
-def check_dataset(
-    dataset: DefectDataset | str | Path,
-    cache_dir: str | Path | None = None,
-    workers: int = 4,
-    progress: Callable[[int, int], None] | None = None,
-) -> CheckReport:
-    """Verify every image and mask of ``dataset`` and count what it holds.
-
-    ``dataset`` may be a loaded :class:`DefectDataset` or a spec as for :func:`load_dataset`; with a
-    spec, structural problems are collected (not raised) so that all of them are reported.
-    Problems: unreadable/truncated images or masks, mask size differing from its image. Warnings:
-    empty defect masks, categories without train/good or test images. ``progress(done, total)``
-    is called as images are checked.
-    """
-    structural = _Problems(collect=True)
-    if not isinstance(dataset, DefectDataset):
-        try:
-            dataset = _load(dataset, cache_dir, structural)
-        except UserError as exc:
-            return CheckReport(dataset=str(dataset), root=None, problems=[str(exc)])
-    report = CheckReport(dataset=dataset.name, root=dataset.root)
-    report.problems.extend(structural.errors)
-    report.warnings.extend(structural.warnings)
-    report.counts = dict(Counter((s.category, s.split, s.label) for s in dataset.samples))
-    for category in dataset.categories():
-        if not dataset.select(category, "train", NORMAL_LABEL):
-            report.warnings.append(
-                f"category {category}: no train/{NORMAL_LABEL} images (only zero-shot episodes)"
-            )
-        if not dataset.select(category, "test"):
-            report.warnings.append(f"category {category}: no test images (nothing to evaluate)")
-
-    total = len(dataset.samples)
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV releases the GIL
-        for result in pool.map(_check_sample, dataset.samples):
-            info, problems, warnings = result
-            if info is not None:
-                report.bit_depths[info.bit_depth] += 1
-                report.channels[info.channels] += 1
-                report.sizes[(info.height, info.width)] += 1
-                previous = report.max_values.get(info.bit_depth, 0)
-                report.max_values[info.bit_depth] = max(previous, info.max_value)
-            report.problems.extend(problems)
-            report.warnings.extend(warnings)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    high = report.max_values.get(16)
-    if high is not None and high < 2**12:
-        report.warnings.append(
-            f"16-bit images use at most 12 bits (max value {high}): they are scaled by 65535 "
-            "(their bit depth, as the protocol says) and so look dark to the models"
-        )
-    return report
-
-
-def _check_sample(sample: Sample) -> tuple[ImageInfo | None, list[str], list[str]]:
-    problems: list[str] = []
-    warnings: list[str] = []
-    try:
-        info = image_info(sample.image_path)
-    except UserError as exc:
-        problems.append(str(exc))
-        info = None
-    if sample.mask_path is not None:
-        try:
-            mask = read_mask(sample.mask_path)
-        except UserError as exc:
-            problems.append(str(exc))
-        else:
-            if info is not None and mask.shape != (info.height, info.width):
-                problems.append(
-                    f"{sample.mask_path}: mask size {mask.shape[0]}x{mask.shape[1]} (HxW) differs "
-                    f"from its image {sample.image_path} ({info.height}x{info.width})"
-                )
-            if sample.is_anomalous and not mask.any():
-                warnings.append(f"{sample.mask_path}: mask of a defect image is empty")
-    return info, problems, warnings

@@ -113,3 +113,77 @@ def read_mask(path: str | Path) -> np.ndarray:
     if raw.ndim == 3:
         return np.any(raw != 0, axis=2)
     return raw != 0
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory images (the Python API): the same scaling as for files
+
+
+def _plain_array(image: object) -> np.ndarray:
+    """A numpy array of a numpy array, torch tensor (CHW -> HWC) or PIL image (16-bit kept)."""
+    if hasattr(image, "getbands") and hasattr(image, "mode"):  # a PIL image, without importing PIL
+        mode = str(image.mode)
+        if mode.startswith("I;16"):
+            return np.asarray(image).astype(np.uint16)
+        if mode == "I":  # Pillow's mode for some 16-bit files: 32-bit ints holding 16-bit values
+            array = np.asarray(image)
+            if array.size and (array.min() < 0 or array.max() > 65535):
+                raise UserError(f"PIL image of mode I with values outside 0..65535: {image}")
+            return array.astype(np.uint16)
+        if mode not in {"1", "L", "LA", "RGB", "RGBA", "F"}:
+            image = image.convert("RGB")  # type: ignore[attr-defined]
+        return np.asarray(image)
+    if hasattr(image, "detach") and hasattr(image, "cpu"):  # a torch tensor
+        array = image.detach().cpu().numpy()  # type: ignore[attr-defined]
+        if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[2] > 4:
+            array = array.transpose(1, 2, 0)  # torch's (C, H, W)
+        return array
+    return np.asarray(image)
+
+
+def as_image(image: object) -> np.ndarray:
+    """An image given as a file path, numpy array, torch tensor or PIL image, as float32
+    (H, W, C) in [0, 1] with C = 1 or 3 -- what :func:`read_image` returns for a file.
+
+    Integer images are scaled by their bit depth (uint8 by 255, uint16 by 65535; never by their own
+    maximum); float images must already lie in [0, 1]. Layouts: (H, W) or (H, W, C) with C = 1, 2
+    (gray + alpha), 3 (RGB) or 4 (RGBA; alpha dropped); tensors may also be (C, H, W). Anything
+    else is a :class:`UserError` saying what was given.
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    array = _plain_array(image)
+    if array.ndim == 3 and array.shape[2] in (1, 2, 3, 4):
+        array = array[:, :, :1] if array.shape[2] in (1, 2) else array[:, :, :3]
+    elif array.ndim != 2:
+        raise UserError(
+            f"image of shape {tuple(array.shape)}: expected (H, W) or (H, W, C) with C in 1..4"
+        )
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype in _BIT_DEPTHS:
+        return to_float(np.ascontiguousarray(array))
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            raise UserError(
+                f"float image with values in [{low:g}, {high:g}]: float images must be scaled to "
+                "[0, 1] (or pass the raw uint8/uint16 array, scaled by its bit depth)"
+            )
+        image_f = np.ascontiguousarray(array, dtype=np.float32)
+        return image_f[:, :, None] if image_f.ndim == 2 else image_f
+    raise UserError(
+        f"unsupported pixel type {array.dtype} (expected uint8, uint16, bool or float in [0, 1])"
+    )
+
+
+def as_mask(mask: object) -> np.ndarray:
+    """A mask given as a file path, array, tensor or PIL image as bool (H, W): nonzero = defect."""
+    if isinstance(mask, (str, Path)):
+        return read_mask(mask)
+    array = _plain_array(mask)
+    if array.ndim == 3:
+        array = np.any(array != 0, axis=2)
+    if array.ndim != 2:
+        raise UserError(f"mask of shape {tuple(array.shape)}: expected (H, W)")
+    return array != 0

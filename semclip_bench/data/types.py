@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-#: The paper's six defect types, in the order used for class indices (after ``good``).
-DEFECT_TYPES: tuple[str, ...] = (
-    "bridge",
-    "copper_residue",
-    "hole",
-    "infilm",
-    "particle",
-    "scratch",
-)
-
-#: Label of normal (defect-free) images, as in the MVTec AD layout.
-NORMAL_LABEL = "good"
+from semclip_bench.data.labels import DEFECT_TYPES as DEFECT_TYPES
+from semclip_bench.data.labels import NORMAL_LABEL as NORMAL_LABEL
 
 
 @dataclass(frozen=True)
@@ -41,11 +32,22 @@ class Sample:
 
 @dataclass
 class DefectDataset:
-    """A set of categories with normal and defect images; see ``../shared/design/PROTOCOL.md``."""
+    """A set of categories with normal and defect images; see ``docs/PROTOCOL.md``.
+
+    Its content identity is :func:`semclip_bench.data.digest.dataset_digest`.
+    """
 
     name: str
     samples: list[Sample]
     root: Path | None = None
+
+    @cached_property
+    def digest(self) -> str:
+        """Content digest of the dataset (:func:`~semclip_bench.data.digest.dataset_digest`),
+        computed on first use."""
+        from semclip_bench.data.digest import dataset_digest
+
+        return dataset_digest(self)
 
     def categories(self) -> list[str]:
         return sorted({s.category for s in self.samples})
@@ -73,8 +75,10 @@ class Episode:
     """One few-shot episode: (dataset, category, K shots, seed) with its support and query sets.
 
     The episode is shared by every method: normal-only methods use ``normal_support``; defect-
-    supervised methods also use ``defect_support``. ``query`` excludes every support image.
-    ``skipped`` holds the reason when the episode cannot be formed (a class too small for K).
+    supervised methods also use ``defect_support``, drawn from ``defect_pools`` (reserved once
+    per category and type, whatever the seed and K). ``query`` is every test image in no pool:
+    the same for every K, seed and method of a category. ``skipped`` holds the reason when the
+    episode cannot be formed (a class too small for K); its support and query are then empty.
     """
 
     dataset: str
@@ -86,6 +90,8 @@ class Episode:
     defect_support: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
     query: tuple[Sample, ...] = ()
     skipped: str | None = None
+    #: Defect support pool per type (sorted by path): the images the defect shots come from.
+    defect_pools: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
     #: Defect support pool size per type (protocol v2: P images reserved once per type).
     pool_sizes: dict[str, int] = field(default_factory=dict)
     #: Remarks a table must print about this episode (e.g. a type with a smaller pool).

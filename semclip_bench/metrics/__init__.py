@@ -1,4 +1,4 @@
-"""Exact evaluation metrics of the benchmark (definitions: ``shared/design/PROTOCOL.md``).
+"""Exact evaluation metrics of the benchmark (definitions: ``docs/PROTOCOL.md``).
 
 Plain functions on numpy arrays or torch tensors (or lists of batches, concatenated first):
 always computed on the concatenated raw scores, no sigmoid, no clipping, ties as scikit-learn

@@ -43,6 +43,7 @@ def evaluate(
     normal: str = "good",
     device: Any = None,
     pixel_truth: PixelTruth | None = None,
+    masks_reason: str | None = None,
 ) -> dict[str, float]:
     """Every metric of ``PROTOCOL.md`` for one query set, exact, on the concatenated raw scores.
 
@@ -56,6 +57,8 @@ def evaluate(
     ``device`` says (see ``semclip_bench.metrics.pixel``: CUDA-tensor maps stay on their GPU).
     ``pixel_truth``: the masks' side already built by ``pixel_truth(masks, map_shapes)`` (with
     regions); ``masks`` is then not read. Methods scored on one query set can share it.
+    ``masks_reason`` says why ``masks`` is None (e.g. "no masks", "masks missing for bridge": a
+    dataset with image-level labels only); it becomes the pixel metrics' n/a reason.
     """
     scores = score_array(image_scores)
     labels = label_array(image_labels, "image_labels")
@@ -74,7 +77,7 @@ def evaluate(
         result["iAP"] = ap_from_counts(counts)
         result["iF1max"] = f1max_from_counts(counts)
 
-    result.update(_pixel_metrics(maps, masks, fpr_limit, device, pixel_truth))
+    result.update(_pixel_metrics(maps, masks, fpr_limit, device, pixel_truth, masks_reason))
     result.update(_classification(class_pred, class_target, num_classes))
 
     if types is not None:
@@ -84,12 +87,17 @@ def evaluate(
 
 
 def _pixel_metrics(
-    maps: Any, masks: Any, fpr_limit: float, device: Any, truth: PixelTruth | None = None
+    maps: Any,
+    masks: Any,
+    fpr_limit: float,
+    device: Any,
+    truth: PixelTruth | None = None,
+    masks_reason: str | None = None,
 ) -> dict[str, float]:
     if maps is None:
         return {k: NotAvailable("no pixel maps") for k in PIXEL_KEYS}
     if masks is None and truth is None:
-        return {k: NotAvailable("no ground-truth masks") for k in PIXEL_KEYS}
+        return {k: NotAvailable(masks_reason or "no ground-truth masks") for k in PIXEL_KEYS}
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     data = pixel_data(maps, masks, with_regions=True, device=device, truth=truth)

@@ -1,8 +1,16 @@
 """AnomalyCLIP-style baseline: object-agnostic learnable prompts on a frozen CLIP with DPAM.
 
-Re-implementation of Zhou et al., "AnomalyCLIP" (ICLR 2024), from the facts in
-``shared/design/REFERENCE.md``, trained on an episode's support set (K normal + K per defect type,
-with masks: the supervision SEM-CLIP gets) instead of on an auxiliary dataset.
+Re-implementation of Zhou et al., "AnomalyCLIP" (ICLR 2024), from the paper and the facts of its
+public description (no code copied).
+
+Deviation from the paper, by design of this benchmark: AnomalyCLIP learns its prompts once on an
+auxiliary annotated dataset (e.g. VisA for MVTec AD) and is then applied zero-shot. Here the
+prompts are trained on each episode's **K-shot support set** (K normal + K per defect type, with
+masks: the supervision SEM-CLIP gets), so both defect-supervised methods see the same data. The
+training budget follows the benchmark's one rule for every trainable method
+(:class:`~semclip_bench.models.lightning.TrainingConfig`, ``configs/methods/anomalyclip.yaml``):
+E full-batch epochs over the support set, each support image seen E times whatever K is, the
+same rule as SEM-CLIP's. The optimiser is the paper's (Adam, lr 1e-3, betas (0.5, 0.999)).
 
 - Two prompts, "[V1..Vn] object." (normal) and "[W1..Wn] damaged object." (abnormal). The n
   placeholder words are replaced by learnable context vectors in the token-embedding space.
@@ -29,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import Features, FewShotMethod, MethodOutput
+from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, pixel_supervision
 from semclip_bench.models.common import dice_loss, focal_loss, gaussian_blur, upsample_maps
 
 if TYPE_CHECKING:
@@ -69,6 +77,7 @@ class AnomalyClip(FewShotMethod):
     supervision = "normal+defects"
     classifies = False
     trainable = True
+    uses_masks = True
 
     def __init__(
         self,
@@ -223,7 +232,8 @@ class AnomalyClip(FewShotMethod):
 
     def training_loss(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
         """Per tap focal + Dice(abn, gt) + Dice(norm, 1 - gt) on maps upsampled to the mask size
-        (summed over taps, averaged over images), plus normal-vs-defect image cross-entropy."""
+        (summed over taps, averaged over images), plus normal-vs-defect image cross-entropy.
+        Defect images without a mask (all-zero mask) get the image cross-entropy only."""
         image_logits, probs = self._logits(features)
         b, n = probs.shape[:2]
         size = tuple(masks.shape[-2:])
@@ -233,9 +243,14 @@ class AnomalyClip(FewShotMethod):
         p_norm = 1.0 - p_abn  # (B * n, H, W)
         gt = (masks.to(p_abn.device).float() > 0.5).float()
         gt = gt.unsqueeze(1).expand(b, n, *size).flatten(0, 1)
+        # Pixel losses only on rows with pixel supervision (None: all rows, the plain mean).
+        rows = pixel_supervision(labels, masks).to(p_abn.device)
+        weight = None if bool(rows.all()) else rows.repeat_interleave(n)
         # Means over (image, tap) pairs times n = per-tap means summed over taps.
-        focal = focal_loss(p_abn, gt) * n
-        dice = (dice_loss(p_abn, gt) + dice_loss(p_norm, 1.0 - gt)) * n
+        focal = focal_loss(p_abn, gt, weight=weight) * n
+        dice = (
+            dice_loss(p_abn, gt, weight=weight) + dice_loss(p_norm, 1.0 - gt, weight=weight)
+        ) * n
         image = F.cross_entropy(image_logits, (labels > 0).long().to(image_logits.device))
         loss = self.seg_loss_weight * (focal + dice) + image
         return {"loss": loss, "focal": focal.detach(), "dice": dice.detach(), "image_ce": image}

@@ -11,11 +11,19 @@ the runner can cache the expensive frozen part across shots, seeds and methods:
 
 Trainable methods also implement ``training_loss`` and are optimised by a Lightning Trainer through
 :class:`semclip_bench.models.lightning.FewShotModule`.
+
+Masks are optional: a defect image may come without a mask (image-level labels only). Its mask in
+``SupportSet.masks`` (and in the ``masks`` batch of ``training_loss``) is all zero and
+``SupportSet.has_mask`` is False for it. Pixel losses must skip such rows: a defect row whose mask
+is all zero carries no pixel supervision (:func:`pixel_supervision` gives the per-row weights), and
+the image-level / classification losses still use it. Methods that train on masks declare
+``uses_masks = True`` so that the tables say when they trained without them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -32,6 +40,38 @@ SUPERVISION_TEXT: dict[str, str] = {
     "normal": "K normal images",
     "normal+defects": "K normal + K per defect type, with masks",
 }
+
+
+def supervision_text(
+    supervision: str,
+    uses_masks: bool = True,
+    missing_mask_types: Sequence[str] = (),
+    no_masks: bool = False,
+) -> str:
+    """The table's supervision column: ``SUPERVISION_TEXT``, adjusted for masks.
+
+    A method that does not train on masks says so. One that does but whose support set has defect
+    images without masks says which types (``missing_mask_types``), or that it had none at all
+    (``no_masks``): it trained those with its image-level / classification losses only.
+    """
+    text = SUPERVISION_TEXT.get(supervision, supervision)
+    if supervision != "normal+defects":
+        return text
+    if not uses_masks:
+        return text.replace(", with masks", "")
+    if no_masks:
+        return text.replace("with masks", "no masks (image-level losses only)")
+    if missing_mask_types:
+        missing = ", ".join(missing_mask_types)
+        return text.replace("with masks", f"no masks for {missing} (image-level losses there)")
+    return text
+
+
+def pixel_supervision(labels: Tensor, masks: Tensor) -> Tensor:
+    """(B,) float weights of the pixel losses: 1 for normal rows (label 0) and for defect rows
+    with a non-empty mask, 0 for defect rows without a mask (image-level labels only)."""
+    annotated = masks.flatten(1).amax(dim=1) > 0 if masks.numel() else labels.new_zeros(0).bool()
+    return ((labels.to(annotated.device) == 0) | annotated).float()
 
 
 @dataclass
@@ -62,7 +102,9 @@ class SupportSet:
 
     ``features``: extracted support features (N images). ``labels``: (N,) class ids into
     ``class_names`` (0 = normal). ``masks``: (N, H, W) float {0, 1} at input resolution (zeros for
-    normal images). ``category``: the category name (used by prompts). N may be 0 (zero-shot).
+    normal images and for defect images without a mask). ``category``: the category name (used by
+    prompts). ``has_mask``: (N,) bool, False for defect images that come without a mask (default:
+    all True). N may be 0 (zero-shot).
     """
 
     features: Features
@@ -70,6 +112,11 @@ class SupportSet:
     masks: Tensor
     class_names: tuple[str, ...]
     category: str
+    has_mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.has_mask is None:
+            self.has_mask = torch.ones(len(self.labels), dtype=torch.bool)
 
 
 class FewShotMethod(nn.Module, ABC):
@@ -87,6 +134,8 @@ class FewShotMethod(nn.Module, ABC):
     zero_shot: ClassVar[bool] = False
     #: Whether ``anomaly_map`` is a real segmentation (False: pixel metrics are reported n/a).
     produces_maps: ClassVar[bool] = True
+    #: Whether ``training_loss`` uses the masks (pixel losses); see the module docstring.
+    uses_masks: ClassVar[bool] = False
 
     @abstractmethod
     def feature_key(self) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 
 # Lightning's start-up tips ("💡 Tip: ...") on every fit would bury the per-episode summaries.
@@ -26,15 +27,59 @@ _EXPECTED_WARNINGS = (
 
 @dataclass
 class TrainingConfig:
-    """Support-set optimisation settings of a trainable method (from its YAML config)."""
+    """Support-set optimisation settings of a trainable method (the ``training:`` of its YAML).
+
+    Budget rule (protocol v2, the same for every trainable method): the budget is set per support
+    image. ``epochs`` = E passes over the support set, so every support image is seen E times
+    whatever K is (K = 20 gets as many epochs as K = 1). ``batch_size=None`` trains full-batch
+    (one optimiser step per epoch: E steps for every K, so K changes what is learnt from, not how
+    long it is optimised); an integer fixes the batch size instead (then steps grow with K). There
+    is deliberately no step cap: a cap would give large K fewer epochs than small K.
+    """
 
     epochs: int = 20
-    #: Cap on optimiser steps (None = no cap): keeps large-K episodes at a fixed compute budget.
-    max_steps: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 16
+    #: Support images per optimiser step; None = the whole support set (full batch).
+    batch_size: int | None = None
     betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        """Check and normalise the values (YAML gives lists and strings); UserError on bad ones."""
+        if not _is_int(self.epochs) or self.epochs < 0:
+            raise UserError(f"training option epochs must be an integer >= 0, got {self.epochs!r}")
+        batch = self.batch_size
+        if batch is not None and (not _is_int(batch) or batch < 1):
+            raise UserError(
+                f"training option batch_size must be null (full batch) or an integer >= 1, "
+                f"got {batch!r}"
+            )
+        try:
+            lr, decay = float(self.lr), float(self.weight_decay)
+            betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"training options lr, weight_decay, betas must be numbers: "
+                f"{self.lr!r}, {self.weight_decay!r}, {self.betas!r}"
+            ) from None
+        if not lr > 0 or not decay >= 0:
+            raise UserError(f"training options need lr > 0 and weight_decay >= 0: {lr}, {decay}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise UserError(f"training option betas must be two numbers in [0, 1): {self.betas}")
+        self.lr, self.weight_decay, self.betas = lr, decay, (betas[0], betas[1])
+
+    def batch_for(self, n_support: int) -> int:
+        """The batch size used with ``n_support`` support images (the whole set when None)."""
+        n = max(1, int(n_support))
+        return n if self.batch_size is None else min(self.batch_size, n)
+
+    def steps_per_epoch(self, n_support: int) -> int:
+        """Optimiser steps of one pass over ``n_support`` images (the last batch may be short)."""
+        return -(-n_support // self.batch_for(n_support)) if n_support > 0 else 0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _SupportFeatures(Dataset):
@@ -78,20 +123,36 @@ def _batched(batch: tuple[Features, Tensor, Tensor]) -> tuple[Features, Tensor, 
 
 
 class FewShotModule(L.LightningModule):
-    """Optimises a method's trainable head on the support set; predicts on query features."""
+    """Optimises a method's trainable head on the support set; predicts on query features.
+
+    ``history`` records the training curve: for each loss term the method returns (``"loss"`` is
+    the total), its mean over the support images of each epoch, one value per epoch, in order.
+    These are the losses of the batches as they were seen (before each step's update).
+    """
 
     def __init__(self, method: FewShotMethod, config: TrainingConfig | None = None) -> None:
         super().__init__()
         self.method = method
         self.config = config or TrainingConfig()
+        self.history: dict[str, list[float]] = {}
+        self._epoch_sums: dict[str, Tensor] = {}
+        self._epoch_count = 0
+
+    @property
+    def loss_history(self) -> list[float]:
+        """Mean total training loss of each epoch (empty when nothing was trained)."""
+        return self.history.get("loss", [])
 
     def training_step(self, batch: tuple[Features, Tensor, Tensor], batch_idx: int) -> Tensor:
         features, labels, masks = batch
         terms = self.method.training_loss(features, labels, masks)
+        n = len(labels)
         for name, value in terms.items():
-            self.log(
-                f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(labels)
-            )
+            value = value.detach()
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+            total = value.float() * n
+            self._epoch_sums[name] = self._epoch_sums.get(name, 0) + total
+        self._epoch_count += n
         return terms["loss"]
 
     def cpu(self) -> FewShotModule:
@@ -99,6 +160,13 @@ class FewShotModule(L.LightningModule):
         shared frozen backbone (hundreds of MB for the paper's ViT) to the host and back once
         per episode. ``module.to("cpu")`` still moves it."""
         return self
+
+    def on_train_epoch_end(self) -> None:
+        """Append this epoch's mean of every loss term to ``history`` (one host sync per epoch)."""
+        if self._epoch_count:
+            for name, total in self._epoch_sums.items():
+                self.history.setdefault(name, []).append(float(total) / self._epoch_count)
+        self._epoch_sums, self._epoch_count = {}, 0
 
     def predict_step(self, batch: Features, batch_idx: int) -> MethodOutput:
         return self.method.predict(batch)
@@ -121,8 +189,11 @@ def fit_method(
 ) -> FewShotModule:
     """Prepare ``method`` from ``support``; if it is trainable, train it with a Lightning Trainer.
 
-    Seeded (``L.seed_everything``) and deterministic on CPU. Extra keyword arguments go to
-    :class:`lightning.Trainer` (for example ``accelerator``, ``logger``, ``precision``).
+    ``config.epochs`` passes over the support set in batches of ``config.batch_size`` (None: all
+    of it), no step cap (the budget rule of :class:`TrainingConfig`). Seeded
+    (``L.seed_everything``) and deterministic on CPU. Extra keyword arguments go to
+    :class:`lightning.Trainer` (for example ``accelerator``, ``logger``, ``precision``,
+    ``callbacks``). The returned module's ``history`` holds the per-epoch training losses.
     """
     config = config or TrainingConfig()
     L.seed_everything(seed, workers=True, verbose=False)
@@ -134,14 +205,13 @@ def fit_method(
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         _SupportFeatures(support),
-        batch_size=min(config.batch_size, len(support.labels)),
+        batch_size=config.batch_for(len(support.labels)),
         shuffle=True,
         generator=generator,
         collate_fn=_batched,
     )
     defaults: dict[str, object] = dict(
         max_epochs=config.epochs,
-        max_steps=-1 if config.max_steps is None else int(config.max_steps),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

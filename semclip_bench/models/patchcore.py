@@ -1,15 +1,22 @@
 """PatchCore (Roth et al., CVPR 2022) as a few-shot baseline: a memory bank of normal patches.
 
-Pipeline (REFERENCE.md):
+Pipeline (as in the paper and its public description):
 
 * Patch features. Two feature sources:
 
-  - ``extractor="clip"`` (default, offline): the raw vanilla-path patch tokens of two middle blocks
-    of the shared CLIP visual tower (``taps``; (6, 9) of 12 blocks, scaled for other depths), so
-    that every method of the benchmark sees the same pretrained representation. Raw residual
-    tokens (no ln_post / projection), the ViT analogue of the paper's intermediate CNN feature
-    maps; a ViT has one grid, so no upsampling. Each tap is reshaped to the patch grid,
-    aggregated over its 3x3 neighbourhood and the taps are concatenated (2 x width dims).
+  - ``extractor="clip"`` (default, offline): the vanilla-path patch tokens of blocks ``taps`` of
+    the shared CLIP visual tower (default two middle blocks, (6, 9) of 12, scaled for other
+    depths), so that every method of the benchmark sees the same pretrained representation: the
+    ViT analogue of the paper's intermediate CNN feature maps (a ViT has one grid, so no
+    upsampling). Per tap, ``clip_norm`` chooses the token normalisation: ``"none"`` (default, the
+    raw residual stream), ``"ln"`` (a parameter-free LayerNorm over the channels: the few outlier
+    channels of CLIP's residual stream, which otherwise dominate Euclidean distances, are scaled
+    with the rest) or ``"ln_post"`` (the backbone's final LayerNorm with its affine);
+    ``clip_project=True`` then applies the visual projection into the joint image-text space
+    (``clip_norm="ln_post"`` + ``clip_project`` = ``backbone.project_tokens``). Each tap is then
+    reshaped to the patch grid, aggregated over its 3x3 neighbourhood and the taps are
+    concatenated (n_taps x width, or n_taps x embed_dim projected). The candidates are the named
+    variants ``configs/methods/patchcore_*.yaml``, to be compared on validation data.
   - ``extractor="timm"`` (the paper's setting): ``wide_resnet50_2`` layers 2 and 3 from a local
     weights file. Each layer is aggregated over its 3x3 neighbourhood (average pool, stride 1,
     zero padding counted, as the public code's zero-padded unfold + mean), layer 3 is upsampled
@@ -23,7 +30,7 @@ Pipeline (REFERENCE.md):
     whole image) with the model's own mean/std (ImageNet), exposed for the runner's transform.
 
 * Memory bank: all patches of the K normal support images; optional greedy k-center coreset
-  (``coreset_ratio``; 1.0 keeps every patch, REFERENCE.md's few-shot setting), selected on a seeded
+  (``coreset_ratio``; 1.0 keeps every patch, the usual few-shot setting), selected on a seeded
   random projection to 128 dims from a seeded random start.
 * Patch score: Euclidean distance to the nearest memory patch (:func:`knn`, chunked over queries).
 * Image score: the paper's reweighting of the maximal patch score s* (:func:`reweighted_scores`,
@@ -48,6 +55,8 @@ from semclip_bench.models.common import gaussian_blur, upsample_maps
 
 if TYPE_CHECKING:
     from semclip_bench.backbones import ClipBackbone
+
+ClipNorm = Literal["none", "ln", "ln_post"]
 
 # ---------------------------------------------------------------------------------------------
 # Feature-space scoring (pure functions of tensors, tested directly)
@@ -228,6 +237,8 @@ class PatchCore(FewShotMethod):
         image_size: int | None = None,
         embed_dim: int | None = None,
         taps: Sequence[int] | None = None,
+        clip_norm: ClipNorm = "none",
+        clip_project: bool = False,
         coreset_ratio: float = 1.0,
         coreset_dim: int = 128,
         num_neighbors: int = 9,
@@ -237,7 +248,9 @@ class PatchCore(FewShotMethod):
     ) -> None:
         """Options (mirrored in configs/methods/patchcore.yaml).
 
-        ``extractor``: "clip" (the shared backbone's tokens at ``taps``) or "timm" (``timm_name``
+        ``extractor``: "clip" (the shared backbone's tokens at ``taps``, normalised by
+        ``clip_norm`` = "none" | "ln" | "ln_post" and projected into the joint space when
+        ``clip_project``; see the module docstring) or "timm" (``timm_name``
         with weights from the local file ``timm_weights``, feature layers ``timm_layers``, input
         ``image_size``, default 256 as the paper). ``embed_dim``: optional channel reduction by
         adaptive average pooling (the paper's code uses 1024). ``coreset_ratio`` in (0, 1]: fraction
@@ -255,6 +268,12 @@ class PatchCore(FewShotMethod):
             raise UserError(f"patchcore option chunk_size: {chunk_size} must be positive")
         if embed_dim is not None and int(embed_dim) <= 0:
             raise UserError(f"patchcore option embed_dim: {embed_dim} must be positive")
+        if clip_norm not in ("none", "ln", "ln_post"):
+            raise UserError(f"patchcore option clip_norm: '{clip_norm}' is not none, ln or ln_post")
+        if extractor == "timm" and (clip_norm != "none" or clip_project):
+            raise UserError("patchcore options clip_norm/clip_project apply to extractor=clip only")
+        self.clip_norm: ClipNorm = clip_norm
+        self.clip_project = bool(clip_project)
         self.extractor = extractor
         self.embed_dim = None if embed_dim is None else int(embed_dim)
         self.coreset_ratio = float(coreset_ratio)
@@ -308,7 +327,8 @@ class PatchCore(FewShotMethod):
         if self.cnn is not None:
             return f"patchcore:{self.cnn.key()}:agg3{reduce}"
         taps = ",".join(str(t) for t in self.taps)
-        return f"patchcore:clip:{self.backbone.spec.key()}:taps={taps}:agg3{reduce}"
+        space = f":{self.clip_norm}" + (":proj" if self.clip_project else "")
+        return f"patchcore:clip:{self.backbone.spec.key()}:taps={taps}{space}:agg3{reduce}"
 
     def _layer_maps(self, images: Tensor) -> list[Tensor]:
         """Per-layer feature maps (B, C, h, w) of the chosen extractor."""
@@ -316,10 +336,22 @@ class PatchCore(FewShotMethod):
             return self.cnn(images)
         tokens = self.backbone.forward_features(images, taps=self.taps)
         gh, gw = tokens.grid
-        return [
-            p.transpose(1, 2).reshape(p.shape[0], p.shape[2], gh, gw).float()
-            for p in tokens.patches
-        ]
+        maps = []
+        for p in tokens.patches:  # (B, L, width) per tap
+            p = self._clip_space(p.float())
+            maps.append(p.transpose(1, 2).reshape(p.shape[0], p.shape[2], gh, gw))
+        return maps
+
+    def _clip_space(self, tokens: Tensor) -> Tensor:
+        """Apply ``clip_norm`` and ``clip_project`` to raw tokens (..., width)."""
+        visual = self.backbone.model.visual
+        if self.clip_norm == "ln":
+            tokens = F.layer_norm(tokens, tokens.shape[-1:])
+        elif self.clip_norm == "ln_post":
+            tokens = visual.ln_post(tokens)
+        if self.clip_project and visual.proj is not None:
+            tokens = tokens @ visual.proj.to(tokens.dtype)
+        return tokens.float()
 
     @torch.no_grad()
     def extract(self, images: Tensor) -> Features:

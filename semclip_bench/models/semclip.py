@@ -1,55 +1,74 @@
 """SEM-CLIP (Jin et al., ICCAD 2024): few-shot segmentation and classification of SEM wafer defects.
 
-Pipeline (see ``shared/design/REFERENCE.md``; unpublished details are named options):
+Two forms (config files in ``configs/methods``):
+
+* ``semclip`` -- **as published**: expert prompts, dual (vanilla + v-v) path, a text-guided
+  Transformation Layer and a Classification Head fine-tuned on the K shots. Every detail the
+  paper does not publish is a documented choice below, marked *(choice)*.
+* ``semclip_plus`` -- **with this project's two additions**, which are not in the paper:
+  ``text_centering=True`` and ``transform_init="projection"`` (both described below).
+
+The constructor defaults are the published form.
+
+Pipeline (unpublished details are named options):
 
 * **Frozen features** (``extract``, cached by the runner): the CLIP ViT's projected CLS embedding
-  and raw patch tokens at the tapped blocks, from the vanilla path (q-k attention + MLP) and, in
-  ``paths="dual"``, from the CLIP Surgery v-v stream (``backbone.forward_features``).
+  and raw patch tokens at the tapped blocks (``taps``; *(choice)* 3, 6, 9, 12 of a 12-block ViT,
+  ``backbone.default_taps()``), from the vanilla path (q-k attention + MLP) and, in
+  ``paths="dual"``, from the CLIP Surgery v-v stream (``backbone.forward_features``;
+  ``vv_blocks=None`` = *(choice)* every block, as PromptAD, so every tap has a v-v level).
 * **Expert prompts** (``semclip_bench/prompts.py``): per class, template x state phrases embedded
   and averaged into one text vector; class ``good`` uses the normal-state phrases.
-* **Transformation Layer** ``T_l`` per tapped level (APRIL-GAN style, trainable): maps a raw token
-  into the joint text space, ``T_l(x) = W0 LN(x) + b0 + W_l z_l + b_l`` with ``LN`` a parameter-free
-  LayerNorm and ``z_l = (LN(x) - mu_l) / sigma_l`` its per-channel standardisation with support
-  statistics (computed in ``setup_support``; CLIP's residual stream has a few huge channels, and
-  standardising keeps the few-shot steps well conditioned). ``transform_init="projection"``
-  (default): ``W0``, ``b0`` are the backbone's own ``ln_post`` + projection (affine folded in),
-  frozen, and ``W_l``, ``b_l`` start at zero, so training starts from the zero-shot CLIP Surgery
-  maps, weight decay pulls towards them and the text prompts keep their meaning.
-  ``"random"``: no base, ``W_l``, ``b_l`` with ``nn.Linear``'s init (APRIL-GAN).
-  ``transform="shared"`` (default) uses one ``T_l`` per level for both paths: the two streams live
-  in the same residual space (CLIP Surgery projects v-v tokens with the same ``ln_post`` + proj),
-  and it halves the trainable parameters for few-shot training. ``"separate"`` gives the v-v path
-  its own ``T_l``.
-* **Text centring** (``text_centering=True``): the class text vectors are used as
-  ``normalise(t_c - mean_c t_c)``, i.e. with their class-common (redundant) part removed, as CLIP
-  Surgery removes redundant text features. Prompt embeddings of one domain are nearly collinear
-  (cosine ~0.9), so without it every class scores almost alike.
+* **Transformation Layer** ``T_l`` per tapped level (trainable, APRIL-GAN style: a linear map of
+  the level's tokens into the joint text space). *(choice)* The tokens are first LayerNormed
+  without affine (``LN``) and standardised per channel with support statistics,
+  ``z_l = (LN(x) - mu_l) / sigma_l`` (computed in ``setup_support``; CLIP's residual stream has a
+  few huge channels, and standardising keeps the few-shot steps well conditioned), so
+  ``T_l(x) = W_l z_l + b_l`` with ``nn.Linear``'s initialisation (``transform_init="random"``,
+  published form). *(choice)* ``transform="shared"``: one ``T_l`` per level serves both paths
+  (the two streams live in the same residual space, and it halves the trainable parameters);
+  ``"separate"`` gives the v-v path its own ``T_l``.
+  Addition (``semclip_plus``): ``transform_init="projection"`` adds the backbone's own frozen
+  ``ln_post`` + projection as a base, ``T_l(x) = W0 LN(x) + b0 + W_l z_l + b_l`` with ``W_l``,
+  ``b_l`` starting at zero, so training starts from the zero-shot CLIP Surgery maps and weight
+  decay pulls towards them.
+* **Text centring** (addition, ``semclip_plus``; off in the published form): the class text
+  vectors are used as ``normalise(t_c - mean_c t_c)``, i.e. with their class-common part removed.
+  Prompt embeddings of one domain are nearly collinear (cosine ~0.9), so without it every class
+  scores almost alike before training.
 * **Maps**: per level ``l`` and path ``p`` (F = vanilla, V = v-v), the transformed tokens are L2-
-  normalised, compared with the class text embeddings after CLIP Surgery feature surgery
-  (``surgery=True``: class weights ``w_c`` from the image embedding and removal of the class-
-  common part, :func:`~semclip_bench.models.common.feature_surgery_similarity`), softmaxed over
-  classes at ``temperature``; the anomaly map of (l, p) is ``1 - p(normal)``, the per-class maps
-  are kept for type segmentation. ``A = mean over levels of (A_F + A_V) / 2`` (the paper's sum
-  over levels and paths divided by the number of maps: same ranking, values in [0, 1]),
-  upsampled bilinearly to the input size and smoothed with a Gaussian of ``sigma`` pixels.
-* **Classification Head** (trainable) on the frozen image embedding: ``Linear(embed_dim, C)`` on
-  the CLS embedding after a parameter-free LayerNorm and per-channel standardisation with support
-  statistics, or a one-hidden-layer GELU MLP with ``head_hidden > 0``. Its logits are fused with
-  the CLIP image-text logits ``cos(cls, t_c) / temperature``:
-  ``logits = (1 - lambda) head + lambda clip`` with ``lambda = class_logit_weight``.
-* **Image score**: ``(1 - w) max(A) + w (1 - softmax(logits)[normal])``, ``w =
-  image_score_weight`` (both terms in [0, 1]).
-* **Loss** (``training_loss``, optimised with AdamW by ``FewShotModule``): for every map (l, p), a
-  focal loss (gamma 2) on the per-class probabilities against the pixel class targets plus a Dice
-  loss on the anomaly probability against the mask (APRIL-GAN), averaged over maps, plus cross-
-  entropy on the fused class logits. Maps are taken before smoothing. ``loss_resolution="grid"``
-  (default, fast) compares them on the patch grid: with ``grid_target="any"`` (default) a patch is
-  a defect patch as soon as the mask touches it (SEM defects are often smaller than a patch: an
-  area-fraction target of 0.05 would teach "normal"), ``"area"`` uses the covered fraction as a
-  soft target. ``"input"`` upsamples the maps to the input size and uses the masks as they are.
-  A defect image whose mask is empty (no pixel annotation) gets no pixel loss.
+  normalised, compared with the class text embeddings after CLIP Surgery feature surgery (the
+  paper's removal of redundant features; ``surgery=True``: class weights ``w_c`` from the image
+  embedding and removal of the class-common part,
+  :func:`~semclip_bench.models.common.feature_surgery_similarity`), softmaxed over classes at
+  ``temperature`` (*(choice)* 0.07, CLIP's); the anomaly map of (l, p) is ``1 - p(normal)``, the
+  per-class maps are kept for type segmentation. ``A = mean over levels of (A_F + A_V) / 2``
+  (the paper's A = A_F + A_V summed over levels, divided by the number of maps: same ranking,
+  values in [0, 1]), upsampled bilinearly to the input size and smoothed with a Gaussian of
+  ``sigma`` pixels (*(choice)* 4, the benchmark-wide smoothing).
+* **Classification Head** (trainable) on the frozen image embedding: *(choice)*
+  ``Linear(embed_dim, C)`` (``head_hidden=0``) on the CLS embedding after a parameter-free
+  LayerNorm and per-channel standardisation with support statistics, or a one-hidden-layer GELU
+  MLP with ``head_hidden > 0``. Its logits are fused with the CLIP image-text logits
+  ``cos(cls, t_c) / temperature``: ``logits = (1 - lambda) head + lambda clip`` with
+  ``lambda = class_logit_weight`` (*(choice)* 0.5; the paper combines both, weighting unpublished).
+* **Image score** (*(choice)*, unpublished): ``(1 - w) max(A) + w (1 - softmax(logits)[normal])``,
+  ``w = image_score_weight`` = 0.5 (both terms in [0, 1]).
+* **Loss** (*(choice)*, unpublished; ``training_loss``, optimised with AdamW by
+  ``FewShotModule``): for every map (l, p), a focal loss (gamma 2) on the per-class probabilities
+  against the pixel class targets plus a Dice loss on the anomaly probability against the mask
+  (APRIL-GAN), averaged over maps, plus cross-entropy on the fused class logits. Maps are taken
+  before smoothing. ``loss_resolution="grid"`` (default, fast) compares them on the patch grid:
+  with ``grid_target="any"`` (default) a patch is a defect patch as soon as the mask touches it
+  (SEM defects are often smaller than a patch: an area-fraction target of 0.05 would teach
+  "normal"), ``"area"`` uses the covered fraction as a soft target. ``"input"`` upsamples the
+  maps to the input size and uses the masks as they are. A defect image whose mask is empty (no
+  pixel annotation) gets no pixel loss.
+* **Training budget**: the benchmark's rule for every trainable method (``TrainingConfig``):
+  ``epochs`` full-batch passes over the support set (see ``configs/methods/semclip.yaml``).
 
-Ablation switches (constructor options; each removes exactly this):
+Ablation switches (constructor options; each removes exactly this; the runner's ablation applies
+them to the published form):
 
 * ``prompts="generic"``: WinCLIP-style "a photo of a {}" prompts with bare class names instead of
   the expert bank (or ``prompts=<path>`` for a user bank). Nothing else changes.
@@ -59,12 +78,12 @@ Ablation switches (constructor options; each removes exactly this):
   frozen ``ln_post`` + projection (``backbone.project_tokens``) compared with the text embeddings
   (zero-shot maps, not trained); classification comes from the head alone. Only the head trains.
 
-Zero-shot (K = 0, empty support): nothing is trained; with text guidance the maps are the frozen
-projection's (the Transformation Layers start there) and the class logits are the CLIP text logits
-alone (the untrained head is switched off). Without text guidance the head stays (untrained).
+Zero-shot (K = 0, empty support; not in the paper): nothing is trained, so the untrained parts
+are switched off: with text guidance the maps come from the frozen ``ln_post`` + projection and
+the class logits are the CLIP text logits alone. Without text guidance the head stays
+(untrained).
 
-``vv_blocks=None`` applies the v-v branch to every block (as PromptAD does) so that every tap has
-a v-v level; with fewer v-v blocks only the taps after the first v-v block get a V map.
+With fewer ``vv_blocks`` than blocks only the taps after the first v-v block get a V map.
 """
 
 from __future__ import annotations
@@ -79,7 +98,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.base import (
+    Features,
+    FewShotMethod,
+    MethodOutput,
+    SupportSet,
+    pixel_supervision,
+)
 from semclip_bench.models.common import (
     cosine_logits,
     dice_loss,
@@ -89,6 +114,7 @@ from semclip_bench.models.common import (
     gaussian_blur,
     upsample_maps,
 )
+from semclip_bench.models.semclip_heads import TransformationLayers, folded_projection
 from semclip_bench.prompts import PromptBank, class_text_embeddings, load_prompt_bank
 
 log = logging.getLogger(__name__)
@@ -116,85 +142,6 @@ class SemClipMaps:
     clip_logits: Tensor | None
 
 
-class TransformationLayers(nn.Module):
-    """``n`` Transformation Layers at once: ``T_l(x) = W0 LN(x) + b0 + W_l z_l(x) + b_l``.
-
-    Maps raw width-d tokens of level ``l`` into the joint embedding space. ``LN`` is a LayerNorm
-    without affine parameters; ``z_l = (LN(x) - mu_l) / sigma_l`` standardises it per channel with
-    support statistics (identity without them). ``W0``, ``b0`` are frozen buffers (the backbone's
-    folded ``ln_post`` + projection, absent with random init); ``W_l``, ``b_l`` are trainable
-    (zero-initialised when a base is given, else ``nn.Linear``'s default init). One ``einsum``
-    serves every level.
-    """
-
-    def __init__(
-        self,
-        n_levels: int,
-        width: int,
-        embed_dim: int,
-        base_weight: Tensor | None = None,
-        base_bias: Tensor | None = None,
-        eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.width = width
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(n_levels, embed_dim, width))
-        self.bias = nn.Parameter(torch.zeros(n_levels, embed_dim))
-        if base_weight is None:
-            bound = 1.0 / width**0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-            nn.init.uniform_(self.weight, -bound, bound)
-            nn.init.uniform_(self.bias, -bound, bound)
-        self.has_base = base_weight is not None
-        if base_weight is None:
-            base_weight = torch.zeros(embed_dim, width)
-        if base_bias is None:
-            base_bias = torch.zeros(embed_dim)
-        self.register_buffer("base_weight", base_weight.detach().clone().float())
-        self.register_buffer("base_bias", base_bias.detach().clone().float())
-
-    def forward(
-        self,
-        tokens: Tensor,
-        levels: Tensor | None = None,
-        mean: Tensor | None = None,
-        std: Tensor | None = None,
-    ) -> Tensor:
-        """(B, M, L, width) -> (B, M, L, embed_dim); map m uses layer ``levels[m]`` (default m).
-
-        The base acts on ``LN(x)``; the trainable part on ``(LN(x) - mean_m) / std_m`` when the
-        per-map statistics ``mean``, ``std`` (M, width) are given (well-conditioned steps).
-        """
-        weight, bias = self.weight, self.bias  # (n, D, W), (n, D)
-        if levels is not None:  # select by a one-hot matmul: deterministic backward on CUDA
-            sel = F.one_hot(levels, weight.shape[0]).to(weight.dtype)  # (M, n)
-            weight = (sel @ weight.flatten(1)).view(len(levels), *weight.shape[1:])
-            bias = sel @ bias
-        y = F.layer_norm(tokens, (self.width,), eps=self.eps)
-        z = y if mean is None or std is None else (y - mean[:, None, :]) / std[:, None, :]
-        out = torch.einsum("bmlw,mdw->bmld", z, weight) + bias[None, :, None, :]
-        if self.has_base:
-            out = out + F.linear(y, self.base_weight, self.base_bias)
-        return out
-
-
-def folded_projection(backbone) -> tuple[Tensor, Tensor, float]:
-    """(W0 (embed_dim, width), b0 (embed_dim,), eps) with ``project_tokens(x) = W0 LN(x) + b0``.
-
-    Folds the affine of the visual ``ln_post`` into the projection matrix.
-    """
-    visual = backbone.model.visual
-    ln = visual.ln_post
-    proj = visual.proj
-    width = backbone.width
-    gamma = ln.weight.detach().float() if ln.weight is not None else torch.ones(width)
-    beta = ln.bias.detach().float() if ln.bias is not None else torch.zeros(width)
-    p = proj.detach().float() if proj is not None else torch.eye(width, device=gamma.device)
-    weight = (gamma[:, None] * p).t().contiguous()
-    bias = beta @ p
-    return weight.cpu(), bias.cpu(), float(ln.eps)
-
-
 class SemClip(FewShotMethod):
     """SEM-CLIP core (plain ``nn.Module``); see the module docstring for the method and options.
 
@@ -208,14 +155,14 @@ class SemClip(FewShotMethod):
         taps: 1-based tapped blocks; None = ``backbone.default_taps()``.
         vv_blocks: number of last blocks with the v-v branch; None = all blocks.
         transform: "shared" | "separate" Transformation Layers for the two paths.
-        transform_init: "projection" | "random" initialisation of the Transformation Layers.
+        transform_init: "random" (published) | "projection" (addition) Transformation Layers.
         head_hidden: 0 = linear head; > 0 = MLP with that many hidden units.
         class_logit_weight: lambda, weight of the CLIP image-text logits vs the head's.
         image_score_weight: w of the image-score rule.
         temperature: softmax temperature of every image/token-text similarity.
         sigma: Gaussian smoothing of the maps at input resolution, in pixels (0 = off).
         surgery: CLIP Surgery feature surgery on the similarities (False = plain cosine).
-        text_centering: remove the class-common part of the text vectors (see above).
+        text_centering: remove the class-common part of the text vectors (addition; False).
         loss_resolution: "grid" | "input" (see the module docstring).
         grid_target: "any" | "area" patch targets of the grid loss.
         focal_weight, dice_weight, ce_weight: weights of the loss terms.
@@ -225,6 +172,8 @@ class SemClip(FewShotMethod):
     supervision: ClassVar = "normal+defects"
     classifies: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
+    #: Pixel losses on the support masks (defect images without a mask: cross-entropy only).
+    uses_masks: ClassVar[bool] = True
     #: K = 0 runs as zero-shot: frozen-projection maps and CLIP text logits (untrained head off).
     zero_shot: ClassVar[bool] = True
 
@@ -239,14 +188,14 @@ class SemClip(FewShotMethod):
         taps: tuple[int, ...] | list[int] | None = None,
         vv_blocks: int | None = None,
         transform: Literal["shared", "separate"] = "shared",
-        transform_init: Literal["projection", "random"] = "projection",
+        transform_init: Literal["projection", "random"] = "random",
         head_hidden: int = 0,
         class_logit_weight: float = 0.5,
         image_score_weight: float = 0.5,
         temperature: float = 0.07,
         sigma: float = 4.0,
         surgery: bool = True,
-        text_centering: bool = True,
+        text_centering: bool = False,
         loss_resolution: Literal["grid", "input"] = "grid",
         grid_target: Literal["any", "area"] = "any",
         focal_weight: float = 1.0,
@@ -358,6 +307,8 @@ class SemClip(FewShotMethod):
         self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
         # False after setup_support with an empty support set: the untrained head is not used.
         self.register_buffer("head_active", torch.ones((), dtype=torch.bool))
+        # Likewise the untrained Transformation Layers: zero-shot maps use the frozen projection.
+        self.register_buffer("transform_active", torch.ones((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ frozen part
     @property
@@ -402,6 +353,7 @@ class SemClip(FewShotMethod):
         self._set_text(self.compute_text_embeddings())
         has_support = len(support.labels) > 0 and bool(support.features)
         self.head_active.fill_(has_support or not self.text_guidance)
+        self.transform_active.fill_(has_support)
         if has_support:
             self._set_statistics(support.features)
 
@@ -448,7 +400,8 @@ class SemClip(FewShotMethod):
     def _tokens_in_text_space(self, features: Features) -> Tensor:
         """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
         tokens = self._raw_tokens(features)
-        if self.transforms is None:  # no text guidance: frozen ln_post + projection
+        if self.transforms is None or not bool(self.transform_active):
+            # No text guidance, or zero-shot (nothing trained): frozen ln_post + projection.
             return self.backbone.project_tokens(tokens).to(tokens.dtype)
         mean, std = self.token_mean.to(tokens.dtype), self.token_std.to(tokens.dtype)
         if self.transforms_vv is None:
@@ -525,7 +478,7 @@ class SemClip(FewShotMethod):
         b, m = probs.shape[:2]
         masks = masks.to(probs.dtype)
         # Pixel supervision only where it exists: normal images, or defect images with a mask.
-        pixel_weight = ((labels == 0) | (masks.flatten(1).amax(dim=1) > 0)).to(probs.dtype)
+        pixel_weight = pixel_supervision(labels, masks).to(probs.dtype)
         if self.loss_resolution == "grid":
             target = downsample_masks(masks, self.grid)  # (B, L) area fractions
             if self.grid_target == "any":

@@ -3,8 +3,9 @@
 Zero-shot (K = 0):
 
 * Compositional prompt ensemble (``configs/prompts/winclip.yaml``): 7 normal and 4 anomalous state
-  phrases, each inside 21 photo templates; the L2-normalised embeddings of each group are averaged
-  and renormalised into one normal (``t_n``) and one anomalous (``t_a``) text vector.
+  phrases, each inside 21 photo templates; the embeddings of each group are averaged and
+  normalised into one normal (``t_n``) and one anomalous (``t_a``) text vector (``prompt_average``
+  says whether each prompt embedding is normalised before the average).
 * Image score = ``softmax(cos(img, [t_n, t_a]) / T)[anomalous]`` with ``T = 0.07``.
 * Windows of k x k patches (k in ``window_sizes``, stride 1): each window's patch tokens plus the
   CLS token are re-encoded by the transformer (``ClipBackbone.encode_token_subsets``, batch-first)
@@ -23,17 +24,25 @@ Few-normal-shot (WinCLIP+, K > 0):
 * Map = (zero-shot map + few-shot map) / 2; image score = (zero-shot image score + max of the
   few-shot map) / 2.
 
-Choices where the paper is silent (all named options):
+Choices where the paper is silent (all named options). The defaults are the public reference
+implementation's (``configs/methods/winclip.yaml``, the reference form); the alternatives this
+project used before are the named variant ``configs/methods/winclip_projected.yaml``:
 
-* ``patch_space``: the patch memory uses the last block's patch tokens after ``ln_post`` and the
-  visual projection (``"projected"``, default, the joint space the window embeddings live in), or
-  after ``ln_post`` only (``"ln_post"``, what public re-implementations use).
+* ``patch_space``: the patch memory holds the last block's patch tokens after ``ln_post`` only
+  (``"ln_post"``, default, the reference implementation's token space: width dims), or after
+  ``ln_post`` and the visual projection (``"projected"``, the joint space the window embeddings
+  live in: embed_dim dims).
+* ``prompt_average``: ``"raw"`` (default, reference) averages the raw, un-normalised text
+  embeddings of a state group and normalises the mean once; ``"normalized"`` L2-normalises every
+  prompt embedding before averaging (CLIP's zero-shot ensemble recipe), then renormalises. The two
+  differ when prompt norms differ: raw averaging weights long-norm prompts more.
 * ``object_name``: the ``{}`` of the state phrases. ``None`` (default) = a readable name per
   category from the prompt file's ``object_names`` table (e.g. ``line_space`` -> "line and space
   pattern on a wafer"), else the category with underscores replaced by spaces (MVTec: the class
   name, as in the paper). A string overrides it for every category.
-* ``sigma``: the paper does not smooth; the benchmark applies the same Gaussian (sigma 4 px at
-  input resolution) to every method's map. ``sigma = 0`` disables it.
+* ``sigma``: Gaussian smoothing of the final map at input resolution, in pixels. Default 0: the
+  paper and the reference implementation do not smooth (the map is the bilinearly upsampled patch
+  map). 4 is the smoothing the other methods of the benchmark apply (the variant's setting).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
     from semclip_bench.backbones import ClipBackbone
 
 PatchSpace = Literal["projected", "ln_post"]
+PromptAverage = Literal["raw", "normalized"]
 
 #: Lower bound on scores before taking reciprocals in the harmonic mean (few-shot distances can be
 #: exactly 0 for a query equal to a memory item).
@@ -161,6 +171,20 @@ def compose_prompts(states: list[str], templates: list[str], object_name: str) -
     return [t.format(s.format(object_name)) for s in states for t in templates]
 
 
+@torch.no_grad()
+def average_raw_embeddings(backbone: ClipBackbone, groups: list[list[str]]) -> Tensor:
+    """(G, D): per group, the mean of the raw (un-normalised) text embeddings, normalised once.
+
+    All prompts go through one ``encode_text`` call; the group means are one ``index_add_``.
+    """
+    texts = [t for g in groups for t in g]
+    emb = backbone.encode_text(texts, normalize=False).float()
+    sizes = torch.tensor([len(g) for g in groups], device=emb.device)
+    owner = torch.repeat_interleave(torch.arange(len(groups), device=emb.device), sizes)
+    sums = torch.zeros(len(groups), emb.shape[1], device=emb.device).index_add_(0, owner, emb)
+    return F.normalize(sums / sizes[:, None], dim=-1)
+
+
 # ----------------------------------------------------------------------------------------------
 # The method
 # ----------------------------------------------------------------------------------------------
@@ -182,8 +206,9 @@ class WinClip(FewShotMethod):
         object_name: str | None = None,
         window_sizes: tuple[int, ...] | list[int] = (2, 3),
         temperature: float = 0.07,
-        sigma: float = 4.0,
-        patch_space: PatchSpace = "projected",
+        sigma: float = 0.0,
+        patch_space: PatchSpace = "ln_post",
+        prompt_average: PromptAverage = "raw",
         prompts: str | Path | None = None,
         memory_chunk_elements: int = 1 << 24,
     ) -> None:
@@ -194,6 +219,10 @@ class WinClip(FewShotMethod):
             raise UserError(f"winclip option sigma must be >= 0, got {sigma}")
         if patch_space not in ("projected", "ln_post"):
             raise UserError(f"winclip option patch_space must be projected|ln_post: {patch_space}")
+        if prompt_average not in ("raw", "normalized"):
+            raise UserError(
+                f"winclip option prompt_average must be raw|normalized: {prompt_average}"
+            )
         sizes = tuple(int(k) for k in window_sizes)
         if len(set(sizes)) != len(sizes):
             raise UserError(f"winclip option window_sizes has duplicates: {list(sizes)}")
@@ -204,6 +233,7 @@ class WinClip(FewShotMethod):
         self.temperature = float(temperature)
         self.sigma = float(sigma)
         self.patch_space: PatchSpace = patch_space
+        self.prompt_average: PromptAverage = prompt_average
         self.prompt_config = load_prompt_config(prompts)
         self.memory_chunk_elements = int(memory_chunk_elements)
 
@@ -249,7 +279,9 @@ class WinClip(FewShotMethod):
             compose_prompts(cfg[key], templates, object_name)  # type: ignore[arg-type]
             for key in ("normal_states", "anomalous_states")
         ]
-        return embed_prompt_groups(self.backbone, groups)
+        if self.prompt_average == "normalized":
+            return embed_prompt_groups(self.backbone, groups)
+        return average_raw_embeddings(self.backbone, groups)
 
     def _set_text(self, object_name: str) -> None:
         """Make ``object_name``'s ensemble vectors the active text embeddings (cached per name)."""

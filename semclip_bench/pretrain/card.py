@@ -7,8 +7,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES
-from semclip_bench.pretrain.data import MIN_PRETRAIN_SEED, NORMAL_FRACTION, RETRIEVAL_SEED
+import numpy as np
+
+from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES, caption_from_meta
+from semclip_bench.pretrain.data import (
+    DEFAULT_PRETRAIN_SEED,
+    MIN_PRETRAIN_SEED,
+    NORMAL_FRACTION,
+    RETRIEVAL_SEED,
+)
 
 
 def _fmt(value: Any) -> str:
@@ -17,32 +24,129 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _evaluation_table(ev: dict[str, Any]) -> list[str]:
-    names = [n for n in ("pretrained", "random_init") if n in ev]
-    types = list(ev[names[0]]["zero_shot"]["per_type"])
-    lines = [
-        "| metric | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+def _architecture(arch: str) -> str:
+    """One line on the towers of open_clip config ``arch`` ("" when unknown)."""
+    import open_clip
+
+    import semclip_bench.backbones  # noqa: F401 - registers the project's model configs
+
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        return ""
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    return (
+        f"vision ViT {v['layers']} blocks x width {v['width']}, patch {v['patch_size']}, "
+        f"{v['image_size']} px input; text transformer {t['layers']} blocks x width "
+        f"{t['width']} (vocabulary {t.get('vocab_size', 49408)}, context "
+        f"{t.get('context_length', 77)}); joint embedding {cfg['embed_dim']}"
+    )
+
+
+def example_captions(n_each: int = 2, seed: int = DEFAULT_PRETRAIN_SEED) -> list[str]:
+    """Captions of the first ``n_each`` normal and defect renders of the pretraining stream."""
+    from semclip_bench.data.synth import SynthConfig
+    from semclip_bench.pretrain.data import render_sample, sample_plan
+
+    config = SynthConfig(seed=seed)
+    rng = np.random.default_rng(0)
+    normal: list[str] = []
+    defect: list[str] = []
+    i = 0
+    while len(normal) < n_each or len(defect) < n_each:
+        target = normal if sample_plan(seed, i)[2] == "good" else defect
+        if len(target) < n_each:
+            target.append(caption_from_meta(render_sample(config, i)[1], rng))
+        i += 1
+    return normal + defect
+
+
+def _vocabulary_lines() -> list[str]:
+    from semclip_bench.pretrain.vocabulary import checked_words, unchecked_words
+
+    checked = checked_words()
+    total = len({w for ws in checked.values() for w in ws})
+    left_out = ", ".join(f"'{w}' ({why})" for w, why in unchecked_words().items())
+    return [
+        "- captions are written from the render metadata in varied plain English with a "
+        "method-neutral vocabulary: domain terms (pattern family, pitch/CD, orientation, "
+        "material, defect type names, size, location, imaging conditions) and the generic "
+        "normal / anomalous words of anomaly detection (flawless, perfect, unblemished, intact, "
+        "good, without flaw/defect/damage ...; damaged, flaw, defect, broken, anomaly, "
+        "abnormal ...)",
+        f"- all {total} words of the shipped prompt banks' normal and seen-type state phrases, "
+        "WinCLIP's states and object names, AnomalyCLIP's prompt words and the banks' templates "
+        f"occur in the captions; left out: {left_out or 'none'}. No bank sentence, template or "
+        "multi-word state phrase is copied verbatim (a draw that would is redrawn). Both are "
+        "checked by `tests/pretrain/test_captions.py`",
     ]
-    rows = [
-        ("zero-shot iAUROC, seen types (mean)", lambda r: r["zero_shot"]["seen"]),
-        ("zero-shot iAUROC, unseen types (mean)", lambda r: r["zero_shot"]["unseen"]),
-        ("zero-shot iAUROC, all types (mean)", lambda r: r["zero_shot"]["all"]),
+
+
+def _zero_shot_table(ev: dict[str, Any]) -> list[str]:
+    names = [n for n in ("pretrained", "random_init") if n in ev]
+    banks = list(ev[names[0]]["zero_shot"])
+    types = list(ev[names[0]]["zero_shot"][banks[0]]["per_type"])
+    cols = [(n, b) for n in names for b in banks]
+    lines = [
+        "| zero-shot iAUROC | " + " | ".join(f"{n} / {b}" for n, b in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    rows: list[tuple[str, Any]] = [
+        ("seen types (mean)", lambda z: z["seen"]),
+        ("unseen types (mean)", lambda z: z["unseen"]),
+        ("all types (mean)", lambda z: z["all"]),
     ]
     rows += [
         (
-            f"zero-shot iAUROC, {t} ({'unseen' if t in EXCLUDED_TYPES else 'seen'})",
-            lambda r, t=t: r["zero_shot"]["per_type"][t],
+            f"{t} ({'unseen' if t in EXCLUDED_TYPES else 'seen'})",
+            lambda z, t=t: z["per_type"][t],
         )
         for t in types
     ]
-    rows += [
-        ("retrieval image->text top-1", lambda r: r["retrieval"]["image_to_text_top1"]),
-        ("retrieval text->image top-1", lambda r: r["retrieval"]["text_to_image_top1"]),
-    ]
     for label, get in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(get(ev[n])) for n in names) + " |")
+        cells = [_fmt(get(ev[n]["zero_shot"][b])) for n, b in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _retrieval_table(ev: dict[str, Any]) -> list[str]:
+    names = [n for n in ("pretrained", "random_init") if n in ev]
+    lines = ["| retrieval | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, key in (("image->text top-1", "image_to_text_top1"),
+                       ("text->image top-1", "text_to_image_top1")):  # fmt: skip
+        lines.append(
+            f"| {label} | " + " | ".join(_fmt(ev[n]["retrieval"][key]) for n in names) + " |"
+        )
+    return lines
+
+
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    protocol = ev.get("protocol", {})
+    retrieval = ev["pretrained"]["retrieval"]
+    data = protocol.get("zero_shot_data", "sem-synth validation split")
+    config = protocol.get("zero_shot_config", {})
+    sizes = (
+        f" ({config['n_test_good']} normal and {config['n_per_defect']} per defect type test "
+        "images per category)"
+        if "n_test_good" in config
+        else ""
+    )
+    return [
+        f"Zero-shot: {data}{sizes}; the benchmark's test split (seed 0) is not used. Prompt "
+        "banks as their methods use them: `expert` and `generic`: class texts of good + six "
+        "defect types, image score = 1 - softmax(cos(image, class text) / 0.07)[good]; "
+        "`winclip`: WinCLIP's compositional normal / anomalous ensemble with the category's "
+        "object name, image score = softmax(cos(image, [normal, anomalous]) / 0.07)[anomalous]. "
+        "iAUROC per category and type (type vs normal), mean over categories. "
+        f"Retrieval: {retrieval['n_pairs']} held-out generated pairs (data seed "
+        f"{protocol.get('retrieval_seed', RETRIEVAL_SEED)}), top-1 within groups of "
+        f"{retrieval['group']} (chance {_fmt(retrieval['chance'])}). `random_init` is the same "
+        "architecture with the backbone's seeded random init.",
+        "",
+        *_zero_shot_table(ev),
+        "",
+        *_retrieval_table(ev),
+        "",
+    ]
 
 
 def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
@@ -50,6 +154,7 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
     o = summary["options"]
     synth = o["data"] == "sem-synth"
     command = " ".join(shlex.quote(a) for a in summary.get("command") or [])
+    arch_line = _architecture(summary["arch"])
     lines = [
         f"# {summary['arch']}: compact SEM-domain CLIP pretrained by semclip_bench",
         "",
@@ -58,7 +163,7 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         "",
         "## Model",
         f"- architecture: open_clip config `{summary['arch']}`, "
-        f"{summary['parameters'] / 1e6:.2f} M parameters",
+        f"{summary['parameters'] / 1e6:.2f} M parameters" + (f"; {arch_line}" if arch_line else ""),
         f"- file: `{Path(summary['checkpoint']).name}`, fp16 state dict, "
         f"{summary['file_bytes']:,} bytes, sha256 `{summary['sha256']}`",
         f'- load: `BackboneSpec(name="{summary["arch"]}", pretrained="<path to file>")`',
@@ -69,8 +174,9 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         lines += [
             "- sem-synth images rendered on the fly (procedural SEM simulator of this project), "
             f"data seed {o['synth_seed']} (pretraining seeds are >= {MIN_PRETRAIN_SEED}; the "
-            "benchmark's sem-synth data uses seed 0, so no benchmark image is ever seen); each "
-            "sample is a pure function of (seed, category, split, label, index)",
+            "benchmark's sem-synth test split uses seed 0 and its validation split seed 1, so no "
+            "benchmark image is ever seen); each sample is a pure function of (seed, category, "
+            "split, label, index)",
             f"- each render used {o['reuse']} time(s) on average (fresh augmentation and caption "
             "phrasing each time)",
             f"- rendered at {o['render_size']} px, resized to the model input; label mix "
@@ -78,9 +184,12 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
             f"defect types {', '.join(SEEN_TYPES)}",
             f"- held out: defect types {', '.join(EXCLUDED_TYPES)} are never rendered and never "
             "named in captions (checked in code), so evaluations report seen vs unseen types",
-            "- captions from the render metadata (pattern family, pitch/CD, orientation, "
-            "material, imaging conditions, defect type, size, rough location) in many phrasings",
+            *_vocabulary_lines(),
             f"- augmentation: {'random 90-degree rotations and flips (captions follow)' if o['augment'] else 'none'}",  # noqa: E501
+            "",
+            "Example captions (first normal and defect renders of the stream):",
+            "",
+            *(f'- "{c}"' for c in example_captions()),
         ]
     else:
         lines += [f"- captions CSV `{o['data']}` (image_path, caption)"]
@@ -104,25 +213,23 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         command or "python -m semclip_bench pretrain ...",
         "```",
         "",
+        "## Evaluation",
+        "",
     ]
     ev = summary.get("evaluation")
-    lines += ["## Evaluation", ""]
     if ev:
-        lines += [
-            "Zero-shot: sem-synth benchmark test split (`SynthConfig()`, seed 0), expert prompt "
-            "bank, image score = 1 - softmax(cos(image, class text) / 0.07)[good] over good + six "
-            "defect types; iAUROC per category and type (type vs normal), mean over categories. "
-            f"Retrieval: {ev['pretrained']['retrieval']['n_pairs']} held-out generated pairs "
-            f"(data seed {RETRIEVAL_SEED}), top-1 within groups of "
-            f"{ev['pretrained']['retrieval']['group']} (chance "
-            f"{_fmt(ev['pretrained']['retrieval']['chance'])}). `random_init` is the same "
-            "architecture with the backbone's seeded random init.",
-            "",
-            *_evaluation_table(ev),
-            "",
-        ]
+        lines += _evaluation_lines(ev)
     else:
         lines += ["Not evaluated in this run (`pretrain evaluate --checkpoint FILE`).", ""]
+    notes = list(summary.get("notes") or [])
+    if summary.get("sha256_verified"):
+        notes.append(
+            "The evaluation above ran on this file after `pretrain evaluate --update-card` "
+            "checked that its sha256 equals the digest the training run wrote into "
+            "`pretrain_summary.json`."
+        )
+    if notes:
+        lines += ["## How this file was produced", "", *(f"- {n}" for n in notes), ""]
     lines += [
         "## Limitations",
         "- trained on synthetic SEM images only; real tools differ in noise, charging and "
@@ -135,4 +242,4 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["write_model_card"]
+__all__ = ["example_captions", "write_model_card"]

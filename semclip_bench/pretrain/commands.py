@@ -1,8 +1,9 @@
 """``pretrain`` command: contrastive pretraining of a compact SEM CLIP, and its evaluation.
 
-``python -m semclip_bench pretrain --data sem-synth --arch semclip-vit-s16 --out DIR --max-minutes
-11`` trains; ``python -m semclip_bench pretrain evaluate --checkpoint FILE`` evaluates a file.
-Heavy imports (torch, lightning, open_clip) happen only when a command runs.
+``python -m semclip_bench pretrain --data sem-synth --arch semclip-vit-m16 --out DIR --max-minutes
+8`` trains; ``python -m semclip_bench pretrain evaluate --checkpoint FILE`` evaluates a file on the
+validation split (and with ``--update-card DIR`` writes the result into that run's summary and
+model card). Heavy imports (torch, lightning, open_clip) happen only when a command runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from semclip_bench.errors import UserError
+
+#: Default ``--arch`` (``semclip_bench.backbones.DEFAULT_MODEL``, repeated here so that building
+#: the parser imports no torch; a test checks they agree).
+DEFAULT_ARCH = "semclip-vit-m16"
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) -> None:
@@ -30,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
         formatter_class=formatter_class,
     )
     p.add_argument("--data", default="sem-synth", help="'sem-synth' or a captions CSV path")
-    p.add_argument("--arch", default="semclip-vit-s16", help="open_clip model config name")
+    p.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip model config name")
     p.add_argument("--out", default=None, help="output folder (required for training)")
     p.add_argument("--steps", type=int, default=None, help="number of optimiser steps")
     p.add_argument(
@@ -85,12 +90,16 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     actions = p.add_subparsers(dest="pretrain_command", metavar="ACTION")
     ev = actions.add_parser(
         "evaluate",
-        help="zero-shot iAUROC (seen/unseen types) and retrieval of a checkpoint",
-        description="Evaluate a checkpoint file (and the random-init model) like the model card.",
+        help="zero-shot iAUROC per prompt bank (seen/unseen types) and retrieval of a checkpoint",
+        description=(
+            "Evaluate a checkpoint file (and the random-init model) like the model card:\n"
+            "sem-synth validation split (SynthConfig(seed=1)), zero-shot iAUROC with the\n"
+            "expert, generic and WinCLIP prompt banks, caption retrieval on held-out pairs."
+        ),
         formatter_class=formatter_class,
     )
     ev.add_argument("--checkpoint", required=True, help="checkpoint file (state dict)")
-    ev.add_argument("--arch", default="semclip-vit-s16", help="open_clip model config name")
+    ev.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip model config name")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--workers", type=int, default=None, help="processes for rendering")
     ev.add_argument("--retrieval-images", type=int, default=1000, help="held-out pairs")
@@ -98,19 +107,37 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
         "--n-test-good",
         type=int,
         default=None,
-        help="normal test images per category (default: the benchmark's SynthConfig)",
+        help="normal test images per category (default: SynthConfig's)",
     )
     ev.add_argument(
         "--n-per-defect",
         type=int,
         default=None,
-        help="test images per defect type and category (default: the benchmark's SynthConfig)",
+        help="test images per defect type and category (default: SynthConfig's)",
     )
     ev.add_argument(
         "--render-size", type=int, default=256, help="sem-synth image size (benchmark: 256)"
     )
+    ev.add_argument(
+        "--banks",
+        default="expert,generic,winclip",
+        help="comma-separated prompt banks for the zero-shot evaluation",
+    )
     ev.add_argument("--no-baseline", action="store_true", help="skip the random-init model")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ev.add_argument(
+        "--update-card",
+        default=None,
+        metavar="DIR",
+        help="put the results into DIR/pretrain_summary.json (the training run of this "
+        "checkpoint; its sha256 must match) and rewrite DIR/MODEL_CARD.md",
+    )
+    ev.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="with --update-card: a line for the card's 'How this file was produced' (repeatable)",
+    )
     ev.set_defaults(func=_run_evaluate)
 
 
@@ -163,12 +190,23 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    import semclip_bench.backbones as bb
-    from semclip_bench.data.synth import SynthConfig
-    from semclip_bench.pretrain.evaluate import evaluate_backbone, render_test_split
+    from semclip_bench.pretrain.evaluate import ZERO_SHOT_BANKS, evaluate_models, validation_config
 
     if not Path(args.checkpoint).is_file():
         raise UserError(f"option --checkpoint: {args.checkpoint} does not exist")
+    banks = [b.strip() for b in args.banks.split(",") if b.strip()]
+    unknown = [b for b in banks if b not in ZERO_SHOT_BANKS]
+    if not banks or unknown:
+        raise UserError(
+            f"option --banks: {', '.join(unknown) or 'empty'} (choose from "
+            f"{', '.join(ZERO_SHOT_BANKS)})"
+        )
+    if args.note and not args.update_card:
+        raise UserError("option --note needs --update-card DIR")
+    summary_path = None
+    if args.update_card:
+        summary_path = Path(args.update_card) / "pretrain_summary.json"
+        _check_summary(summary_path, Path(args.checkpoint))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {
         k: v
@@ -179,28 +217,57 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    config = SynthConfig(**overrides)
-    rendered = render_test_split(config, args.workers or 1)
-    results: dict[str, Any] = {}
-    runs = [("pretrained", args.checkpoint)]
-    if not args.no_baseline:
-        runs.append(("random_init", None))
-    for name, weights in runs:
-        backbone = bb.build_backbone(bb.BackboneSpec(args.arch, weights), device)
-        results[name] = evaluate_backbone(
-            backbone,
-            zero_shot_config=config,
-            rendered=rendered,
-            retrieval_images=args.retrieval_images,
-            workers=args.workers,
-            render_size=args.render_size,
-        )
-    results["protocol"] = {"zero_shot_config": config.to_dict(), "checkpoint": args.checkpoint}
+    results = evaluate_models(
+        args.arch,
+        args.checkpoint,
+        validation_config(**overrides),
+        device=device,
+        workers=args.workers or 1,
+        retrieval_images=args.retrieval_images,
+        render_size=args.render_size,
+        baseline=not args.no_baseline,
+        banks=banks,
+    )
+    results["protocol"]["checkpoint"] = Path(args.checkpoint).name
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")
+    if summary_path is not None:
+        _update_card(summary_path, results, args.note)
     return 0
+
+
+def _check_summary(summary_path: Path, checkpoint: Path) -> dict[str, Any]:
+    """The training summary of ``checkpoint``; UserError when missing or for another file."""
+    from semclip_bench.pretrain.export import sha256_file
+
+    if not summary_path.is_file():
+        raise UserError(f"option --update-card: {summary_path} does not exist")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"option --update-card: {summary_path} is not readable JSON") from exc
+    if summary.get("sha256") != sha256_file(checkpoint):
+        raise UserError(
+            f"option --update-card: {checkpoint} (sha256 {sha256_file(checkpoint)[:12]}...) is "
+            f"not the checkpoint of {summary_path} (sha256 {str(summary.get('sha256'))[:12]}...)"
+        )
+    return summary
+
+
+def _update_card(summary_path: Path, results: dict[str, Any], notes: list[str]) -> None:
+    """Write ``results`` (and ``notes``) into the summary and rewrite the model card."""
+    from semclip_bench.pretrain.card import write_model_card
+
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["evaluation"] = results
+    summary["sha256_verified"] = True  # _check_summary compared the file with the summary
+    if notes:
+        summary["notes"] = list(notes)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    card = write_model_card(summary_path.with_name("MODEL_CARD.md"), summary)
+    print(f"updated {summary_path} and {card}")
 
 
 __all__ = ["add_parser"]

@@ -1,10 +1,18 @@
-"""Evaluation of a pretrained backbone: zero-shot iAUROC on sem-synth and caption retrieval.
+"""Evaluation of a pretrained backbone: zero-shot iAUROC with each shipped prompt bank, retrieval.
 
-Zero-shot: the benchmark's sem-synth test split (``SynthConfig()``, seed 0, by default), every
-image scored ``1 - softmax(cos(image, class text) / 0.07)[good]`` against the expert prompt bank's
-classes (good + the six defect types). iAUROC per category and defect type (that type's images vs
-the category's normal test images), averaged over categories, then over the seen
-(:data:`SEEN_TYPES`) and unseen (:data:`EXCLUDED_TYPES`) types.
+Zero-shot data: sem-synth's VALIDATION split (``SynthConfig(seed=1)``, the class's default sizes;
+the benchmark's test split is seed 0 and never used here), every test image of every category.
+Three prompt banks, each scored the way its method uses it:
+
+* ``expert`` and ``generic`` (``configs/prompts``): class texts of good + the six defect types
+  (template x state ensemble), image score ``1 - softmax(cos(image, class texts) / 0.07)[good]``;
+* ``winclip``: WinCLIP's compositional normal / anomalous ensemble for the category's object
+  name (``models.winclip.WinClip``), image score ``softmax(cos(image, [t_n, t_a]) / T)[anomalous]``
+  with the method's temperature (0.07).
+
+iAUROC per category and defect type (that type's images vs the category's normal test images),
+averaged over categories, then over the seen (:data:`SEEN_TYPES`) and unseen
+(:data:`EXCLUDED_TYPES`) types.
 
 Retrieval: held-out generated images and captions (data seed :data:`RETRIEVAL_SEED`, disjoint
 from the pretraining and benchmark seeds), top-1 image->text and text->image accuracy within
@@ -33,6 +41,10 @@ from semclip_bench.pretrain.data import (
     prepare_image,
 )
 
+#: sem-synth data seed of the validation split (the benchmark's test split is seed 0).
+VALIDATION_SEED = 1
+#: Prompt banks of the zero-shot evaluation, in table order.
+ZERO_SHOT_BANKS: tuple[str, ...] = ("expert", "generic", "winclip")
 #: Softmax temperature of the zero-shot classifier.
 ZERO_SHOT_TEMPERATURE = 0.07
 
@@ -83,29 +95,57 @@ def _encode_images(backbone, images: Sequence[np.ndarray], batch_size: int) -> t
     return torch.cat(feats)
 
 
-def zero_shot_auroc(
-    backbone,
-    config: SynthConfig | None = None,
-    prompts: str = "expert",
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    rendered: list[tuple[str, str, np.ndarray]] | None = None,
-) -> dict[str, Any]:
-    """Zero-shot iAUROC of ``backbone`` on the sem-synth test split; see the module docstring.
+def validation_config(**overrides: Any) -> SynthConfig:
+    """The validation split's generator settings: ``SynthConfig(seed=1, **overrides)``."""
+    return SynthConfig(seed=VALIDATION_SEED, **overrides)
 
-    Returns {"per_type": {type: mean iAUROC over categories}, "seen": mean, "unseen": mean,
-    "all": mean, "n_images": int}. ``rendered`` reuses images from :func:`render_test_split`.
-    """
+
+def _class_scores(backbone, img: torch.Tensor, config: SynthConfig, bank: str) -> np.ndarray:
+    """``1 - p(good)`` over good + the defect types with the class texts of ``bank``."""
     from semclip_bench.prompts import class_text_embeddings
 
-    config = config or SynthConfig()
-    rendered = rendered if rendered is not None else render_test_split(config, workers)
     classes = (NORMAL_LABEL, *config.defect_types)
-    text = class_text_embeddings(backbone, classes, prompts).float().cpu()
-    img = _encode_images(backbone, [r[2] for r in rendered], batch_size)
+    text = class_text_embeddings(backbone, classes, bank).float().cpu()
     probs = torch.softmax(img @ text.T / ZERO_SHOT_TEMPERATURE, dim=-1)
-    scores = (1.0 - probs[:, 0]).numpy()
+    return (1.0 - probs[:, 0]).numpy()
+
+
+def _winclip_scores(
+    backbone, img: torch.Tensor, config: SynthConfig, categories: np.ndarray
+) -> np.ndarray:
+    """WinCLIP's zero-shot image score: anomalous probability of its two-text ensemble, with
+    each category's object name, built by the method itself."""
+    from semclip_bench.models.winclip import WinClip
+
+    method = WinClip(backbone, (NORMAL_LABEL, *config.defect_types))
+    scores = np.zeros(len(img), dtype=np.float64)
+    for category in config.categories:
+        sel = torch.from_numpy(categories == category)
+        text = method.build_text_embeddings(method.resolve_object_name(category)).float().cpu()
+        logits = img[sel] @ text.T / method.temperature
+        scores[sel.numpy()] = torch.softmax(logits, dim=-1)[:, 1].double().numpy()
+    return scores
+
+
+def bank_scores(
+    backbone,
+    img: torch.Tensor,
+    rendered: Sequence[tuple[str, str, np.ndarray]],
+    config: SynthConfig,
+    bank: str,
+) -> np.ndarray:
+    """Zero-shot anomaly score of each rendered image (normalised embeddings ``img``) with the
+    prompt bank ``bank`` (see the module docstring)."""
+    if bank == "winclip":
+        return _winclip_scores(backbone, img, config, np.array([r[0] for r in rendered]))
+    return _class_scores(backbone, img, config, bank)
+
+
+def auroc_summary(
+    scores: np.ndarray, rendered: Sequence[tuple[str, str, np.ndarray]], config: SynthConfig
+) -> dict[str, Any]:
+    """{"per_type", "seen", "unseen", "all", "n_images"}: iAUROC per type (mean over
+    categories of type vs normal) and its means over seen, unseen and all types."""
     cats = np.array([r[0] for r in rendered])
     labels = np.array([r[1] for r in rendered])
     per_type: dict[str, float] = {}
@@ -127,6 +167,42 @@ def zero_shot_auroc(
         "all": mean_of(list(per_type)),
         "n_images": len(rendered),
     }
+
+
+def zero_shot_banks(
+    backbone,
+    config: SynthConfig | None = None,
+    banks: Sequence[str] = ZERO_SHOT_BANKS,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    rendered: list[tuple[str, str, np.ndarray]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Zero-shot iAUROC of ``backbone`` with each prompt bank of ``banks`` (images encoded once)
+    on the split of ``config`` (default: the validation split); see :func:`auroc_summary`."""
+    config = config or validation_config()
+    rendered = rendered if rendered is not None else render_test_split(config, workers)
+    img = _encode_images(backbone, [r[2] for r in rendered], batch_size)
+    return {
+        bank: auroc_summary(bank_scores(backbone, img, rendered, config, bank), rendered, config)
+        for bank in banks
+    }
+
+
+def zero_shot_auroc(
+    backbone,
+    config: SynthConfig | None = None,
+    prompts: str = "expert",
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    rendered: list[tuple[str, str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Zero-shot iAUROC of ``backbone`` with one prompt bank (``expert``, ``generic`` or
+    ``winclip``); see :func:`zero_shot_banks`."""
+    return zero_shot_banks(
+        backbone, config, (prompts,), batch_size=batch_size, workers=workers, rendered=rendered
+    )[prompts]
 
 
 @torch.no_grad()
@@ -176,15 +252,16 @@ def evaluate_backbone(
     *,
     zero_shot_config: SynthConfig | None = None,
     rendered: list[tuple[str, str, np.ndarray]] | None = None,
+    banks: Sequence[str] = ZERO_SHOT_BANKS,
     retrieval_images: int = 1000,
     workers: int | None = None,
     render_size: int = 256,
 ) -> dict[str, Any]:
-    """Both evaluations of one backbone: {"zero_shot": ..., "retrieval": ...}."""
+    """Both evaluations of one backbone: {"zero_shot": {bank: summary}, "retrieval": ...}."""
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     return {
-        "zero_shot": zero_shot_auroc(
-            backbone, zero_shot_config, rendered=rendered, workers=workers
+        "zero_shot": zero_shot_banks(
+            backbone, zero_shot_config, banks, rendered=rendered, workers=workers
         ),
         "retrieval": retrieval_accuracy(
             backbone, retrieval_images, workers=workers, render_size=render_size
@@ -192,10 +269,75 @@ def evaluate_backbone(
     }
 
 
+def evaluate_models(
+    arch: str,
+    checkpoint: str,
+    config: SynthConfig | None = None,
+    *,
+    device: str = "cpu",
+    workers: int = 1,
+    retrieval_images: int = 1000,
+    render_size: int = 256,
+    baseline: bool = True,
+    banks: Sequence[str] = ZERO_SHOT_BANKS,
+    log=print,
+) -> dict[str, Any]:
+    """:func:`evaluate_backbone` of the checkpoint (``pretrained``) and, with ``baseline``, of
+    the same architecture's seeded random init (``random_init``) on one rendering of the
+    split; plus ``protocol`` (:func:`evaluation_protocol`)."""
+    from semclip_bench.backbones import BackboneSpec, build_backbone
+
+    config = config or validation_config()
+    rendered = render_test_split(config, workers)
+    runs = [("pretrained", checkpoint)] + ([("random_init", None)] if baseline else [])
+    result: dict[str, Any] = {}
+    for name, weights in runs:
+        backbone = build_backbone(BackboneSpec(arch, weights), device)
+        result[name] = evaluate_backbone(
+            backbone,
+            zero_shot_config=config,
+            rendered=rendered,
+            banks=banks,
+            retrieval_images=retrieval_images,
+            workers=workers,
+            render_size=render_size,
+        )
+        zs = result[name]["zero_shot"]
+        log(
+            f"evaluation ({name}): "
+            + "; ".join(f"{b} seen {zs[b]['seen']:.3f} unseen {zs[b]['unseen']:.3f}" for b in zs)
+            + "; retrieval i->t {image_to_text_top1:.3f} t->i {text_to_image_top1:.3f}".format(
+                **result[name]["retrieval"]
+            )
+        )
+    result["protocol"] = evaluation_protocol(config, banks)
+    return result
+
+
+def evaluation_protocol(config: SynthConfig, banks: Sequence[str] = ZERO_SHOT_BANKS) -> dict:
+    """What the evaluation used (for the summary and the model card)."""
+    return {
+        "zero_shot_data": f"sem-synth validation split, SynthConfig(seed={config.seed})",
+        "zero_shot_config": config.to_dict(),
+        "prompt_banks": list(banks),
+        "retrieval_seed": RETRIEVAL_SEED,
+        "seen_types": list(SEEN_TYPES),
+        "unseen_types": list(EXCLUDED_TYPES),
+    }
+
+
 __all__ = [
+    "VALIDATION_SEED",
+    "ZERO_SHOT_BANKS",
     "ZERO_SHOT_TEMPERATURE",
+    "auroc_summary",
+    "bank_scores",
     "evaluate_backbone",
+    "evaluate_models",
+    "evaluation_protocol",
     "render_test_split",
     "retrieval_accuracy",
+    "validation_config",
     "zero_shot_auroc",
+    "zero_shot_banks",
 ]

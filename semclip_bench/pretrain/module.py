@@ -19,7 +19,7 @@ import torch
 from open_clip.loss import ClipLoss
 from torch import Tensor, nn
 
-import semclip_bench.backbones  # noqa: F401 - registers the project's open_clip model configs
+from semclip_bench.backbones import DEFAULT_MODEL  # also registers the project's model configs
 from semclip_bench.errors import UserError
 from semclip_bench.pretrain.data import normalise_batch
 
@@ -28,7 +28,7 @@ from semclip_bench.pretrain.data import normalise_batch
 class PretrainConfig:
     """Optimisation settings of one pretraining run."""
 
-    arch: str = "semclip-vit-s16"
+    arch: str = DEFAULT_MODEL
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 200
@@ -44,7 +44,7 @@ def create_clip(arch: str, seed: int = 0) -> nn.Module:
     if arch not in open_clip.list_models():
         raise UserError(
             f"option --arch: {arch!r} is not an open_clip model config "
-            "(e.g. semclip-vit-s16, semclip-tiny)"
+            f"(e.g. {DEFAULT_MODEL}, semclip-tiny)"
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

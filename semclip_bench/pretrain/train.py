@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from semclip_bench.backbones import DEFAULT_MODEL
 from semclip_bench.errors import UserError
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.pretrain.data import (
     DEFAULT_PRETRAIN_SEED,
     NORMAL_FRACTION,
@@ -43,7 +44,7 @@ class PretrainOptions:
     """Everything the ``pretrain`` command takes (see its ``--help``)."""
 
     data: str = "sem-synth"
-    arch: str = "semclip-vit-s16"
+    arch: str = DEFAULT_MODEL
     out: str = "pretrain_out"
     steps: int | None = None
     max_minutes: float | None = None
@@ -157,6 +158,46 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class _ProgressBar(L.Callback):
+    """A tqdm bar (rank 0, stderr) over the training budget: steps done, rate and an ETA.
+
+    With a step budget only, tqdm's own remaining time is the ETA; with a time budget
+    (``--max-minutes``) the ETA shown is the sooner of the two ends.
+    """
+
+    def __init__(self, steps: int | None, max_seconds: float | None) -> None:
+        self.steps = steps
+        self.max_seconds = max_seconds
+        self.bar: Any = None
+        self.t0 = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            budget = [f"{self.steps} steps"] if self.steps else []
+            budget += [f"{self.max_seconds / 60:g} min"] if self.max_seconds else []
+            self.bar = tqdm(total=self.steps, desc=f"pretrain ({' / '.join(budget)})", unit="step")
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.bar is None:
+            return
+        step = int(trainer.global_step)
+        self.bar.update(step - self.bar.n)
+        if self.max_seconds:
+            elapsed = time.perf_counter() - self.t0
+            left = [self.max_seconds - elapsed]
+            if self.steps and step:
+                left.append((self.steps - step) * elapsed / step)
+            self.bar.set_postfix_str(f"ETA {dt.timedelta(seconds=round(max(0.0, min(left))))}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class _Module(ClipPretrainModule):
     """The pretraining module with its DataLoader (built after DDP setup)."""
 
@@ -206,8 +247,6 @@ def profile_data(opts: PretrainOptions, seconds: float) -> float:
 
 def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     """Train, export and (optionally) evaluate; returns the summary on rank 0, None elsewhere."""
-    import lightning as L
-
     opts.validate()
     out = Path(opts.out)
     precision = opts.precision or default_precision()
@@ -239,6 +278,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         enable_model_summary=False,
         gradient_clip_val=1.0,
         num_sanity_val_steps=0,
+        callbacks=[_ProgressBar(opts.steps, opts.max_minutes * 60 if opts.max_minutes else None)],
     )
     t0 = time.perf_counter()
     trainer.fit(module)
@@ -259,7 +299,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     )
     summary: dict[str, Any] = {
         "arch": opts.arch,
-        "checkpoint": str(ckpt),
+        "checkpoint": ckpt.name,
         "sha256": sha256_file(ckpt),
         "file_bytes": size,
         "fits_shipping_limit": size <= MAX_SHIPPED_BYTES,
@@ -278,7 +318,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         "first_loss": float(history[0][1]) if history else float("nan"),
         "options": {k: v for k, v in asdict(opts).items() if k != "command"},
         "command": opts.command,
-        "files": [str(p) for p in curves],
+        "files": [p.name for p in curves],
     }
     if opts.evaluate:
         summary["evaluation"] = evaluate_trained(ckpt, opts)
@@ -291,34 +331,20 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
 
 
 def evaluate_trained(ckpt: Path, opts: PretrainOptions) -> dict[str, Any]:
-    """Evaluate the exported checkpoint and the randomly initialised model of the same arch."""
-    from semclip_bench.backbones import BackboneSpec, build_backbone
-    from semclip_bench.data.synth import SynthConfig
-    from semclip_bench.pretrain.evaluate import evaluate_backbone, render_test_split
+    """Evaluate the exported checkpoint and the randomly initialised model of the same arch on
+    the validation split with every prompt bank (see :mod:`semclip_bench.pretrain.evaluate`)."""
+    from semclip_bench.pretrain.evaluate import evaluate_models, validation_config
 
     device = "cuda" if torch.cuda.is_available() and opts.accelerator != "cpu" else "cpu"
-    workers = opts.eval_workers
-    config = SynthConfig()
-    rendered = render_test_split(config, workers or min(8, os.cpu_count() or 1))
-    result = {}
-    for name, weights in (("pretrained", str(ckpt)), ("random_init", None)):
-        backbone = build_backbone(BackboneSpec(opts.arch, weights), device)
-        result[name] = evaluate_backbone(
-            backbone,
-            zero_shot_config=config,
-            rendered=rendered,
-            retrieval_images=opts.retrieval_images,
-            workers=workers,
-            render_size=opts.render_size,
-        )
-        print(f"evaluation ({name}): {json.dumps(result[name])}", flush=True)
-    result["protocol"] = {
-        "zero_shot_data": "sem-synth SynthConfig() test split (seed 0)",
-        "retrieval_seed": RETRIEVAL_SEED,
-        "seen_types": list(SEEN_TYPES),
-        "unseen_types": list(EXCLUDED_TYPES),
-    }
-    return result
+    return evaluate_models(
+        opts.arch,
+        str(ckpt),
+        validation_config(),
+        device=device,
+        workers=opts.eval_workers or min(8, os.cpu_count() or 1),
+        retrieval_images=opts.retrieval_images,
+        render_size=opts.render_size,
+    )
 
 
 def command_line() -> list[str]:

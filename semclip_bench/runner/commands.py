@@ -1,4 +1,4 @@
-"""``sweep``, ``ablate`` and ``report`` commands.
+"""``sweep``, ``ablate``, ``report`` and ``verify`` commands.
 
 Precedence of settings: built-in defaults < the YAML file given with ``--config`` < flags given on
 the command line. Flags left out do not override the file.
@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--shots", dict(help="comma-separated shot counts K (0 = zero-shot where a method allows)")),
     ("--seeds", dict(help="comma-separated seeds; each draws its own support set")),
-    ("--methods", dict(help="comma-separated methods")),
+    (
+        "--methods",
+        dict(
+            help="comma-separated methods or named variants (configs/methods/*.yaml), built in "
+            "or from installed plugins (docs/adding_a_method.md)"
+        ),
+    ),
     ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
@@ -36,6 +42,13 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
     ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
     ("--out", dict(help="output folder for tables, plots and episode rows")),
+    (
+        "--config-dir",
+        dict(
+            help="folder searched first for methods/<method>.yaml and prompts/<bank>.yaml "
+            "(then $SEMCLIP_BENCH_CONFIGS, ./configs, the package's own)"
+        ),
+    ),
     (
         "--wandb",
         dict(
@@ -96,6 +109,15 @@ def _add_run_flags(parser: argparse.ArgumentParser, defaults: RunConfig, skip=()
         kwargs = dict(kwargs)
         kwargs["help"] = kwargs["help"] + _defaults_text(flag, defaults)
         parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+    _add_allow_mixed(
+        parser,
+        "resume into an --out folder whose rows have another dataset digest, "
+        "weights digest or protocol version (the tables then say they are mixed)",
+    )
+
+
+def _add_allow_mixed(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--allow-mixed", action="store_true", help=text)
 
 
 def add_parser(subparsers, formatter_class) -> None:
@@ -144,7 +166,46 @@ def add_parser(subparsers, formatter_class) -> None:
         "--kind", choices=["sweep", "ablation"], default="sweep", help="which tables to build"
     )
     report.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    _add_allow_mixed(
+        report,
+        "merge rows that differ in dataset digest, weights digest or protocol version (refused "
+        "otherwise); the tables then start with a warning listing the distinct values",
+    )
     report.set_defaults(func=_report)
+
+    verify = subparsers.add_parser(
+        "verify",
+        help="rerun a few committed episodes from a clean cache; compare their rows exactly",
+        description="Rerun a small deterministic subset of the episodes under --from with the "
+        "settings in its provenance.json, from a fresh temporary SEMCLIP_BENCH_CACHE, on the CPU "
+        "in fp32, and compare every metric column with the committed rows bit for bit (as "
+        "written in the CSV). Exit 1 with a table of the differences on any mismatch; refuse "
+        "(exit 2) when the committed rows' protocol, dataset digest or weights digest differ "
+        "from the rerun's, or when they were not computed on the CPU in fp32.",
+        formatter_class=formatter_class,
+    )
+    verify.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=Path("results/sweep"),
+        help="run folder holding episodes.csv and provenance.json",
+    )
+    verify.add_argument(
+        "--subset",
+        nargs="+",
+        metavar="KEY=V[,V]",
+        help="episodes to rerun: 'all', or any of categories=..., shots=..., seeds=..., "
+        "methods=... (default: the run's first category, shots 1 and 5, seed 0, every "
+        "training-free method present plus semclip)",
+    )
+    verify.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep the rerun rows in this folder (default: a temporary folder, removed)",
+    )
+    verify.set_defaults(func=_verify)
 
 
 def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
@@ -163,11 +224,28 @@ def _command_line() -> str:
     return "python -m semclip_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _execute(config: RunConfig, variants) -> int:
+def variants_of(config: RunConfig) -> list:
+    """The variants a run of ``config.kind`` compares: every method (sweep) or SEM-CLIP and its
+    ablations (ablation), with their configs from the lookup order of semclip_bench.configs."""
+    if config.kind == "ablation":
+        return ablation_variants(config)
+    return sweep_variants(config)
+
+
+def execute(config: RunConfig, command: str, allow_mixed: bool = False) -> tuple[Any, Path | None]:
+    """Run ``config`` (resuming finished episodes) and write its tables; the one routine behind
+    ``sweep``/``ablate`` and :func:`semclip_bench.run_sweep`.
+
+    ``allow_mixed``: merge rows of other dataset/weights digests or protocol versions (resume and
+    tables say so) instead of refusing. Returns the engine's ``RunResult`` and the tables' path
+    (None on ranks other than 0).
+    """
+    from semclip_bench.configs import use_config_dir
     from semclip_bench.runner.engine import run
     from semclip_bench.runner.report import write_report
 
-    result = run(config, variants, _command_line())
+    with use_config_dir(config.config_dir):
+        result = run(config, variants_of(config), command, allow_mixed=allow_mixed)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     where = "" if result.world_size == 1 else f" (this rank of {result.world_size})"
     print(
@@ -176,20 +254,21 @@ def _execute(config: RunConfig, variants) -> int:
         f"precision {result.precision})"
     )
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
-        return 0
-    path, _ = write_report([result.folder], config.kind, config.out)
+        return result, None
+    path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
     print(f"tables: {path}")
-    return 0
+    return result, path
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    config = _config_from_args(args, RunConfig(kind="sweep"))
-    return _execute(config, sweep_variants(config))
+    execute(_config_from_args(args, RunConfig(kind="sweep")), _command_line(), args.allow_mixed)
+    return 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
     config = _config_from_args(args, RunConfig(kind="ablation", shots=[10], methods=["semclip"]))
-    return _execute(config, ablation_variants(config))
+    execute(config, _command_line(), args.allow_mixed)
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -198,6 +277,30 @@ def _report(args: argparse.Namespace) -> int:
     for source in args.sources:
         if not source.exists():
             raise UserError(f"--from: folder not found: {source}")
-    path, rows = write_report(args.sources, args.kind, args.out, _command_line())
+    path, rows = write_report(
+        args.sources, args.kind, args.out, _command_line(), allow_mixed=args.allow_mixed
+    )
     print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from semclip_bench.runner.verify import mismatch_table, parse_subset, verify
+
+    result = verify(args.source, parse_subset(args.subset), args.out, _command_line())
+    for note in result.notes:
+        print(f"note: {note}")
+    episodes = len(result.episodes)
+    if result.ok:
+        print(
+            f"verify: {episodes} episodes of {args.source} rerun from a clean cache on the CPU in "
+            f"fp32 in {result.seconds:.0f} s: every compared column is identical"
+        )
+        return 0
+    failed = len({m.episode_id for m in result.mismatches})
+    print(mismatch_table(result.mismatches))
+    print(
+        f"verify: FAILED: {len(result.mismatches)} values in {failed} of {episodes} episodes of "
+        f"{args.source} differ from the rerun ({result.seconds:.0f} s)"
+    )
+    return 1

@@ -1,8 +1,14 @@
 """Run configuration: defaults < YAML file (``--config``) < command-line flags.
 
 A run is a grid of episodes (category x shots x seed, see PROTOCOL.md) times a list of *variants*.
-A variant is one method with its options: the sweep runs each method with its own config from
-``configs/methods/<method>.yaml``; the ablation runs SEM-CLIP with options switched off.
+A variant is one registered method with fixed options and training settings, named by a config
+file ``configs/methods/<name>.yaml`` (keys ``method``, ``base``, ``description``, ``options``,
+``training``). ``<method>.yaml`` of a registered method is its reference form; other files are
+named variants, e.g. ``semclip_plus.yaml`` with ``method: semclip`` (tables and W&B label a variant
+by its file name). ``base: <name>`` inherits another file's options and training and overrides
+some (chains are followed; a cycle or an unknown base is a UserError naming the file). The sweep
+runs ``--methods`` (default :data:`DEFAULT_METHODS`); the ablation runs the published SEM-CLIP
+with options switched off (:data:`ABLATIONS`).
 """
 
 from __future__ import annotations
@@ -14,15 +20,29 @@ from typing import Any
 
 import yaml
 
+from semclip_bench.configs import PACKAGE_CONFIG_DIR, check_config_dir, find_config, search_path
 from semclip_bench.errors import UserError
 
 #: The package's configs/ folder (method hyper-parameters, prompt banks); ships in the wheel.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Files are looked up with user folders first: see :mod:`semclip_bench.configs`.
+CONFIG_DIR = PACKAGE_CONFIG_DIR
 
 #: Values of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
-ALL_METHODS: tuple[str, ...] = ("semclip", "winclip", "anomalyclip", "patchcore", "linear_probe")
+#: The sweep's default variants: the reference form of every method, plus the named project
+#: variants reported next to them (``semclip_plus``: SEM-CLIP with this project's additions).
+DEFAULT_METHODS: tuple[str, ...] = (
+    "semclip",
+    "semclip_plus",
+    "winclip",
+    "anomalyclip",
+    "patchcore",
+    "linear_probe",
+)
+
+#: Keys a method/variant config file may hold.
+VARIANT_KEYS: tuple[str, ...] = ("method", "base", "description", "options", "training")
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,8 @@ class RunConfig:
     kind: str = "sweep"  # "sweep" or "ablation": names the output files
     shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    #: Registered methods or named variants (configs/methods/<name>.yaml).
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     data: str = "sem-synth"
     categories: list[str] | None = None
     backbone: str | None = None  # None: the package's default backbone
@@ -64,8 +85,12 @@ class RunConfig:
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
-    #: Per-method overrides over configs/methods/<method>.yaml: {method: {options:, training:}}
+    #: Overrides over the config files, {name: {options:, training:}}: a method's name applies to
+    #: every variant of that method, a variant's name (applied after it) to that variant only.
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Folder searched first for methods/<method>.yaml and prompts/<bank>.yaml (then
+    #: $SEMCLIP_BENCH_CONFIGS, ./configs, the package's): see semclip_bench.configs.
+    config_dir: Path | None = None
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -114,6 +139,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return [str(v).strip() for v in items if str(v).strip()]
         if name == "out":
             return Path(value)
+        if name == "config_dir":
+            option = "--config-dir" if source == "command line" else f"{source}: 'config_dir'"
+            return check_config_dir(value, option)
         if name == "shard":
             return parse_shard(value)
         if name in {"image_size", "batch_size"}:
@@ -169,19 +197,180 @@ def parse_shard(value: Any) -> tuple[int, int]:
     return i, n
 
 
-def method_config(method: str, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
-    """(options, training) of a method from configs/methods/<method>.yaml plus overrides."""
-    path = CONFIG_DIR / "methods" / f"{method}.yaml"
-    content = read_yaml(path, option=f"method config of '{method}'") if path.exists() else {}
-    options = dict(content.get("options") or {})
-    training = dict(content.get("training") or {})
+def methods_dir() -> Path:
+    """The package's folder of method and variant config files (the last of the lookup order)."""
+    return CONFIG_DIR / "methods"
+
+
+def available_variants() -> list[str]:
+    """Registered methods and every variant file in the lookup order, sorted (for messages)."""
+    from semclip_bench.models import METHODS
+
+    files = {p.stem for folder in search_path() for p in (folder / "methods").glob("*.yaml")}
+    return sorted(set(METHODS) | files)
+
+
+def _read_variant_file(name: str) -> tuple[Path, dict[str, Any]] | None:
+    """(path, content) of ``methods/<name>.yaml``, the first found in the config lookup order
+    (:mod:`semclip_bench.configs`); None when there is no such file."""
+    if "/" in name or "\\" in name:
+        return None
+    path = find_config("methods", name)
+    if path is None:
+        return None
+    content = read_yaml(path, option=f"method config '{name}'")
+    unknown = sorted(set(map(str, content)) - set(VARIANT_KEYS))
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(VARIANT_KEYS)})"
+        )
+    for key in ("options", "training"):
+        if not isinstance(content.get(key) or {}, dict):
+            raise UserError(f"{path}: '{key}' must be a mapping of option names to values")
+    for key in ("method", "base"):
+        if content.get(key) is not None and not isinstance(content[key], str):
+            raise UserError(f"{path}: '{key}' must be a name, got {content[key]!r}")
+    return path, content
+
+
+def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
+    """The variant ``name``: configs/methods/<name>.yaml (after its ``base`` chain) + overrides.
+
+    A registered method without a file has empty options (its constructor defaults).
+    ``overrides`` is RunConfig.method_overrides: ``overrides[method]`` then ``overrides[name]``.
+    Option and training keys are checked against the method's constructor and
+    :class:`~semclip_bench.models.lightning.TrainingConfig`; any problem is a UserError naming the
+    file (or ``method_overrides``), raised before any episode runs.
+    """
+    from semclip_bench.models import METHODS
+
+    found = _read_variant_file(name)
+    if found is None:
+        if name not in METHODS:
+            raise UserError(
+                f"--methods: unknown method or variant '{name}' (no methods/{name}.yaml in "
+                f"{', '.join(map(str, search_path()))}); "
+                f"choose from {', '.join(available_variants())}"
+            )
+        layers: list[tuple[Path, dict[str, Any]]] = []
+    else:
+        layers = [found]
+        while layers[-1][1].get("base") is not None:
+            path, content = layers[-1]
+            base = content["base"]
+            if base in {p.stem for p, _ in layers}:
+                chain = " -> ".join([*(p.stem for p, _ in layers), base])
+                raise UserError(f"{path}: base '{base}' makes a cycle ({chain})")
+            parent = _read_variant_file(base)
+            if parent is None:
+                raise UserError(
+                    f"{path}: unknown base '{base}' (no methods/{base}.yaml in the config folders)"
+                )
+            layers.append(parent)
+    method = name if not layers else None
+    for path, content in layers:  # the variant's own file first, then its bases
+        declared = content.get("method")
+        if declared is not None and method is not None and declared != method:
+            raise UserError(
+                f"{path}: method '{declared}' differs from '{method}' of the file that uses it as "
+                "a base"
+            )
+        method = method or declared
+    if method is None:
+        method = name if name in METHODS else None
+    where = layers[0][0] if layers else name
+    if method not in METHODS:
+        raise UserError(
+            f"{where}: 'method' must name a registered method ({', '.join(METHODS)}), "
+            f"got {method!r}"
+        )
+    if name in METHODS and method != name:
+        raise UserError(f"{where}: the reference config of '{name}' must use method '{name}'")
+    options: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for path, content in reversed(layers):  # bases first, the variant's own file last
+        sources.append((str(path), dict(content.get("options") or {}), content.get("training")))
     overrides = overrides or {}
-    options.update(overrides.get("options") or {})
-    training.update(overrides.get("training") or {})
-    return options, training
+    for key in dict.fromkeys((method, name)):
+        extra = overrides.get(key) or {}
+        if (
+            not isinstance(extra, dict)
+            or not set(extra) <= {"options", "training"}
+            or not all(isinstance(v or {}, dict) for v in extra.values())
+        ):
+            raise UserError(
+                f"method_overrides.{key}: expected a mapping with 'options' and/or 'training' "
+                "mappings"
+            )
+        sources.append((f"method_overrides.{key}", dict(extra.get("options") or {}),
+                        extra.get("training")))  # fmt: skip
+    for source, opts, train in sources:
+        _check_options(method, opts, source)
+        _check_training_keys(train or {}, source)
+        options.update(opts)
+        training.update(train or {})
+    _check_training_values(training, str(where))
+    return Variant(name, method, options, training)
 
 
-#: What each SEM-CLIP ablation switches off (constructor options of SemClip).
+def _check_options(method: str, options: dict[str, Any], source: str) -> None:
+    """Every key of ``options`` must be a keyword of the method's constructor."""
+    import inspect
+
+    from semclip_bench.models import method_class
+
+    params = inspect.signature(method_class(method).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = {
+        k
+        for k, p in params.items()
+        if k not in {"self", "backbone", "class_names"}
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+    unknown = sorted(set(map(str, options)) - allowed)
+    if unknown:
+        raise UserError(
+            f"{source}: unknown option(s) {', '.join(unknown)} for method {method} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _check_training_keys(training: dict[str, Any], source: str) -> None:
+    """Every key of a ``training`` section must be a field of TrainingConfig."""
+    from semclip_bench.models.lightning import TrainingConfig
+
+    allowed = {f.name for f in fields(TrainingConfig)}
+    unknown = sorted(set(map(str, training)) - allowed)
+    if unknown:
+        raise UserError(
+            f"{source}: unknown training key(s) {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))}; the budget rule has no step cap)"
+        )
+
+
+def _check_training_values(training: dict[str, Any], where: str) -> None:
+    """The merged ``training`` section must build a TrainingConfig."""
+    from semclip_bench.models.lightning import TrainingConfig
+
+    try:
+        TrainingConfig(**training)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def method_config(method: str, overrides: dict[str, Any] | None = None) -> tuple[dict, dict]:
+    """(options, training) of the method or named variant ``method`` (see :func:`load_variant`).
+
+    ``overrides``: ``{options:, training:}`` applied last (the shape of one method_overrides entry).
+    """
+    variant = load_variant(method, {method: overrides} if overrides else None)
+    return dict(variant.options), dict(variant.training)
+
+
+#: What each SEM-CLIP ablation switches off (constructor options of SemClip), applied to the
+#: published form (configs/methods/semclip.yaml): the paper's three ablations and all three.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "generic_prompts": {"prompts": "generic"},
     "single_path": {"paths": "vanilla"},
@@ -191,30 +380,32 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def sweep_variants(config: RunConfig) -> list[Variant]:
-    """One variant per requested method, with its configured options."""
-    from semclip_bench.models import METHODS
-
-    variants = []
-    for method in config.methods:
-        if method not in METHODS:
-            raise UserError(
-                f"--methods: unknown method '{method}'; choose from {', '.join(METHODS)}"
-            )
-        options, training = method_config(method, config.method_overrides.get(method))
-        variants.append(Variant(method, method, options, training))
-    return variants
+    """One variant per requested name (registered method or config file), in the given order."""
+    _check_override_names(config)
+    return [load_variant(name, config.method_overrides) for name in dict.fromkeys(config.methods)]
 
 
 def ablation_variants(config: RunConfig) -> list[Variant]:
-    """SEM-CLIP full plus each requested ablation (its options merged over the full model's)."""
-    options, training = method_config("semclip", config.method_overrides.get("semclip"))
-    variants = [Variant("semclip", "semclip", options, training)]
+    """Published SEM-CLIP plus each requested ablation (options merged over the full model's)."""
+    _check_override_names(config)
+    full = load_variant("semclip", config.method_overrides)
+    variants = [full]
     for name in config.ablations:
         if name not in ABLATIONS:
             raise UserError(
                 f"--ablations: unknown ablation '{name}'; choose from {', '.join(ABLATIONS)}"
             )
-        variants.append(
-            Variant(f"semclip-{name}", "semclip", {**options, **ABLATIONS[name]}, training)
-        )
+        options = {**full.options, **ABLATIONS[name]}
+        variants.append(Variant(f"semclip-{name}", "semclip", options, full.training))
     return variants
+
+
+def _check_override_names(config: RunConfig) -> None:
+    """method_overrides may only name registered methods or config files (typos fail early)."""
+    known = set(available_variants())
+    unknown = sorted(set(config.method_overrides) - known)
+    if unknown:
+        raise UserError(
+            f"method_overrides: unknown method or variant {', '.join(unknown)}; "
+            f"choose from {', '.join(sorted(known))}"
+        )

@@ -21,21 +21,26 @@ other's shares from disk.
 Features missing from memory are read from the on-disk store (``runner/feature_store.py``) before
 being extracted. Exact metrics run on the scoring thread while the next episode fits and predicts
 (``runner/scoring.py``; rows are still appended in order), except when W&B logs the episode.
+
+Identity: every row records the protocol version and the digests of the dataset's content and of
+the backbone weights (``runner/provenance.py``); a run refuses, before its first episode, to resume
+into a folder holding rows of another identity unless ``allow_mixed``.
+
+Selected units (``select``, used by ``verify``): only those episode ids are evaluated and written;
+the units before them of the same categories and methods are replayed up to their feature
+extraction, so the feature cache sees the same extraction calls as the original run (CPU BLAS
+kernels are chosen by a batch's row count, so an image's features can differ in the last bits with
+the batch it was extracted in).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import platform
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +48,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from semclip_bench import __version__
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import SUPERVISION_TEXT, FewShotMethod, MethodOutput, SupportSet
+from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
@@ -54,14 +58,19 @@ from semclip_bench.runner.features import (
     resolve_precision,
     trainer_precision,
 )
-from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer, score_episode
-from semclip_bench.runner.store import (
-    METRIC_COLUMNS,
-    PROVENANCE_FILE,
-    EpisodeStore,
-    episode_id,
+from semclip_bench.runner.provenance import (  # git_commit, device_name: re-exported
+    backbone_spec,
+    check_resume,
+    device_name,
+    git_commit,
+    run_identity,
+    weights_identity,
+    write_provenance,
 )
+from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer, score_episode
+from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.tracking import Tracker, overlay
+from semclip_bench.runner.validate import probe_class_names, validate_variants
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +104,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 class _Stages:
     """Accumulates wall-clock seconds per named stage (from the main and the scoring thread)."""
 
@@ -135,10 +116,21 @@ class _Stages:
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
-def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResult:
-    """Run every episode x variant of ``config`` not already in the output folder."""
-    from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
-    from semclip_bench.data import load_dataset
+def run(
+    config: RunConfig,
+    variants: Sequence[Variant],
+    command: str,
+    *,
+    allow_mixed: bool = False,
+    select: Collection[str] | None = None,
+) -> RunResult:
+    """Run every episode x variant of ``config`` not already in the output folder.
+
+    ``allow_mixed``: resume into a folder whose rows have another dataset/weights digest or
+    protocol. ``select``: evaluate only these episode ids (see the module docstring).
+    """
+    from semclip_bench.backbones import build_backbone
+    from semclip_bench.data import dataset_digest, load_dataset
     from semclip_bench.data.episodes import make_episode, support_manifest
     from semclip_bench.models import method_class
 
@@ -165,17 +157,12 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     categories = _categories(config, dataset)
     classes = {v.method: method_class(v.method) for v in variants}
 
+    spec = backbone_spec(config)
+    weights_label, weights_digest = weights_identity(spec)
+    identity = run_identity(dataset_digest(dataset), weights_digest)
+    check_resume(folder, identity, allow_mixed)  # before the first episode
+
     t0 = time.perf_counter()
-    default = default_backbone_spec()
-    spec = BackboneSpec(
-        name=config.backbone or default.name,
-        pretrained=config.pretrained
-        if config.pretrained is not None
-        else (
-            default.pretrained if not config.backbone or config.backbone == default.name else None
-        ),
-        image_size=config.image_size,
-    )
     backbone = build_backbone(spec, device=device)
     stages.add("backbone", time.perf_counter() - t0)
 
@@ -193,13 +180,19 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
     supports_done = store.supports_done()
     todo = [u for u in mine if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
     result.already_done = len(mine) - len(todo)
+    replay: set[int] = set()
+    if select is not None:
+        todo, replay = _selected(todo, set(select))
     if result.already_done:
         log.info(
             "resuming: %d of %d episodes already in %s", result.already_done, len(mine), folder
         )
     _check_shots(config, dataset, categories)
+    # Every variant is built once now: a bad setting fails in seconds, not after other methods.
+    validate_variants(variants, classes, backbone, probe_class_names(dataset, categories))
 
-    disk = FeatureStore(features_root()) if config.feature_cache else None
+    # verify replays the original extraction calls: it never reads stored features
+    disk = FeatureStore(features_root()) if config.feature_cache and select is None else None
     cache = FeatureCache(
         device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
     )
@@ -230,12 +223,15 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             progress.write(f"skipped {row['episode_id']}: {row['reason']}")
 
     scorer = Scorer(background=OVERLAP_SCORING)
-    for category, shots, seed, variant in progress:
+    for position, (category, shots, seed, variant) in enumerate(progress):
         key = (category, shots, seed)
         if key not in episodes:
             episodes.clear()  # the loop order visits one (category, shots, seed) at a time
             episodes[key] = make_episode(dataset, category, shots, seed)
         episode = episodes[key]
+        if position in replay:
+            _replay_features(episode, variant, classes[variant.method], backbone, cache, device)
+            continue
         support_key = f"{category}/k{shots}/s{seed}"
         if support_key not in supports_done and episode.skipped is None:
             store.append_support(
@@ -266,8 +262,10 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
             kind=config.kind,
             dataset=dataset.name,
             backbone=spec.name,
-            weights=str(spec.pretrained) if spec.pretrained else "random init",
+            weights=weights_label,
             device=device_name(device),
+            notes=list(getattr(episode, "notes", ())),
+            **identity,
         )
         # W&B runs are finished in episode order on this thread: score at once when logging.
         for finished in scorer.submit(row, score, in_background=not tracker.enabled):
@@ -283,13 +281,63 @@ def run(config: RunConfig, variants: Sequence[Variant], command: str) -> RunResu
 
     result.wall_seconds = time.perf_counter() - start
     result.stage_seconds = dict(stages.seconds)
-    _write_provenance(store.folder, config, command, spec, device, dataset, result)
+    write_provenance(
+        store.folder,
+        config,
+        command,
+        spec,
+        device,
+        dataset,
+        result,
+        identity,
+        weights_label,
+        categories,
+        rank=rank,
+        assigned=len(mine),
+    )
     if fabric is not None:
         fabric.barrier()  # rank 0 writes the tables only once every rank's rows are on disk
         result.wall_seconds = time.perf_counter() - start
     if result.is_main and result.written:
         tracker.log_summary(_summary_rows(folder), config.kind)
     return result
+
+
+def _selected(todo: list[tuple], select: set[str]) -> tuple[list[tuple], set[int]]:
+    """The units to visit for ``select``, in run order, and the positions (in that list) of the
+    units to replay only: every unit up to the last selected one that has a selected unit's
+    category and method (methods of different classes never share a feature key)."""
+    ids = [episode_id(u[0], u[3].label, u[1], u[2]) for u in todo]
+    positions = [i for i, uid in enumerate(ids) if uid in select]
+    if not positions:
+        return [], set()
+    wanted = {(todo[i][0], todo[i][3].method) for i in positions}
+    kept = [i for i in range(positions[-1] + 1) if (todo[i][0], todo[i][3].method) in wanted]
+    units = [todo[i] for i in kept]
+    return units, {n for n, i in enumerate(kept) if ids[i] not in select}
+
+
+def _replay_features(episode, variant: Variant, method_cls, backbone, cache, device) -> None:
+    """The feature-cache calls ``_run_one`` makes for this unit (support, then query), nothing
+    else: no fit, no prediction, no row."""
+    if episode.skipped or (episode.shots == 0 and not method_cls.zero_shot):
+        return
+    torch.manual_seed(episode.seed)
+    method = method_cls(backbone, episode.class_names, **variant.options).to(device)
+    method.eval()
+    size = int(getattr(method, "image_size", backbone.image_size))
+    mean = getattr(method, "mean", backbone.mean)
+    std = getattr(method, "std", backbone.std)
+    cache.features(method, _support_samples(episode, method_cls), size, mean, std)
+    cache.features(method, list(episode.query), size, mean, std)
+
+
+def _support_samples(episode, method_cls: type[FewShotMethod]) -> list:
+    """The support images a method sees: K normal, plus K per defect type if it uses defects."""
+    support = list(episode.normal_support)
+    if method_cls.supervision == "normal+defects":
+        support += list(episode.defect_support_flat)
+    return support
 
 
 def _summary_rows(folder: Path) -> list[dict[str, Any]]:
@@ -380,16 +428,23 @@ def _run_one(
     row, then the W&B finish when logging); None when the episode is skipped (the row is final).
     The scoring may run on the scoring thread while the next episode fits (see :func:`run`).
     """
+    from semclip_bench.data.dataset import masks_missing_reason, missing_mask_types
     from semclip_bench.models.lightning import TrainingConfig, fit_method
 
     supervision = method_cls.supervision
     if episode.shots == 0 and supervision != "zero-shot":
         supervision = "zero-shot"
+    defect_support = episode.defect_support_flat
     row: dict[str, Any] = dict(
         category=episode.category,
         variant=variant.label,
         method=variant.method,
-        supervision=SUPERVISION_TEXT.get(supervision, supervision),
+        supervision=supervision_text(  # says when a mask-trained method had no masks
+            supervision,
+            method_cls.uses_masks,
+            missing_mask_types(defect_support),
+            bool(defect_support) and all(s.mask_path is None for s in defect_support),
+        ),
         shots=episode.shots,
         seed=episode.seed,
         status="skipped",
@@ -409,16 +464,15 @@ def _run_one(
     mean = getattr(method, "mean", backbone.mean)
     std = getattr(method, "std", backbone.std)
 
-    support = list(episode.normal_support)
-    if method_cls.supervision == "normal+defects":
-        support += list(episode.defect_support_flat)
+    support = _support_samples(episode, method_cls)
     class_index = {name: i for i, name in enumerate(episode.class_names)}
     support_set = SupportSet(
         features=cache.features(method, support, size, mean, std),
         labels=torch.tensor([class_index[s.label] for s in support], dtype=torch.long),
-        masks=cache.masks(support, size),
+        masks=cache.masks(support, size),  # zeros for images without a mask
         class_names=episode.class_names,
         category=episode.category,
+        has_mask=torch.tensor([s.mask_path is not None or not s.is_anomalous for s in support]),
     )
     if support_set.features:
         support_set.features = {k: v.to(device) for k, v in support_set.features.items()}
@@ -465,9 +519,10 @@ def _run_one(
     stages.add("predict", row["predict_seconds"])
 
     produces_maps = method.produces_maps
+    no_masks = masks_missing_reason(query)  # pixel metrics need every defect image's mask
     t0 = time.perf_counter()
     truth = None
-    if produces_maps:  # the masks' side, built once per query set and shared by its methods
+    if produces_maps and not no_masks:  # the masks' side, built once per query set, shared
         truth = cache.pixel_truth(query, size, tuple(outputs.anomaly_map.shape[-2:]))
     stages.add("metrics", time.perf_counter() - t0)
     overlays = None
@@ -479,6 +534,7 @@ def _run_one(
         outputs=outputs,
         query=query,
         truth=truth,
+        masks_reason=no_masks,
         class_index=class_index,
         method_name=variant.method,
         produces_maps=produces_maps,
@@ -565,45 +621,3 @@ def _one_line(row: dict[str, Any]) -> str:
         f"pF1max {fmt('pF1max')} cls_acc {fmt('cls_accuracy')} "
         f"(fit {row.get('fit_seconds', 0):.1f}s, predict {row.get('predict_seconds', 0):.1f}s)"
     )
-
-
-def _write_provenance(folder, config, command, spec, device, dataset, result) -> None:
-    """Provenance of this invocation (the tables print it in their header)."""
-    path = folder / PROVENANCE_FILE
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    counts: dict[str, int] = {}
-    for sample in dataset.samples:
-        counts[sample.split] = counts.get(sample.split, 0) + 1
-    record = {
-        "command": command,
-        "package_version": __version__,
-        "git_commit": result.commit,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "dataset": dataset.name,
-        "dataset_root": str(dataset.root) if dataset.root else "",
-        "dataset_size": {"images": len(dataset.samples), **counts},
-        "categories": _categories(config, dataset),
-        "backbone": spec.name,
-        "weights": str(spec.pretrained) if spec.pretrained else "random init",
-        "image_size": config.image_size,
-        "device": device_name(device),
-        "seeds": list(config.seeds),
-        "shots": list(config.shots),
-        "shard": f"{config.shard[0]}/{config.shard[1]}",
-        "precision": result.precision,
-        "devices": result.world_size,
-        "wall_seconds": round(result.wall_seconds, 1),
-        "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
-        "cache": result.cache_summary,
-        "episodes_written": result.written,
-        "episodes_resumed": result.already_done,
-        "config": json.loads(json.dumps(asdict(config), default=str)),
-    }
-    if previous and result.already_done:
-        record["earlier_invocations"] = [
-            *previous.get("earlier_invocations", []),
-            {k: previous.get(k) for k in ("date", "git_commit", "wall_seconds", "device")},
-        ]
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -282,7 +282,8 @@ class FeatureCache:
                 yield stack([future.result()["image"] for future in done])
 
     def masks(self, samples: Sequence[Sample], size: int) -> Tensor:
-        """(N, size, size) float {0, 1} masks, nearest-resized; zeros for normal images.
+        """(N, size, size) float {0, 1} masks, nearest-resized; zeros for normal images and for
+        defect images without a mask (``mask_path is None``: image-level labels only).
 
         The stacked result of a recent request is returned again (every method of an episode
         asks for the same query masks): treat it as read-only.

@@ -2,8 +2,14 @@
 
 Aggregation: for each (variant, shots, seed) the metric is averaged over categories, then the table
 shows mean ± std (sample std, ddof 1) over seeds. Metrics are percentages. A value undefined for
-any category of an aggregate is "n/a (reason)". Best value per column is bold within each shot
-count.
+any category of an aggregate is "n/a (reason)".
+
+Chance levels: each shot count of the detection table has a "constant score" row, what flagging
+every query image achieves (iAUROC and pAUROC 50, iAP = the query's defect fraction, iF1-max = the
+F1 of flagging every image, 2p / (1 + p)), aggregated like the methods' values. The best mean per
+column is bold within each shot count, but in a column with a chance level only if it exceeds that
+level by more than its seed standard deviation: a column whose methods are all within one std of
+chance (not separated from chance) has no bold, nor has a best value that is itself at chance.
 """
 
 from __future__ import annotations
@@ -18,11 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semclip_bench.runner.store import (
-    METRIC_COLUMNS,
-    PROVENANCE_FILE,
-    read_rows,
-)
+from semclip_bench.runner.provenance import provenance_block, read_provenance
+from semclip_bench.runner.store import IDENTITY_NAMES, METRIC_COLUMNS, check_identity, read_rows
 
 DETECTION = ("iAUROC", "iAP", "iF1max", "pAUROC", "pF1max", "AUPRO")
 CLASSIFICATION = ("cls_accuracy", "cls_precision", "cls_recall", "cls_f1")
@@ -63,20 +66,58 @@ def _seed_values(frame: pd.DataFrame, metric: str) -> tuple[np.ndarray, str | No
     return values, None
 
 
-def _cell(values: np.ndarray, reason: str | None) -> tuple[str, float]:
-    """'mean ± std' in percent and the mean (NaN when n/a) for ranking."""
+def _cell(values: np.ndarray, reason: str | None) -> tuple[str, float, float]:
+    """'mean ± std' in percent, the mean (NaN when n/a) for ranking and the seed std (0 for a
+    single seed)."""
     if reason is not None:
-        return f"n/a ({reason})", math.nan
+        return f"n/a ({reason})", math.nan, math.nan
     mean = float(values.mean()) * 100
     if len(values) > 1:
-        return f"{mean:.1f} ± {float(values.std(ddof=1)) * 100:.1f}", mean
-    return f"{mean:.1f}", mean
+        std = float(values.std(ddof=1)) * 100
+        return f"{mean:.1f} ± {std:.1f}", mean, std
+    return f"{mean:.1f}", mean, 0.0
 
 
-def _cells(frame: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[str], list[float]]:
-    """Table cells and their means (for bolding) of ``metrics`` over one group of rows."""
-    pairs = [_cell(*_seed_values(frame, metric)) for metric in metrics]
-    return [text for text, _ in pairs], [mean for _, mean in pairs]
+def _cells(
+    frame: pd.DataFrame, metrics: Sequence[str]
+) -> tuple[list[str], list[float], list[float]]:
+    """Table cells, their means (for bolding) and seed stds of ``metrics`` over a group of rows."""
+    triples = [_cell(*_seed_values(frame, metric)) for metric in metrics]
+    return [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
+
+
+#: Chance level of a metric: what a constant score achieves (AUROC 50; AP the defect fraction;
+#: F1-max the F1 of flagging every image). Computed per row by :func:`_chance_rows`.
+CHANCE_COLUMNS = {"iAUROC": "chance_auroc", "pAUROC": "chance_auroc"}
+CHANCE_COLUMNS.update(iAP="chance_iAP", iF1max="chance_iF1max")
+
+
+def _chance_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per (category, shots, seed) query with the chance levels of that query."""
+    queries = ok.drop_duplicates(subset=["category", "shots", "seed"]).copy()
+    fraction = queries["n_query_defect"].astype(float) / queries["n_query"].astype(float)
+    queries["chance_auroc"] = 0.5
+    queries["chance_iAP"] = fraction
+    queries["chance_iF1max"] = 2 * fraction / (1 + fraction)
+    queries["na_reasons"] = ""
+    return queries
+
+
+def _chance_cells(
+    queries: pd.DataFrame, metrics: Sequence[str]
+) -> tuple[list[str], dict[str, float]]:
+    """The constant-score row's cells ('—' where no chance level is defined) and its means."""
+    cells, levels = [], {}
+    for metric in metrics:
+        column = CHANCE_COLUMNS.get(metric)
+        if column is None:
+            cells.append("—")
+            continue
+        values, reason = _seed_values(queries, column)
+        text, mean, std = _cell(values, reason)
+        cells.append(text if std else text.split(" ± ")[0])
+        levels[metric] = mean
+    return cells, levels
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -85,19 +126,37 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _bold_best(cells: list[list[str]], means: list[list[float]], groups: list[Any]) -> None:
-    """Bold the highest mean per column within each group (shot count)."""
+def _bold_best(
+    cells: list[list[str]],
+    means: list[list[float]],
+    groups: list[Any],
+    stds: list[list[float]] | None = None,
+    chance: Sequence[dict[Any, float] | float | None] | None = None,
+) -> None:
+    """Bold the highest mean per column within each group (shot count). Where the column has a
+    chance level (``chance[col]``: one level for every group, or a level per group), only a best
+    mean more than one seed std above it is bold; so a column whose methods are all within one
+    std of chance has no bold."""
     if not cells:
         return
     for col in range(len(means[0])):
+        levels = chance[col] if chance is not None else None
         for group in set(groups):
             idx = [i for i, g in enumerate(groups) if g == group and not math.isnan(means[i][col])]
             if len(idx) < 2:
                 continue
+            level = levels.get(group) if isinstance(levels, dict) else levels
             best = max(means[i][col] for i in idx)
             for i in idx:
-                if means[i][col] == best:
+                if means[i][col] != best:
+                    continue
+                spread = 0.0 if stds is None or math.isnan(stds[i][col]) else stds[i][col]
+                if level is None or best - level > spread:
                     cells[i][col] = f"**{cells[i][col]}**"
+
+
+#: Label of the chance-level row of a detection table.
+CHANCE_LABEL = "_constant score_"
 
 
 def metric_table(
@@ -106,19 +165,23 @@ def metric_table(
     order: Sequence[str],
     with_supervision: bool = True,
     delta_to: str | None = None,
+    chance: bool = False,
 ) -> str:
-    """Variant x shots table of mean ± std over seeds (category means per seed)."""
+    """Variant x shots table of mean ± std over seeds (category means per seed); with
+    ``chance``, a constant-score row per shot count and the chance-aware bold rule."""
     header = ["Method", "Shots"] + (["Supervision"] if with_supervision else [])
     header += [HEADINGS[m] for m in metrics]
     deltas = [m for m in DELTA_METRICS if m in metrics] if delta_to else []
     header += [f"Δ {HEADINGS[m]} vs {delta_to}" for m in deltas]
-    body, means, groups = [], [], []
+    body, means, stds, groups = [], [], [], []
+    levels: list[dict[Any, float]] = [{} for _ in metrics]
+    queries = _chance_rows(ok) if chance else None
     for shots in sorted(ok["shots"].unique()):
         for variant in order:
             frame = ok[(ok["variant"] == variant) & (ok["shots"] == shots)]
             if frame.empty:
                 continue
-            cells, row_means = _cells(frame, metrics)
+            cells, row_means, row_stds = _cells(frame, metrics)
             extra = []
             if delta_to:
                 ref = ok[(ok["variant"] == delta_to) & (ok["shots"] == shots)]
@@ -135,9 +198,22 @@ def metric_table(
                 prefix.append(frame["supervision"].iloc[0])
             body.append((prefix, cells, extra))
             means.append(row_means)
+            stds.append(row_stds)
+            groups.append(shots)
+        if queries is not None:
+            cells, group_levels = _chance_cells(queries[queries["shots"] == shots], metrics)
+            for col, metric in enumerate(metrics):
+                if metric in group_levels:
+                    levels[col][shots] = group_levels[metric]
+            prefix = [CHANCE_LABEL, str(shots)] + (
+                ["none (chance level)"] if with_supervision else []
+            )
+            body.append((prefix, cells, ["—"] * len(deltas)))
+            means.append([math.nan] * len(metrics))  # never bold
+            stds.append([math.nan] * len(metrics))
             groups.append(shots)
     cell_grid = [cells for _, cells, _ in body]
-    _bold_best(cell_grid, means, groups)
+    _bold_best(cell_grid, means, groups, stds, levels if chance else None)
     rows = [
         prefix + cells + extra for (prefix, _, extra), cells in zip(body, cell_grid, strict=False)
     ]
@@ -145,8 +221,9 @@ def metric_table(
 
 
 def per_category_table(ok: pd.DataFrame, order: Sequence[str], metrics: Sequence[str]) -> str:
+    """Category x variant x shots table; AUROC columns use the chance-aware bold rule (50)."""
     header = ["Category", "Method", "Shots"] + [HEADINGS[m] for m in metrics]
-    rows, means, groups = [], [], []
+    rows, means, stds, groups = [], [], [], []
     for category in sorted(ok["category"].unique()):
         for shots in sorted(ok["shots"].unique()):
             for variant in order:
@@ -157,12 +234,14 @@ def per_category_table(ok: pd.DataFrame, order: Sequence[str], metrics: Sequence
                 ]
                 if frame.empty:
                     continue
-                cells, row_means = _cells(frame, metrics)
+                cells, row_means, row_stds = _cells(frame, metrics)
                 rows.append([category, variant, str(shots), *cells])
                 means.append(row_means)
+                stds.append(row_stds)
                 groups.append((category, shots))
     grid = [r[3:] for r in rows]
-    _bold_best(grid, means, groups)
+    chance = [50.0 if m in {"iAUROC", "pAUROC"} else None for m in metrics]
+    _bold_best(grid, means, groups, stds, chance)
     return _markdown(header, [r[:3] + g for r, g in zip(rows, grid, strict=False)])
 
 
@@ -191,109 +270,133 @@ def per_type_table(ok: pd.DataFrame, order: Sequence[str], unseen: Sequence[str]
     frame = pd.DataFrame(records)
     types = sorted(frame["type"].unique())
     header = ["Method", "Shots", *(f"{t} (unseen)" if t in unseen else t for t in types)]
-    rows, means, groups = [], [], []
+    rows, means, stds, groups = [], [], [], []
     for shots in sorted(frame["shots"].unique()):
         for variant in order:
             part = frame[(frame["variant"] == variant) & (frame["shots"] == shots)]
             if part.empty:
                 continue
-            cells, row_means = [], []
+            cells, row_means, row_stds = [], [], []
             for defect in types:
                 sub = part[part["type"] == defect]
                 per_seed = sub.groupby("seed")["value"].mean().to_numpy(dtype=float)
                 reason = None if len(per_seed) and not np.isnan(per_seed).any() else "undefined"
-                text, mean = _cell(per_seed, reason)
+                text, mean, std = _cell(per_seed, reason)
                 cells.append(text)
                 row_means.append(mean)
+                row_stds.append(std)
             rows.append([variant, str(shots), *cells])
             means.append(row_means)
+            stds.append(row_stds)
             groups.append(shots)
     grid = [r[2:] for r in rows]
-    _bold_best(grid, means, groups)
+    _bold_best(grid, means, groups, stds, [50.0] * len(types))
     return _markdown(header, [r[:2] + g for r, g in zip(rows, grid, strict=False)])
 
 
-def _provenance(folders: Sequence[Path]) -> list[dict[str, Any]]:
-    records = []
-    for folder in folders:
-        for path in sorted(Path(folder).rglob(PROVENANCE_FILE)):
-            records.append(json.loads(path.read_text()))
-    return records
-
-
 def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Defect types held out of pretraining, when every part of the run used the shipped weights."""
+    """Defect types held out of pretraining, when every part of the run used the shipped weights
+    (by content digest; by file name for records older than the digest)."""
     from semclip_bench.backbones import default_backbone_spec
+    from semclip_bench.data import file_sha256
     from semclip_bench.pretrain.captions import EXCLUDED_TYPES
 
     shipped = default_backbone_spec().pretrained
     if not records or not shipped:
         return []
-    if all(Path(str(r.get("weights", ""))).name == Path(shipped).name for r in records):
-        return sorted(EXCLUDED_TYPES)
-    return []
+
+    def is_shipped(record: dict[str, Any]) -> bool:
+        if "weights_digest" in record:
+            return record["weights_digest"] == file_sha256(shipped)
+        return Path(str(record.get("weights", ""))).name == Path(shipped).name
+
+    return sorted(EXCLUDED_TYPES) if all(is_shipped(r) for r in records) else []
 
 
-def provenance_block(records: Sequence[dict[str, Any]], report_command: str | None) -> str:
-    if not records:
-        return "_No provenance.json found next to the episode rows._\n"
-    lines = []
-    for i, rec in enumerate(records):
-        if len(records) > 1:
-            lines.append(f"**Part {i + 1} (shard {rec.get('shard', '?')})**\n")
-        stages = ", ".join(f"{k} {v:.0f}s" for k, v in rec.get("stage_seconds", {}).items())
-        size = rec.get("dataset_size", {})
-        lines += [
-            f"- Command: `{rec.get('command', '?')}`",
-            f"- Package: semclip_bench {rec.get('package_version')} at git commit "
-            f"`{rec.get('git_commit')}`; torch {rec.get('torch')}, Python {rec.get('python')}",
-            f"- Date: {rec.get('date')}",
-            f"- Dataset: {rec.get('dataset')} ({size.get('images', '?')} images: "
-            f"{size.get('train', 0)} train, {size.get('test', 0)} test; categories: "
-            f"{', '.join(rec.get('categories', []))})",
-            f"- Backbone: `{rec.get('backbone')}`, weights: {rec.get('weights')}",
-            f"- Device: {rec.get('device')}",
-            f"- Shots: {rec.get('shots')}; seeds: {rec.get('seeds')}",
-            f"- Wall-clock: {rec.get('wall_seconds', 0):.0f} s ({stages}); {rec.get('cache', '')}",
-        ]
-        if rec.get("episodes_resumed"):
-            lines.append(
-                f"- Resumed: {rec['episodes_resumed']} episodes came from earlier invocations"
-            )
-        lines.append("")
-    if report_command:
-        lines.append(f"Tables rebuilt by `{report_command}`.\n")
-    return "\n".join(lines)
+def _mixed_banner(mixed: dict[str, list[str]], rows: pd.DataFrame) -> str:
+    """The prominent warning of a report merged with ``--allow-mixed``."""
+    lines = [
+        "> **Warning: mixed rows (`--allow-mixed`).** These tables merge episodes that were not "
+        "produced on the same data, weights and protocol; their numbers are not one benchmark."
+    ]
+    for column, values in mixed.items():
+        counts = rows[column].astype(str).value_counts()
+        listed = "; ".join(f"`{v}` ({int(counts.get(v, 0))} rows)" for v in values)
+        lines.append(f"> - {IDENTITY_NAMES[column]}: {listed}")
+    return "\n".join(lines) + "\n"
+
+
+def _notes(rows: pd.DataFrame) -> list[tuple[str, int]]:
+    """Distinct episode notes (e.g. a defect type with a smaller support pool) and how many
+    episode rows carry each, sorted by note."""
+    counts: Counter[str] = Counter()
+    for text in rows["notes"]:
+        try:
+            notes = json.loads(text) if isinstance(text, str) and text else []
+        except json.JSONDecodeError:
+            notes = [text]
+        counts.update(str(n) for n in notes)
+    return sorted(counts.items())
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+LEGEND = (
+    "Metrics in percent, exact on the concatenated query set of each episode (PROTOCOL.md). Each "
+    "cell: mean ± sample std over seeds of the mean over categories ({categories}, "
+    "seeds {seeds}). F1-max values are maxima over all thresholds (an oracle threshold, not a "
+    "deployable operating point). '{chance}' rows: chance levels, what a constant score (flagging "
+    "every query image) achieves on the same queries: iAUROC and pAUROC 50, iAP = the query's "
+    "defect fraction p, iF1-max = the F1 of flagging every image, 2p / (1 + p). Bold: the best "
+    "mean per column within a shot count (per category and shot count in the per-category "
+    "table); in a column with a chance level (AUROC columns: 50; iAP: p; iF1-max: 2p / (1 + p)) "
+    "only if it exceeds that level by more than its seed standard deviation, so a column where "
+    "every method is within one std of chance, which does not tell the methods apart from "
+    "chance, has nothing bold. 'n/a (reason)': the metric is undefined for that method or "
+    "query set.\n"
+)
 
 
 def build_report(
-    folders: Sequence[Path], kind: str, report_command: str | None = None
+    folders: Sequence[Path],
+    kind: str,
+    report_command: str | None = None,
+    allow_mixed: bool = False,
 ) -> tuple[str, pd.DataFrame]:
-    """The markdown report of a run (sweep or ablation) and the rows it was built from."""
+    """The markdown report of a run (sweep or ablation) and the rows it was built from.
+
+    Rows that differ in protocol version, dataset digest or weights digest are refused (a
+    UserError naming both values and their folders) unless ``allow_mixed``; then the report
+    starts with a warning listing the distinct values.
+    """
     rows = read_rows(folders)
     rows = rows[rows["kind"] == kind] if (rows["kind"] == kind).any() else rows
+    mixed = check_identity(rows, allow_mixed, "report --from")
     ok = rows[rows["status"] == "ok"]
     skipped = rows[rows["status"] != "ok"]
     order = list(dict.fromkeys(rows["variant"]))
     title = "Sweep" if kind == "sweep" else "Ablation of SEM-CLIP"
     parts = [f"# {title}: few-shot defect detection on SEM images\n"]
+    if mixed:
+        parts.append(_mixed_banner(mixed, rows))
     parts.append("## Provenance\n")
-    parts.append(provenance_block(_provenance(folders), report_command))
+    records = read_provenance(folders)
+    parts.append(provenance_block(records, report_command))
     parts.append(
-        "Metrics in percent, exact on the concatenated query set of each episode "
-        "(PROTOCOL.md). Each cell: mean ± sample std over seeds of the mean over categories "
-        f"({ok['category'].nunique()} categories, "
-        f"seeds {sorted(int(x) for x in ok['seed'].unique())}). "
-        "F1-max values are maxima over all thresholds (an oracle threshold, not a deployable "
-        "operating point). Bold: best per column within a shot count. 'n/a (reason)': the "
-        "metric is undefined for that method or query set.\n"
+        LEGEND.format(
+            categories=_plural(ok["category"].nunique(), "category", "categories"),
+            seeds=sorted(int(x) for x in ok["seed"].unique()),
+            chance=CHANCE_LABEL.strip("_"),
+        )
     )
     if ok.empty:
         parts.append("_No finished episodes._\n")
     else:
         delta = "semclip" if kind == "ablation" and "semclip" in order else None
         parts.append("## Detection\n")
-        parts.append(metric_table(ok, DETECTION, order, delta_to=delta) + "\n")
+        parts.append(metric_table(ok, DETECTION, order, delta_to=delta, chance=True) + "\n")
         classifiers = [v for v in order if ok[ok["variant"] == v]["cls_accuracy"].notna().any()]
         parts.append("## Defect-type classification (N-way: normal + defect types)\n")
         if classifiers:
@@ -304,7 +407,7 @@ def build_report(
         else:
             parts.append("_No method in this run classifies defect types._\n")
         parts.append("## Per defect type: iAUROC of each type against the normal images\n")
-        unseen = _unseen_types(_provenance(folders))
+        unseen = _unseen_types(records)
         if unseen:
             parts.append(
                 f"'(unseen)': {', '.join(unseen)} never appeared in the shipped backbone's "
@@ -314,6 +417,12 @@ def build_report(
         parts.append(per_type_table(ok, order, unseen) + "\n")
         parts.append("## Per category\n")
         parts.append(per_category_table(ok, order, ("iAUROC", "pAUROC", "pF1max")) + "\n")
+    notes = _notes(rows)
+    if notes:
+        parts.append("## Notes on the episodes\n")
+        parts.append(
+            _markdown(["Note", "Episodes"], [[note, count] for note, count in notes]) + "\n"
+        )
     parts.append("## Skipped episodes\n")
     if skipped.empty:
         parts.append("None.\n")
@@ -370,10 +479,14 @@ def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
 
 
 def write_report(
-    folders: Sequence[Path], kind: str, out_dir: Path, report_command: str | None = None
+    folders: Sequence[Path],
+    kind: str,
+    out_dir: Path,
+    report_command: str | None = None,
+    allow_mixed: bool = False,
 ) -> tuple[Path, pd.DataFrame]:
     """Write ``<out_dir>/<kind>.md`` (and plots for a sweep); returns the path and the rows."""
-    text, rows = build_report(folders, kind, report_command)
+    text, rows = build_report(folders, kind, report_command, allow_mixed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, out_dir, kind) if kind == "sweep" else []

@@ -70,6 +70,7 @@ def score_episode(
     outputs: MethodOutput,
     query: Sequence,
     truth,
+    masks_reason: str | None = None,
     class_index: dict[str, int],
     method_name: str,
     produces_maps: bool,
@@ -77,6 +78,9 @@ def score_episode(
     stages,
 ) -> dict[str, Any]:
     """Exact metrics of one episode's outputs into its row (may run on the scoring thread).
+
+    ``truth`` is the query masks' side of the pixel metrics (None when the query lacks masks:
+    ``masks_reason`` then says why, and the pixel metrics read n/a).
 
     On CUDA the maps are still on the GPU: the pixel metrics sort and reduce them there and only
     the metric values come back. On the CPU the numpy path runs (bit-identical to earlier runs).
@@ -100,6 +104,7 @@ def score_episode(
         num_classes=len(class_index),
         device=device if device.type == "cuda" else None,
         pixel_truth=truth,
+        masks_reason=masks_reason,
     )
     stages.add("metrics", time.perf_counter() - t0)
 

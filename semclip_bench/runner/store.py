@@ -5,6 +5,10 @@ Layout of a run folder ``<out>/<kind>/``:
   Per-defect-type AUROCs and the reasons of undefined metrics are JSON columns.
 - ``supports.jsonl``: the support files chosen for each (category, shots, seed) episode.
 - ``provenance.json``: what produced the rows (command, version, commit, device, timings).
+
+Every row carries its identity (``IDENTITY_COLUMNS``): the protocol version, the dataset's content
+digest and the backbone weights' digest. Rows of different identities are never merged silently
+(:func:`check_identity`). Rows written before these columns existed read as ``"unknown"``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,23 @@ from typing import Any
 import pandas as pd
 
 from semclip_bench.errors import UserError
+
+#: Version of PROTOCOL.md the runner implements (fixed query per category, validation split,
+#: balanced sem-synth query, content digests in the provenance).
+PROTOCOL_VERSION = "v2"
+
+#: Value of an identity column that a row does not record (written by an older version).
+UNKNOWN = "unknown"
+
+#: What makes rows comparable: merged or resumed rows must agree on every one of these.
+IDENTITY_COLUMNS: tuple[str, ...] = ("protocol", "dataset_digest", "weights_digest")
+
+#: How the identity columns are named in messages and table headers.
+IDENTITY_NAMES = {
+    "protocol": "protocol version",
+    "dataset_digest": "dataset digest",
+    "weights_digest": "weights digest",
+}
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "iAUROC",
@@ -58,7 +79,12 @@ COLUMNS: tuple[str, ...] = (
     "backbone",
     "weights",
     "device",
+    *IDENTITY_COLUMNS,
+    "notes",
 )
+
+#: Columns a row may lack because an older version wrote it, and the value they read as.
+OPTIONAL_COLUMNS: dict[str, str] = {**{c: UNKNOWN for c in IDENTITY_COLUMNS}, "notes": ""}
 
 EPISODES_FILE = "episodes.csv"
 SUPPORTS_FILE = "supports.jsonl"
@@ -112,12 +138,37 @@ class EpisodeStore:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown columns {sorted(unknown)}")
+        self._upgrade_header()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             writer.writeheader()
         writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
         _append_durably(self.csv_path, buffer.getvalue())
+
+    def _upgrade_header(self) -> None:
+        """Rewrite a CSV of an older column set with today's columns (missing identity cells read
+        ``unknown``) before appending to it; atomic (temporary file, then rename), so an
+        interruption leaves either the old or the new file, never a mixed one."""
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return
+        with self.csv_path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) == COLUMNS:
+                return
+            missing = set(COLUMNS) - set(reader.fieldnames or ()) - set(OPTIONAL_COLUMNS)
+            if missing:
+                raise UserError(
+                    f"{self.csv_path}: lacks columns {sorted(missing)}; not written by this tool?"
+                )
+            rows = [{k: r.get(k, OPTIONAL_COLUMNS.get(k, "")) for k in COLUMNS} for r in reader]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        temporary = self.csv_path.with_name(self.csv_path.name + ".upgrade")
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+        os.replace(temporary, self.csv_path)
 
     def append_support(self, record: dict[str, Any]) -> None:
         _append_durably(self.supports_path, json.dumps(record, sort_keys=True) + "\n")
@@ -140,7 +191,8 @@ def _append_durably(path: Path, text: str) -> None:
 
 def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
     """Rows of every ``episodes.csv`` under the given folders, merged; duplicates (same episode
-    id, e.g. a shard run twice) keep the first occurrence."""
+    id, e.g. a shard run twice) keep the first occurrence. Column ``source`` names the folder of
+    each row's file; identity columns an older file lacks read ``unknown``."""
     frames = []
     for folder in folders:
         folder = Path(folder)
@@ -151,9 +203,14 @@ def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
             if path.stat().st_size == 0:  # a rank or shard that has not written a row yet
                 continue
             try:
-                frames.append(pd.read_csv(path, dtype={"reason": str}, keep_default_na=False))
+                frame = pd.read_csv(path, dtype=_TEXT_COLUMNS, keep_default_na=False)
             except (pd.errors.ParserError, UnicodeDecodeError) as exc:
                 raise UserError(f"cannot read episode rows {path}: {exc}") from None
+            for column, default in OPTIONAL_COLUMNS.items():
+                if column not in frame.columns:
+                    frame[column] = default
+            frame["source"] = str(path.parent)
+            frames.append(frame)
     if not frames:
         raise UserError(f"no {EPISODES_FILE} found under {', '.join(map(str, folders))}")
     rows = pd.concat(frames, ignore_index=True)
@@ -164,6 +221,47 @@ def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
         rows[column] = pd.to_numeric(rows[column], errors="coerce")
     rows = rows.drop_duplicates(subset="episode_id", keep="first")
     return rows.reset_index(drop=True)
+
+
+#: Columns read as text whatever they hold (a digest of digits only must not become a number).
+_TEXT_COLUMNS = {c: str for c in ("reason", *IDENTITY_COLUMNS, "notes")}
+
+
+def identity_values(rows: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """For each identity column, its distinct values (first-seen order) and the folders of the
+    rows holding each value."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for column in IDENTITY_COLUMNS:
+        values: dict[str, list[str]] = {}
+        for value, source in zip(rows[column], rows["source"], strict=True):
+            sources = values.setdefault(str(value), [])
+            if source not in sources:
+                sources.append(source)
+        out[column] = values
+    return out
+
+
+def check_identity(rows: pd.DataFrame, allow_mixed: bool, context: str) -> dict[str, list[str]]:
+    """Refuse rows that disagree on an identity column unless ``allow_mixed``.
+
+    Returns the mixed columns with their distinct values (empty when the rows agree). The error
+    names the column, two of its values and the folders holding them; ``context`` starts the
+    message (e.g. ``"report --from"``).
+    """
+    mixed: dict[str, list[str]] = {}
+    for column, values in identity_values(rows).items():
+        if len(values) < 2:
+            continue
+        mixed[column] = list(values)
+        if not allow_mixed:
+            (first, here), (second, there) = list(values.items())[:2]
+            raise UserError(
+                f"{context}: rows differ in {IDENTITY_NAMES[column]}: {first} "
+                f"({', '.join(here)}) vs {second} ({', '.join(there)}); they were not produced on "
+                "the same data/weights/protocol, so they cannot be merged; pass --allow-mixed to "
+                "merge them anyway (the tables then say so)"
+            )
+    return mixed
 
 
 def read_supports(folders: Iterable[Path]) -> list[dict[str, Any]]:

@@ -102,13 +102,13 @@ def test_default_taps_scale_with_depth() -> None:
 
 
 def test_default_spec(monkeypatch, tmp_path) -> None:
-    assert DEFAULT_BACKBONE.name == "semclip-vit-s16"
-    assert default_backbone_spec().name == "semclip-vit-s16"
-    missing = tmp_path / "semclip-vit-s16.pt"
+    assert DEFAULT_BACKBONE.name == "semclip-vit-m16"
+    assert default_backbone_spec().name == "semclip-vit-m16"
+    missing = tmp_path / "semclip-vit-m16.pt"
     monkeypatch.setattr(backbones_pkg, "DEFAULT_WEIGHTS", missing)
-    assert default_backbone_spec() == BackboneSpec("semclip-vit-s16", None)
+    assert default_backbone_spec() == BackboneSpec("semclip-vit-m16", None)
     missing.write_bytes(b"weights")
-    assert default_backbone_spec() == BackboneSpec("semclip-vit-s16", str(missing))
+    assert default_backbone_spec() == BackboneSpec("semclip-vit-m16", str(missing))
 
 
 def test_key_follows_file_content(tmp_path) -> None:

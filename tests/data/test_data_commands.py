@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_synth_writes_dataset_and_preview(tmp_path: Path, capsys: pytest.Capture
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"wrote 7 images to {out_dir}" in printed and "images/s" in printed
+    recorded = json.loads((out_dir / "synth.json").read_text())["content_digest"]
+    assert f"content digest {recorded}" in printed
     assert f"wrote preview sheet to {preview}" in printed and preview.is_file()
     dataset = load_dataset(out_dir)
     assert dataset.categories() == ["contact_array"]

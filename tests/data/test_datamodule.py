@@ -153,4 +153,5 @@ def test_zero_shot_episode_has_empty_support_loader(handmade: Callable[..., Path
     dataset = load_dataset(handmade())
     module = EpisodeDataModule(make_episode(dataset, "cat_a", 0, seed=0), 8, MEAN, STD)
     assert list(module.train_dataloader()) == [] and list(module.support_dataloader()) == []
-    assert sum(len(b["path"]) for b in module.query_dataloader()) == 8
+    # 3 good + 3 bridge + 2 particle test images minus one pooled image per defect type
+    assert sum(len(b["path"]) for b in module.query_dataloader()) == 6

@@ -12,11 +12,13 @@ import pytest
 
 from semclip_bench import __version__
 from semclip_bench.data.synth import (
+    CHECKSUMS_NAME,
     FAMILIES,
-    GENERATOR_VERSION,
     MANIFEST_NAME,
     SynthConfig,
+    content_digest,
     generate,
+    generator_identity,
     render_image,
     write_preview,
 )
@@ -54,8 +56,18 @@ def test_generate_writes_mvtec_layout(tmp_path: Path) -> None:
         assert not (root / category / "ground_truth" / "good").exists()
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     assert manifest["version"] == __version__
-    assert manifest["generator_version"] == GENERATOR_VERSION
+    assert manifest["identity"] == generator_identity()
     assert SynthConfig.from_dict(manifest["config"]) == TINY
+    # The content digest covers exactly the images and masks written, by their bytes.
+    files = {
+        rel: sha
+        for rel, sha in _digest(root).items()
+        if rel not in (MANIFEST_NAME, CHECKSUMS_NAME, "synth_meta.jsonl")
+    }
+    assert len(files) == manifest["n_files"] == report.n_images + 3 * 6 * 2
+    assert manifest["content_digest"] == report.content_digest == content_digest(files.items())
+    listed = (root / CHECKSUMS_NAME).read_text().splitlines()
+    assert listed == [f"{sha}  {rel}" for rel, sha in sorted(files.items())]
     # synth.json is written last: nothing in the folder is newer.
     newest = max(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file())
     assert (root / MANIFEST_NAME).stat().st_mtime_ns == newest
@@ -84,10 +96,11 @@ def test_generation_is_deterministic_and_worker_independent(tmp_path: Path) -> N
         n_per_defect=1,
         categories=("line_space", "metal_cmp"),
     )
-    generate(tmp_path / "a", config)
-    generate(tmp_path / "b", config, workers=2)
+    one = generate(tmp_path / "a", config)
+    two = generate(tmp_path / "b", config, workers=2)
     a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
-    assert a == b and len(a) == 2 * (2 + 1 + 6 * 2) + 2
+    assert a == b and len(a) == 2 * (2 + 1 + 6 * 2) + 3
+    assert one.content_digest == two.content_digest
 
 
 def test_non_empty_output_needs_overwrite(tmp_path: Path) -> None:
@@ -214,3 +227,51 @@ def test_bad_options_are_user_errors() -> None:
         render_image(TINY, "line_space", "test", "crack", 0)
     with pytest.raises(UserError, match="unknown option"):
         SynthConfig.from_dict({"sead": 1})
+
+
+#: sha256 of the raw pixels (image bytes, then mask bytes) of image 0 of every class of every
+#: family at 64 px, seed 0 (see the test below).
+PINNED_PIXELS = {
+    "line_space/good": "13431d00977b0380",
+    "line_space/bridge": "ee3538072bcc5aa7",
+    "line_space/copper_residue": "f3294f30279ec821",
+    "line_space/hole": "89d66a32dfea4652",
+    "line_space/infilm": "d93aa3c8f88bfe54",
+    "line_space/particle": "b258fadf656f29e2",
+    "line_space/scratch": "1b135826ba51b08d",
+    "contact_array/good": "05d8b1113392fb51",
+    "contact_array/bridge": "b761a62f1c7b3108",
+    "contact_array/copper_residue": "be690666eec2dbb2",
+    "contact_array/hole": "366eb3cba6f872df",
+    "contact_array/infilm": "f63878375789768f",
+    "contact_array/particle": "651c204b7bdf612e",
+    "contact_array/scratch": "3a6aee8656c6633b",
+    "metal_cmp/good": "61ce60731ef6daa5",
+    "metal_cmp/bridge": "e12d066bfbbe958d",
+    "metal_cmp/copper_residue": "9f84b44a12627398",
+    "metal_cmp/hole": "0da55d74c87af59c",
+    "metal_cmp/infilm": "033e5ebdd72ef6cb",
+    "metal_cmp/particle": "edae2e6d165ac519",
+    "metal_cmp/scratch": "a1b30aaf51a4af1b",
+}
+
+
+def test_pixels_are_pinned() -> None:
+    """Fails on ANY change of what the generator draws, so that none goes unnoticed.
+
+    Cached datasets are keyed by the generator's source code, so a change is never served from an
+    old cache; but an *unintended* change (a refactor that moves a random draw) would still
+    silently change every benchmark number. If the change is intended, update the hashes below in
+    the same commit and say so in its message (tables made before it are no longer comparable).
+    Raw pixel arrays are hashed, not PNG files, so a different PNG encoder does not matter.
+    """
+    config = SynthConfig(image_size=64, n_train_good=1, n_test_good=1, n_per_defect=1)
+    found = {}
+    for category in config.categories:
+        for label in ("good", *config.defect_types):
+            result = render_image(config, category, "test", label, 0)
+            digest = hashlib.sha256(result.image.tobytes())
+            if result.mask is not None:
+                digest.update(result.mask.tobytes())
+            found[f"{category}/{label}"] = digest.hexdigest()[:16]
+    assert found == PINNED_PIXELS

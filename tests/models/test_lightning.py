@@ -1,10 +1,12 @@
-"""fit_method: seeded Lightning training of a method's head, with an epoch count and a step cap."""
+"""fit_method: seeded Lightning training of a method's head under the per-image budget rule."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
+from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.lightning import TrainingConfig, fit_method
 
@@ -52,10 +54,60 @@ def test_epochs_without_cap_run_every_batch() -> None:
     assert method.steps == 6  # 3 epochs x 2 batches
 
 
-def test_max_steps_caps_training() -> None:
+@pytest.mark.parametrize("n", [3, 20])
+def test_full_batch_gives_one_step_per_epoch_whatever_k(n: int) -> None:
+    """The budget rule: batch_size None = the whole support set, so E epochs = E steps and every
+    support image is seen E times, for a small and a large support set alike."""
     method = _Counting()
-    fit_method(method, _support(8), TrainingConfig(epochs=50, max_steps=5, batch_size=4), seed=0)
-    assert method.steps == 5
+    seen: list[int] = []
+    original = method.training_loss
+
+    def counting_loss(features, labels, masks):
+        seen.append(len(labels))
+        return original(features, labels, masks)
+
+    method.training_loss = counting_loss  # type: ignore[method-assign]
+    config = TrainingConfig(epochs=5)
+    assert config.batch_size is None and config.steps_per_epoch(n) == 1
+    fit_method(method, _support(n), config, seed=0)
+    assert method.steps == 5 and seen == [n] * 5
+
+
+def test_fixed_batch_size_steps_grow_with_the_support_set() -> None:
+    config = TrainingConfig(epochs=2, batch_size=4)
+    assert [config.steps_per_epoch(n) for n in (0, 3, 4, 9)] == [0, 1, 1, 3]
+    method = _Counting()
+    fit_method(method, _support(9), config, seed=0)
+    assert method.steps == 6  # 2 epochs x 3 batches (4, 4, 1)
+
+
+def test_loss_history_has_one_mean_per_epoch() -> None:
+    method = _Counting()
+    module = fit_method(method, _support(8), TrainingConfig(epochs=4, batch_size=4, lr=0.1))
+    assert len(module.loss_history) == 4 and module.history["loss"] is module.loss_history
+    assert module.loss_history[-1] < module.loss_history[0]
+    assert fit_method(_Counting(), _support(8), TrainingConfig(epochs=0)).loss_history == []
+
+
+def test_epoch_loss_is_the_mean_over_images_not_over_batches() -> None:
+    # With a negligible lr the weights stay ~0, so each image's loss is label^2: the epoch mean
+    # over 7 images (labels 0,1,0,1,0,1,0) is 3/7 whatever the uneven batches (3, 3, 1) hold.
+    module = fit_method(_Counting(), _support(7), TrainingConfig(epochs=2, batch_size=3, lr=1e-12))
+    assert module.loss_history == pytest.approx([3 / 7, 3 / 7], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"epochs": -1}, {"epochs": 2.5}, {"batch_size": 0}, {"lr": 0}, {"lr": "fast"}, {"betas": [1]}],
+)
+def test_bad_training_values_are_user_errors(bad: dict) -> None:
+    with pytest.raises(UserError, match="training option"):
+        TrainingConfig(**bad)
+
+
+def test_yaml_strings_and_lists_are_normalised() -> None:
+    config = TrainingConfig(lr="1e-3", betas=[0.5, 0.999])  # PyYAML reads 1e-3 as a string
+    assert config.lr == 1e-3 and config.betas == (0.5, 0.999)
 
 
 def test_training_is_seeded() -> None:

@@ -194,6 +194,51 @@ def test_clip_extract_is_aggregated_concatenated_tokens(backbone) -> None:
     assert method.mean == tuple(backbone.mean) and method.image_size == backbone.image_size
 
 
+@pytest.mark.parametrize(
+    ("norm", "project"), [("ln", False), ("ln_post", False), ("ln_post", True), ("ln", True)]
+)
+def test_clip_feature_space_options(backbone, norm: str, project: bool) -> None:
+    """clip_norm / clip_project act per tap before the 3x3 aggregation and the concatenation."""
+    method = PatchCore(backbone, CLASSES, taps=(1, 3), clip_norm=norm, clip_project=project)
+    images = _images(backbone.image_size, 2, 0)
+    feats = method.extract(images)
+    gh, gw = backbone.grid_size
+    visual = backbone.model.visual
+    dim = backbone.embed_dim if project else backbone.width
+    assert feats["patch"].shape == (2, gh * gw, 2 * dim)
+    parts = []
+    for p in backbone.forward_features(images, taps=(1, 3)).patches:
+        p = F.layer_norm(p, (backbone.width,)) if norm == "ln" else visual.ln_post(p)
+        if project:
+            p = p @ visual.proj
+        grid = p.transpose(1, 2).reshape(2, dim, gh, gw)
+        parts.append(F.avg_pool2d(grid, 3, stride=1, padding=1).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(feats["patch"], torch.cat(parts, dim=2), rtol=1e-4, atol=1e-5)
+    if norm == "ln" and not project:  # LayerNorm: zero mean over the channels of every token
+        tokens = backbone.forward_features(images, taps=(1,)).patches[0]
+        normed = method._clip_space(tokens)
+        torch.testing.assert_close(normed.mean(-1), torch.zeros(2, gh * gw), atol=1e-5, rtol=0)
+    if norm == "ln_post" and project:  # exactly the joint space of the CLIP methods
+        tokens = backbone.forward_features(images, taps=(3,)).patches[0]
+        torch.testing.assert_close(method._clip_space(tokens), backbone.project_tokens(tokens))
+
+
+def test_clip_feature_variant_configs(backbone) -> None:
+    from semclip_bench.runner.config import load_variant
+
+    spaces = {}
+    for name in ("patchcore", "patchcore_ln", "patchcore_ln_post", "patchcore_projected"):
+        variant = load_variant(name)
+        assert variant.method == "patchcore"
+        method = PatchCore(backbone, CLASSES, **variant.options)
+        spaces[name] = (method.clip_norm, method.clip_project, method.feature_key())
+    assert spaces["patchcore"][:2] == ("none", False)  # default unchanged until validated
+    assert spaces["patchcore_ln"][:2] == ("ln", False)
+    assert spaces["patchcore_ln_post"][:2] == ("ln_post", False)
+    assert spaces["patchcore_projected"][:2] == ("ln_post", True)
+    assert len({key for *_, key in spaces.values()}) == 4  # each its own feature cache entry
+
+
 def test_feature_key_names_backbone_and_taps(backbone) -> None:
     key = PatchCore(backbone, CLASSES).feature_key()
     assert backbone.spec.key() in key and "taps=2,3" in key
@@ -267,6 +312,8 @@ def test_user_errors(backbone) -> None:
         PatchCore(backbone, CLASSES, taps=(0, 99))
     with pytest.raises(UserError, match="backbone"):
         PatchCore(None, CLASSES)
+    with pytest.raises(UserError, match="clip_norm"):
+        PatchCore(backbone, CLASSES, clip_norm="batchnorm")
     method = PatchCore(backbone, CLASSES)
     with pytest.raises(UserError, match="normal support"):
         method.setup_support(_support(method, _images(backbone.image_size, 1, 0), [1]))

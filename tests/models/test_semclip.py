@@ -295,13 +295,14 @@ def test_setup_support_standardises_inputs_and_centres_text(
     z = (y - method.token_mean[:, None]) / method.token_std[:, None]
     assert torch.allclose(z.mean(dim=(0, 2)), torch.zeros_like(method.token_mean), atol=1e-4)
     assert torch.allclose(z.std(dim=(0, 2)), torch.ones_like(method.token_std), atol=1e-3)
-    # Text centring removes the class-common part of the prompt embeddings.
+    # Published form: the text vectors are used as they are.
     raw = method.text_embeddings
+    assert not method.text_centering and torch.allclose(method._text(), raw)
+    # Text centring (the project's addition) removes the class-common part.
+    centring = make(backbone, text_centering=True)
+    centring.setup_support(support)
     centred = torch.nn.functional.normalize(raw - raw.mean(0), dim=-1)
-    assert torch.allclose(method._text(), centred)
-    plain = make(backbone, text_centering=False)
-    plain.setup_support(support)
-    assert torch.allclose(plain._text(), raw)
+    assert torch.allclose(centring._text(), centred)
     # Grid targets: "any" marks every patch touched by the mask, "area" uses the fraction.
     area = make(backbone, grid_target="area")
     area.setup_support(support)
@@ -330,7 +331,7 @@ def test_no_text_guidance_removes_transforms_and_text_logits(
 
 
 def test_projection_init_starts_at_the_frozen_projection(backbone, images) -> None:
-    guided = make(backbone)
+    guided = make(backbone, transform_init="projection")
     frozen = make(backbone, text_guidance=False)
     feats = guided.extract(images)
     x = feats["patches"]
@@ -340,8 +341,51 @@ def test_projection_init_starts_at_the_frozen_projection(backbone, images) -> No
     )
     w, b, _eps = folded_projection(backbone)
     assert w.shape == (backbone.embed_dim, backbone.width) and b.shape == (backbone.embed_dim,)
-    random_init = make(backbone, transform_init="random")
+    random_init = make(backbone)  # the published form's default
+    assert random_init.transform_init == "random" and not random_init.transforms.has_base
     assert not torch.allclose(random_init.transforms(x), backbone.project_tokens(x))
+
+
+def test_published_form_and_semclip_plus_configs() -> None:
+    """semclip.yaml = the constructor defaults (published form, no additions); semclip_plus.yaml
+    = the same with exactly the two additions switched on, same training budget."""
+    import inspect
+
+    from semclip_bench.runner.config import load_variant
+
+    published, plus = load_variant("semclip"), load_variant("semclip_plus")
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(SemClip.__init__).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert published.options == {k: defaults[k] for k in published.options}
+    assert published.options["text_centering"] is False
+    assert published.options["transform_init"] == "random"
+    changed = {k for k in plus.options if plus.options[k] != published.options.get(k)}
+    assert changed == {"text_centering", "transform_init"}
+    assert plus.options["text_centering"] is True
+    assert plus.options["transform_init"] == "projection"
+    assert plus.method == "semclip" and plus.training == published.training
+
+
+def test_zero_shot_switches_off_untrained_random_transforms(
+    backbone, images, labels, masks
+) -> None:
+    method = make(backbone)  # random init
+    frozen = make(backbone, text_guidance=False)
+    feats = method.extract(images)
+    empty = SupportSet({}, torch.zeros(0, dtype=torch.long), torch.zeros(0, 64, 64), CLASSES, "c")
+    method.setup_support(empty)
+    assert not bool(method.transform_active)
+    assert torch.allclose(
+        method.class_probabilities(feats), frozen.class_probabilities(feats), atol=1e-5
+    )
+    method.setup_support(support_of(method, images, labels, masks))
+    assert bool(method.transform_active)
+    assert not torch.allclose(
+        method.class_probabilities(feats), frozen.class_probabilities(feats), atol=1e-3
+    )
 
 
 def test_generic_prompts_change_only_the_text_embeddings(backbone, images) -> None:

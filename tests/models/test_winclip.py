@@ -150,15 +150,22 @@ def test_extract_shapes_and_feature_key(backbone, method) -> None:
     feats = method.extract(_images(backbone, 2, 0))
     d = backbone.embed_dim
     assert feats["cls"].shape == (2, d)
-    assert feats["patch"].shape == (2, gh * gw, d)
+    # Reference default: the patch memory lives in the ln_post token space (width dims).
+    assert method.patch_space == "ln_post"
+    assert feats["patch"].shape == (2, gh * gw, backbone.width)
     assert feats["win2"].shape == (2, (gh - 1) * (gw - 1), d)
     assert feats["win3"].shape == (2, (gh - 2) * (gw - 2), d)
     key = method.feature_key()
     assert backbone.spec.key() in key and "win2-3" in key
     assert WinClip(backbone, CLASSES, window_sizes=(2,)).feature_key() != key
-    raw = WinClip(backbone, CLASSES, patch_space="ln_post").extract(_images(backbone, 2, 0))
-    assert raw["patch"].shape == (2, gh * gw, backbone.width)
-    assert raw["patch"].shape[-1] != d or not torch.allclose(raw["patch"], feats["patch"])
+    projected = WinClip(backbone, CLASSES, patch_space="projected")
+    proj = projected.extract(_images(backbone, 2, 0))
+    assert proj["patch"].shape == (2, gh * gw, d)
+    assert projected.feature_key() != key
+    tokens = backbone.forward_features(_images(backbone, 2, 0), taps=(backbone.num_blocks,))
+    raw = tokens.patches[-1]
+    torch.testing.assert_close(feats["patch"], backbone.model.visual.ln_post(raw).float())
+    torch.testing.assert_close(proj["patch"], backbone.project_tokens(raw).float())
 
 
 def test_window_embeddings_are_the_reencoded_subsets(backbone, method) -> None:
@@ -228,11 +235,16 @@ def test_few_shot_query_equal_to_support_has_zero_few_shot_map(backbone, method)
     out = method.predict(feats)
     fused_img = (parts["zero_shot_image"] + parts["few_shot_map"].flatten(1).amax(1)) / 2
     torch.testing.assert_close(out.image_score, fused_img)
-    # Map = (zero-shot + few-shot) / 2, bilinear to the input size, Gaussian sigma 4.
+    # Map = (zero-shot + few-shot) / 2, bilinear to the input size; sigma 0 (reference): no blur.
     fused_map = (parts["zero_shot_map"] + parts["few_shot_map"]) / 2
     up = F.interpolate(fused_map[:, None], size=out.anomaly_map.shape[-2:], mode="bilinear")
-    torch.testing.assert_close(out.anomaly_map, gaussian_blur(up[:, 0], 4.0))
-    assert not torch.allclose(out.anomaly_map, up[:, 0])
+    assert method.sigma == 0.0
+    torch.testing.assert_close(out.anomaly_map, up[:, 0])
+    smoothed = WinClip(backbone, CLASSES, sigma=4.0)
+    smoothed.setup_support(_support(smoothed, support_images, [0, 0, 1]))
+    blurred = smoothed.predict(feats).anomaly_map
+    torch.testing.assert_close(blurred, gaussian_blur(up[:, 0], 4.0))
+    assert not torch.allclose(blurred, up[:, 0])
 
 
 def test_no_hooks_left_registered(backbone, method) -> None:
@@ -247,3 +259,40 @@ def test_object_name_resolution(backbone, method) -> None:
     assert WinClip(backbone, CLASSES, object_name="wafer").resolve_object_name("x") == "wafer"
     with pytest.raises(UserError):
         WinClip(backbone, CLASSES, temperature=0.0)
+
+
+def test_prompt_average_raw_vs_normalized(backbone, method) -> None:
+    """Reference ("raw"): mean of the raw prompt embeddings, normalised once; "normalized":
+    normalise each prompt embedding first (CLIP's ensemble recipe). Different vectors."""
+    cfg = load_prompt_config()
+    name = "wafer"
+    groups = [compose_prompts(cfg[k], cfg["templates"], name) for k in ("normal_states",
+              "anomalous_states")]  # fmt: skip
+    raw_emb = [backbone.encode_text(g, normalize=False).float() for g in groups]
+    expected_raw = torch.stack([F.normalize(e.mean(0), dim=-1) for e in raw_emb])
+    expected_norm = torch.stack(
+        [F.normalize(F.normalize(e, dim=-1).mean(0), dim=-1) for e in raw_emb]
+    )
+    assert method.prompt_average == "raw"
+    torch.testing.assert_close(method.build_text_embeddings(name), expected_raw)
+    normalized = WinClip(backbone, CLASSES, prompt_average="normalized")
+    torch.testing.assert_close(normalized.build_text_embeddings(name), expected_norm)
+    assert not torch.allclose(expected_raw, expected_norm, atol=1e-4)
+    with pytest.raises(UserError, match="prompt_average"):
+        WinClip(backbone, CLASSES, prompt_average="median")
+
+
+def test_reference_config_and_projected_variant(backbone) -> None:
+    from semclip_bench.runner.config import load_variant
+
+    reference = WinClip(backbone, CLASSES, **load_variant("winclip").options)
+    assert (reference.patch_space, reference.sigma, reference.prompt_average) == (
+        "ln_post",
+        0.0,
+        "raw",
+    )
+    variant = load_variant("winclip_projected")
+    assert variant.method == "winclip" and variant.label == "winclip_projected"
+    old = WinClip(backbone, CLASSES, **variant.options)
+    assert (old.patch_space, old.sigma, old.prompt_average) == ("projected", 4.0, "normalized")
+    assert old.window_sizes == reference.window_sizes  # everything else inherited

@@ -41,3 +41,11 @@ def test_shipped_default_weights_match_digest_and_load_offline(monkeypatch) -> N
         assert torch.equal(own[key], value.to(own[key].dtype)), key
     x = torch.zeros(1, 3, backbone.image_size, backbone.image_size)
     assert torch.isfinite(backbone.encode_image(x)).all()
+
+
+def test_pretrain_command_defaults_to_the_default_architecture() -> None:
+    from semclip_bench.pretrain.commands import DEFAULT_ARCH
+    from semclip_bench.pretrain.module import PretrainConfig
+    from semclip_bench.pretrain.train import PretrainOptions
+
+    assert DEFAULT_ARCH == bb.DEFAULT_MODEL == PretrainConfig().arch == PretrainOptions().arch

@@ -13,9 +13,16 @@ import torch
 
 from semclip_bench.backbones import BackboneSpec, build_backbone
 from semclip_bench.cli import main
-from semclip_bench.data.synth import SynthConfig
+from semclip_bench.models.base import SupportSet
 from semclip_bench.pretrain.data import SynthCaptionStream, normalise_batch
-from semclip_bench.pretrain.evaluate import retrieval_accuracy, zero_shot_auroc
+from semclip_bench.pretrain.evaluate import (
+    bank_scores,
+    render_test_split,
+    retrieval_accuracy,
+    validation_config,
+    zero_shot_auroc,
+    zero_shot_banks,
+)
 from semclip_bench.pretrain.export import export_checkpoint, read_sha256_file, sha256_file
 from semclip_bench.pretrain.module import ClipPretrainModule, PretrainConfig, lr_factor
 
@@ -91,17 +98,44 @@ def test_export_loads_through_backbone_and_reproduces_encode_image(
 
 def test_evaluation_functions_on_a_tiny_split() -> None:
     backbone = build_backbone(BackboneSpec(ARCH, None))
-    config = SynthConfig(
+    config = validation_config(
         image_size=64, categories=("line_space",), n_train_good=0, n_test_good=3, n_per_defect=2
     )
-    zs = zero_shot_auroc(backbone, config)
-    assert zs["n_images"] == 3 + 6 * 2
-    assert set(zs["per_type"]) == set(config.defect_types)
-    for value in (*zs["per_type"].values(), zs["seen"], zs["unseen"]):
-        assert 0.0 <= value <= 1.0
+    assert config.seed == 1  # the validation split, never the benchmark's test seed 0
+    rendered = render_test_split(config)
+    banks = zero_shot_banks(backbone, config, rendered=rendered)
+    assert list(banks) == ["expert", "generic", "winclip"]
+    for zs in banks.values():
+        assert zs["n_images"] == 3 + 6 * 2
+        assert set(zs["per_type"]) == set(config.defect_types)
+        for value in (*zs["per_type"].values(), zs["seen"], zs["unseen"]):
+            assert 0.0 <= value <= 1.0
+    one = zero_shot_auroc(backbone, config, "generic", rendered=rendered)
+    assert one == banks["generic"]
+    # the three banks score differently (different texts, WinCLIP a two-way softmax)
+    img = torch.nn.functional.normalize(backbone.encode_image(torch.zeros(1, 3, 64, 64)), dim=-1)
+    scores = {b: bank_scores(backbone, img, rendered[:1], config, b)[0] for b in banks}
+    assert len({round(float(v), 6) for v in scores.values()}) == 3, scores
     ret = retrieval_accuracy(backbone, 10, group=5, render_size=64)
     assert ret["n_pairs"] == 10 and ret["chance"] == pytest.approx(0.2)
     assert 0.0 <= ret["image_to_text_top1"] <= 1.0
+
+
+def test_winclip_bank_score_is_the_methods_two_way_softmax() -> None:
+    from semclip_bench.models.winclip import WinClip
+
+    backbone = build_backbone(BackboneSpec(ARCH, None))
+    config = validation_config(image_size=64, categories=("contact_array",))
+    img = torch.nn.functional.normalize(torch.randn(4, backbone.embed_dim), dim=-1)
+    rendered = [("contact_array", "good", None)] * 4
+    got = bank_scores(backbone, img, rendered, config, "winclip")
+    classes = ("good", *config.defect_types)
+    method = WinClip(backbone, classes)
+    empty = torch.zeros(0)
+    method.setup_support(SupportSet({}, empty.long(), empty, classes, "contact_array"))
+    assert method.prompt_object == "contact hole array on a wafer"
+    expected = method._zero_shot_score(img)
+    assert np.allclose(got, expected.numpy(), atol=1e-6)
 
 
 def test_cli_pretrain_on_captions_csv(tmp_path: Path) -> None:
@@ -157,10 +191,39 @@ def test_cli_evaluate_a_checkpoint(tmp_path: Path, capsys) -> None:
     assert code == 0
     result = json.loads(out.read_text())
     assert set(result) == {"pretrained", "random_init", "protocol"}
-    assert result["pretrained"]["zero_shot"]["n_images"] == 3 * (2 + 6)
-    assert set(result["pretrained"]["zero_shot"]["per_type"]) >= {"scratch", "infilm"}
+    assert result["protocol"]["zero_shot_config"]["seed"] == 1
+    zero_shot = result["pretrained"]["zero_shot"]
+    assert list(zero_shot) == ["expert", "generic", "winclip"]
+    assert zero_shot["winclip"]["n_images"] == 3 * (2 + 6)
+    assert set(zero_shot["expert"]["per_type"]) >= {"scratch", "infilm"}
     assert main(["pretrain", "evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+    assert main(["pretrain", "evaluate", "--checkpoint", str(path), "--banks", "expert,nope"]) == 2
+    assert "--banks" in capsys.readouterr().err
+
+
+def test_cli_evaluate_updates_the_runs_card(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(
+        ["pretrain", "--data", "sem-synth", "--arch", ARCH, "--out", str(run), "--steps", "1",
+         "--batch-size", "4", "--workers", "0", "--render-size", "64", "--no-eval",
+         "--accelerator", "cpu"]
+    ) == 0  # fmt: skip
+    assert "| seen types (mean) |" not in (run / "MODEL_CARD.md").read_text()
+    args = ["pretrain", "evaluate", "--arch", ARCH, "--device", "cpu", "--n-test-good", "2",
+            "--n-per-defect", "1", "--render-size", "64", "--retrieval-images", "4",
+            "--no-baseline", "--update-card", str(run)]  # fmt: skip
+    other = export_checkpoint(ClipPretrainModule(PretrainConfig(arch=ARCH)).model, tmp_path, ARCH)
+    assert main([*args, "--checkpoint", str(other)]) == 2  # not this run's file
+    assert "sha256" in capsys.readouterr().err
+    ckpt = run / f"{ARCH}.pt"
+    assert main([*args, "--checkpoint", str(ckpt), "--note", "brought back in 2 parts"]) == 0
+    summary = json.loads((run / "pretrain_summary.json").read_text())
+    assert summary["sha256_verified"] is True
+    assert set(summary["evaluation"]) == {"pretrained", "protocol"}
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "| seen types (mean) |" in card and "pretrained / winclip" in card
+    assert "brought back in 2 parts" in card and "validation split" in card
 
 
 def test_cli_profile_data_measures_the_loader(tmp_path: Path, capsys) -> None:
@@ -174,31 +237,46 @@ def test_cli_profile_data_measures_the_loader(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "p").exists()
 
 
-def test_model_card_reports_seen_unseen_and_baseline(tmp_path: Path) -> None:
+def test_model_card_reports_banks_seen_unseen_and_baseline(tmp_path: Path) -> None:
     from semclip_bench.pretrain.card import write_model_card
 
-    def result(seen: float) -> dict:
+    def bank(seen: float) -> dict:
         per_type = {t: seen for t in ("bridge", "copper_residue", "hole", "particle")}
         per_type.update(scratch=0.55, infilm=0.56)
+        return {"per_type": per_type, "seen": seen, "unseen": 0.555, "all": 0.6}
+
+    def result(seen: float) -> dict:
         return {
-            "zero_shot": {"per_type": per_type, "seen": seen, "unseen": 0.555, "all": 0.6},
+            "zero_shot": {"expert": bank(seen), "generic": bank(seen - 0.1),
+                          "winclip": bank(seen + 0.1)},
             "retrieval": {"image_to_text_top1": 0.3, "text_to_image_top1": 0.25,
                           "n_pairs": 1000, "group": 100, "chance": 0.01},
         }  # fmt: skip
 
     summary = {
-        "arch": "semclip-vit-s16", "checkpoint": "/x/semclip-vit-s16.pt", "sha256": "ab" * 32,
-        "file_bytes": 21_660_863, "parameters": 10_796_449, "steps": 6000,
-        "images_seen": 3_072_000, "batch_size": 512, "global_batch_size": 512,
-        "wall_seconds": 660.0, "warmup_steps": 300, "device": "1 x NVIDIA H200",
+        "arch": "semclip-vit-m16", "checkpoint": "semclip-vit-m16.pt", "sha256": "ab" * 32,
+        "file_bytes": 24_289_075, "parameters": 12_109_537, "steps": 6000,
+        "images_seen": 3_072_000, "batch_size": 512, "global_batch_size": 1024,
+        "wall_seconds": 510.0, "warmup_steps": 300, "device": "2 x NVIDIA H200",
         "precision": "bf16-mixed", "final_loss": 1.23, "first_loss": 6.2,
         "options": {"data": "sem-synth", "synth_seed": 100000, "render_size": 256, "reuse": 4,
                     "augment": True, "lr": 8e-4, "weight_decay": 0.1, "warmup": 300, "seed": 0},
-        "command": ["python", "-m", "semclip_bench", "pretrain", "--max-minutes", "11"],
-        "evaluation": {"pretrained": result(0.81), "random_init": result(0.49)},
+        "command": ["python", "-m", "semclip_bench", "pretrain", "--max-minutes", "8.5"],
+        "evaluation": {"pretrained": result(0.81), "random_init": result(0.49),
+                       "protocol": {"zero_shot_data": "sem-synth validation split, "
+                                    "SynthConfig(seed=1)", "retrieval_seed": 900000}},
+        "notes": ["split into 3 parts on the device"],
     }  # fmt: skip
     text = write_model_card(tmp_path / "MODEL_CARD.md", summary).read_text()
-    assert "| zero-shot iAUROC, seen types (mean) | 0.810 | 0.490 |" in text
-    assert "| zero-shot iAUROC, scratch (unseen) | 0.550 | 0.550 |" in text
-    assert "pretrain --max-minutes 11" in text
-    assert "100000" in text and "scratch, infilm" in text and "1 x NVIDIA H200" in text
+    header = (
+        "| zero-shot iAUROC | pretrained / expert | pretrained / generic | pretrained / winclip "
+        "| random_init / expert | random_init / generic | random_init / winclip |"
+    )
+    assert header in text
+    assert "| seen types (mean) | 0.810 | 0.710 | 0.910 | 0.490 | 0.390 | 0.590 |" in text
+    assert "| scratch (unseen) | 0.550 | 0.550 | 0.550 | 0.550 | 0.550 | 0.550 |" in text
+    assert "| image->text top-1 | 0.300 | 0.300 |" in text
+    assert "pretrain --max-minutes 8.5" in text and "split into 3 parts" in text
+    assert "100000" in text and "scratch, infilm" in text and "2 x NVIDIA H200" in text
+    assert "vision ViT 12 blocks x width 240" in text and "SynthConfig(seed=1)" in text
+    assert "'jpeg'" in text and "Example captions" in text

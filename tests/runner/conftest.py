@@ -10,6 +10,14 @@ import yaml
 from semclip_bench.data.synth import SynthConfig, generate
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "verify_results: reruns committed results/sweep episodes (make verify-results; a few "
+        "minutes on 2 cores); deselect with -m 'not verify_results'",
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory):
     """Runs write stored features to $SEMCLIP_BENCH_CACHE: keep them out of the user's cache."""
@@ -29,7 +37,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image_size=64,
         n_train_good=4,
         n_test_good=4,
-        n_per_defect=4,
+        n_per_defect=7,
     )
     generate(root, config)
     return root

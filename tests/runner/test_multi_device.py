@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,15 @@ def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: P
     one = read_rows([tmp_path / "one" / "sweep"])
     pd.testing.assert_frame_equal(_metrics(merged), _metrics(one))
     assert (tmp_path / "two" / "sweep.md").exists()  # rank 0 wrote the tables after the barrier
+    # Each rank records its own share of the work; the header describes the run once.
+    for r in (0, 1):
+        record = json.loads((folder / f"rank{r}" / "provenance.json").read_text())
+        assert (record["rank"], record["ranks"], record["shard"]) == (r, 2, "0/1")
+        assert record["work"] == f"units i with i % 2 == {r}"
+        assert record["episodes_assigned"] == 3 and record["episodes_written"] == 3
+    header = (tmp_path / "two" / "sweep.md").read_text().split("## Detection")[0]
+    assert "2 ranks (`--devices 2`, shard 0/1)" in header and "2 x CPU" in header
+    assert "rank 0: 3, rank 1: 3" in header and "Part 2" not in header
     # Resume sees every rank's rows.
     assert EpisodeStore(folder / "rank0", scan=folder).done_ids() == set(one["episode_id"])
     again = _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2")

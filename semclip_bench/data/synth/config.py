@@ -7,11 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from semclip_bench.data.types import DEFECT_TYPES
+from semclip_bench.data.labels import DEFECT_TYPES
 from semclip_bench.errors import UserError
 
-#: Bumped whenever the same config would draw different pixels (dataset caches key on it).
-GENERATOR_VERSION = 1
+#: Data seed of each benchmark split of sem-synth (``--data sem-synth`` / ``sem-synth:val``).
+#: Disjoint from each other and from pretraining seeds (``>= 100000``, see
+#: :mod:`semclip_bench.pretrain.data`), so no image is shared. There is no generator version number:
+#: caches are keyed by the generator's source code (:mod:`semclip_bench.data.synth.identity`).
+DATA_SEEDS: dict[str, int] = {"test": 0, "val": 1}
 
 #: Pattern families the simulator can draw; each is one category of the dataset.
 FAMILIES: tuple[str, ...] = ("line_space", "contact_array", "metal_cmp")
@@ -24,15 +27,20 @@ class SynthConfig:
     Every length is given for a 256-pixel image and scaled with ``image_size`` so that a small
     test config looks like a down-sampled large one. Each image is a pure function of
     ``(seed, category, split, label, index)``; the other fields only change the ranges drawn from.
+
+    Default sizes (protocol v2, per category): 40 test images per defect type = a support pool of
+    P = 20 (the largest K) + 20 query images; 120 ``test/good`` = as many normal as defect query
+    images with the six types (a balanced query); 50 ``train/good``, enough for K = 20 with three
+    seeds drawing different supports. In all 3 x (50 + 120 + 6 x 40) = 1,230 images.
     """
 
     seed: int = 0
     categories: tuple[str, ...] = FAMILIES
     defect_types: tuple[str, ...] = DEFECT_TYPES
     image_size: int = 256
-    n_train_good: int = 60
-    n_test_good: int = 40
-    n_per_defect: int = 30
+    n_train_good: int = 50
+    n_test_good: int = 120
+    n_per_defect: int = 40
     bit_depth: int = 8
     #: Fraction of images that carry the tool's text data bar along the bottom.
     databar_fraction: float = 0.85

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +18,20 @@ import cv2
 import numpy as np
 
 from semclip_bench import __version__
-from semclip_bench.data.synth.config import GENERATOR_VERSION, SynthConfig
+from semclip_bench.data.labels import NORMAL_LABEL
+from semclip_bench.data.synth.config import SynthConfig
+from semclip_bench.data.synth.identity import checksum_lines, content_digest, generator_identity
 from semclip_bench.data.synth.render import SynthImage, render_image
-from semclip_bench.data.types import NORMAL_LABEL
 from semclip_bench.errors import UserError
 
 #: Written last: its presence marks a complete dataset folder.
 MANIFEST_NAME = "synth.json"
 #: One JSON line per image (parameters for captions), written just before the manifest.
 META_NAME = "synth_meta.jsonl"
+#: ``sha256sum`` list of every image and mask written (its sha256 is the content digest).
+CHECKSUMS_NAME = "synth_files.sha256"
+#: The bookkeeping files of a generated folder (everything else is an image or a mask).
+METADATA_NAMES: tuple[str, ...] = (MANIFEST_NAME, META_NAME, CHECKSUMS_NAME)
 
 Task = tuple[str, str, str, int]  # (category, split, label, index)
 
@@ -37,6 +44,8 @@ class GenerationReport:
     n_images: int
     seconds: float
     workers: int
+    #: sha256 over the sorted (relative path, sha256) of every image and mask written.
+    content_digest: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -64,25 +73,34 @@ def relative_paths(config: SynthConfig, task: Task) -> tuple[str, str | None]:
     return image, f"{category}/ground_truth/{label}/{stem}_mask.png"
 
 
-def _encode(path: Path, image: np.ndarray) -> None:
+def _encode(path: Path, image: np.ndarray) -> str:
+    """Write ``image`` in the format of ``path``'s suffix; returns the sha256 of the bytes."""
     ok, buf = cv2.imencode(path.suffix, image)
     if not ok:  # pragma: no cover - cv2 always encodes these dtypes
         raise OSError(f"could not encode {path}")
-    path.write_bytes(buf.tobytes())
+    data = buf.tobytes()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def _write_batch(root: str, config: SynthConfig, tasks: list[Task]) -> list[dict[str, Any]]:
-    """Render and write a batch of images; returns their meta records (for the JSONL file)."""
-    out = []
+Batch = tuple[list[dict[str, Any]], list[tuple[str, str]]]
+
+
+def _write_batch(root: str, config: SynthConfig, tasks: list[Task]) -> Batch:
+    """Render and write a batch of images: their meta records (for the JSONL file) and the
+    (relative path, sha256) of every file written."""
+    records: list[dict[str, Any]] = []
+    hashes: list[tuple[str, str]] = []
     for task in tasks:
         result = render_image(config, *task)
         image_rel, mask_rel = relative_paths(config, task)
-        _encode(Path(root) / image_rel, result.image)
+        hashes.append((image_rel, _encode(Path(root) / image_rel, result.image)))
         if mask_rel is not None:
             assert result.mask is not None
-            _encode(Path(root) / mask_rel, result.mask.astype(np.uint8) * 255)
-        out.append({"image": image_rel, "mask": mask_rel, **result.meta})
-    return out
+            mask = result.mask.astype(np.uint8) * 255
+            hashes.append((mask_rel, _encode(Path(root) / mask_rel, mask)))
+        records.append({"image": image_rel, "mask": mask_rel, **result.meta})
+    return records, hashes
 
 
 def _init_worker() -> None:
@@ -103,6 +121,9 @@ def generate(
 ) -> GenerationReport:
     """Write the dataset of ``config`` under ``root`` (MVTec AD layout); ``synth.json`` last.
 
+    ``synth.json`` records the config, the generator's identity (source digest, library versions)
+    and the content digest of the images and masks written (their list: ``synth_files.sha256``).
+
     Files are byte-identical whatever ``workers`` is. ``progress`` is called with the number of
     images finished since its previous call (like ``tqdm.update``). A non-empty ``root`` is an
     error unless ``overwrite``, which first removes ``synth.json`` and the configured category
@@ -117,8 +138,8 @@ def generate(
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise UserError(f"synth output folder {root} is not empty (use overwrite)")
-        (root / MANIFEST_NAME).unlink(missing_ok=True)
-        (root / META_NAME).unlink(missing_ok=True)
+        for name in METADATA_NAMES:
+            (root / name).unlink(missing_ok=True)
         for category in config.categories:
             if (root / category).is_dir():
                 shutil.rmtree(root / category)
@@ -131,9 +152,12 @@ def generate(
 
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
+    hashes: list[tuple[str, str]] = []
     if workers == 1 or len(tasks) <= 1:
         for batch in _batches(tasks, 8):
-            records.extend(_write_batch(str(root), config, batch))
+            batch_records, batch_hashes = _write_batch(str(root), config, batch)
+            records.extend(batch_records)
+            hashes.extend(batch_hashes)
             if progress is not None:
                 progress(len(batch))
     else:
@@ -147,7 +171,16 @@ def generate(
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    records.extend(future.result())
+                    try:
+                        batch_records, batch_hashes = future.result()
+                    except BrokenProcessPool:
+                        raise UserError(
+                            "sem-synth: a generator worker process stopped abruptly (killed, out "
+                            "of memory, or a script without 'if __name__ == \"__main__\":' -- "
+                            "spawned workers import the main script)"
+                        ) from None
+                    records.extend(batch_records)
+                    hashes.extend(batch_hashes)
                     n = pending.pop(future)
                     if progress is not None:
                         progress(n)
@@ -158,16 +191,23 @@ def generate(
     with open(root / META_NAME, "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
+    (root / CHECKSUMS_NAME).write_text(checksum_lines(hashes), encoding="utf-8")
+    digest = content_digest(hashes)
     manifest = {
         "generator": "semclip_bench sem-synth",
         "version": __version__,
-        "generator_version": GENERATOR_VERSION,
+        "identity": generator_identity(),
         "config": config.to_dict(),
         "n_images": len(tasks),
+        "n_files": len(hashes),
         "meta_file": META_NAME,
+        "checksums_file": CHECKSUMS_NAME,
+        "content_digest": digest,
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return GenerationReport(root=root, n_images=len(tasks), seconds=seconds, workers=workers)
+    return GenerationReport(
+        root=root, n_images=len(tasks), seconds=seconds, workers=workers, content_digest=digest
+    )
 
 
 def _to_bgr8(result: SynthImage) -> np.ndarray:

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from semclip_bench.data.labels import DEFECT_TYPES, NORMAL_LABEL
 from semclip_bench.data.synth.config import FAMILIES, SynthConfig
 from semclip_bench.data.synth.defects import plan_defect
 from semclip_bench.data.synth.imaging import draw_databar, form_image, quantise, sample_imaging
 from semclip_bench.data.synth.scene import build_scene
-from semclip_bench.data.types import DEFECT_TYPES, NORMAL_LABEL
 from semclip_bench.errors import UserError
 
 SPLITS: tuple[str, ...] = ("train", "test")

@@ -1,0 +1,18 @@
+"""Class names of the benchmark: the paper's defect types and the MVTec AD normal label.
+
+A module of its own because the sem-synth generator depends on these names (they pick paths and
+random streams): its cache key hashes this file, not the larger :mod:`semclip_bench.data.types`.
+"""
+
+#: The paper's six defect types, in the order used for class indices (after ``good``).
+DEFECT_TYPES: tuple[str, ...] = (
+    "bridge",
+    "copper_residue",
+    "hole",
+    "infilm",
+    "particle",
+    "scratch",
+)
+
+#: Label of normal (defect-free) images, as in the MVTec AD layout.
+NORMAL_LABEL = "good"

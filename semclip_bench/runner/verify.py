@@ -1,0 +1,411 @@
+"""``verify``: rerun a few committed episodes from a clean cache and compare their rows exactly.
+
+PROTOCOL.md (Reproducibility): CPU fp32 runs are bit-for-bit repeatable, and committed tables are
+checked by rerunning a subset of their episodes. This module does that with the normal runner
+(``engine.run``) on a temporary output folder, under a fresh temporary ``SEMCLIP_BENCH_CACHE``
+(so the built-in data is regenerated from the code), with the settings recorded in the folder's
+``provenance.json`` (data, backbone, weights, image size, batch size, method overrides, the run's
+shard of the work) on the CPU in fp32. Every metric column of each rerun row must equal the
+committed one as written in the CSV (the same text, hence the same float bits).
+
+Before any episode runs, it refuses (one error line naming what differs) when the committed rows
+were not computed on the CPU in fp32, were written under another protocol version, or carry a
+dataset or weights digest other than what the rerun sees.
+
+The rerun replays the feature extractions of the committed run's earlier units of the same
+categories (``engine.run(select=...)``), because CPU matrix kernels are chosen by a batch's row
+count: an image's features may differ in the last bits with the batch it was extracted in. A
+folder filled by a resumed (interrupted) run started its later invocations with an empty feature
+cache; its rows after the interruption may differ in the last bits from this replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semclip_bench.errors import UserError
+from semclip_bench.runner.config import (
+    RunConfig,
+    ablation_variants,
+    merge_config,
+    sweep_variants,
+)
+from semclip_bench.runner.provenance import (
+    backbone_spec,
+    git_commit,
+    run_identity,
+    weights_identity,
+)
+from semclip_bench.runner.store import (
+    EPISODES_FILE,
+    IDENTITY_COLUMNS,
+    IDENTITY_NAMES,
+    METRIC_COLUMNS,
+    PROTOCOL_VERSION,
+    PROVENANCE_FILE,
+    UNKNOWN,
+    read_rows,
+)
+
+log = logging.getLogger(__name__)
+
+#: Columns compared exactly (as CSV text) between a committed row and its rerun.
+COMPARED: tuple[str, ...] = (
+    "status",
+    "reason",
+    "n_query",
+    "n_query_normal",
+    "n_query_defect",
+    *METRIC_COLUMNS,
+    "per_type_auroc",
+)
+
+#: The default subset: the first category, these shot counts and seeds.
+DEFAULT_SHOTS: tuple[int, ...] = (1, 5)
+DEFAULT_SEEDS: tuple[int, ...] = (0,)
+#: The trainable method the default subset adds to every training-free one.
+DEFAULT_TRAINABLE = "semclip"
+
+_SUBSET_KEYS = {
+    "category": "categories",
+    "categories": "categories",
+    "shots": "shots",
+    "seed": "seeds",
+    "seeds": "seeds",
+    "method": "methods",
+    "methods": "methods",
+    "variants": "methods",
+}
+
+
+@dataclass
+class Subset:
+    """Which committed episodes to rerun; ``None`` fields take the default."""
+
+    categories: list[str] | None = None
+    shots: list[int] | None = None
+    seeds: list[int] | None = None
+    #: Variant labels (a sweep's are its method names).
+    methods: list[str] | None = None
+    everything: bool = False
+
+
+def parse_subset(tokens: Sequence[str] | None) -> Subset:
+    """``["shots=1,5", "methods=patchcore"]`` or ``["all"]`` -> :class:`Subset`."""
+    subset = Subset()
+    for token in tokens or ():
+        if token == "all":
+            subset.everything = True
+            continue
+        key, _, value = token.partition("=")
+        name = _SUBSET_KEYS.get(key.strip())
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if name is None or not items:
+            raise UserError(
+                f"--subset: bad item '{token}'; expected all, or KEY=V[,V...] with KEY one of "
+                "categories, shots, seeds, methods"
+            )
+        if name in {"shots", "seeds"}:
+            try:
+                setattr(subset, name, [int(v) for v in items])
+            except ValueError:
+                raise UserError(f"--subset: {key} takes integers, got '{value}'") from None
+        else:
+            setattr(subset, name, items)
+    return subset
+
+
+@dataclass
+class Mismatch:
+    episode_id: str
+    column: str
+    committed: str
+    rerun: str
+
+
+@dataclass
+class VerifyResult:
+    """What was checked and what differed."""
+
+    episodes: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def _raw_rows(folder: Path) -> dict[str, dict[str, str]]:
+    """Every row under ``folder`` as CSV text, by episode id (first occurrence wins, as in
+    ``read_rows``)."""
+    rows: dict[str, dict[str, str]] = {}
+    for path in sorted(Path(folder).rglob(EPISODES_FILE)):
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                rows.setdefault(row["episode_id"], row)
+    return rows
+
+
+def _provenance_of(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.is_file():
+        raise UserError(f"--from: {path} not found: the settings of these rows are unknown")
+    return json.loads(path.read_text())
+
+
+def _choose(rows, subset: Subset, first_category: str | None) -> list[str]:
+    """Episode ids of the committed rows in the subset (defaults: see the module constants)."""
+    from semclip_bench.models import method_class
+
+    if subset.everything:
+        return list(rows["episode_id"])
+
+    def pick(option: str, wanted: list | None, present: list, default: list) -> list:
+        if wanted is None:
+            return [v for v in default if v in present] or present[:1]
+        unknown = [v for v in wanted if v not in present]
+        if unknown:
+            raise UserError(
+                f"--subset: {option} {unknown[0]} has no committed rows; present: "
+                f"{', '.join(map(str, present))}"
+            )
+        return wanted
+
+    categories = list(dict.fromkeys(rows["category"]))
+    if first_category in categories:  # the run's first category, in its own order
+        categories.remove(first_category)
+        categories.insert(0, first_category)
+    shots = sorted(int(k) for k in rows["shots"].unique())
+    seeds = sorted(int(s) for s in rows["seed"].unique())
+    variants = list(dict.fromkeys(rows["variant"]))
+    methods = dict(zip(rows["variant"], rows["method"], strict=False))
+    free = [v for v in variants if not method_class(methods[v]).trainable]
+    trainable = [v for v in variants if method_class(methods[v]).trainable]
+    default_variants = free + (
+        [DEFAULT_TRAINABLE] if DEFAULT_TRAINABLE in trainable else trainable[:1]
+    )
+    chosen_categories = pick("categories", subset.categories, categories, categories[:1])
+    chosen_shots = pick("shots", subset.shots, shots, list(DEFAULT_SHOTS))
+    chosen_seeds = pick("seeds", subset.seeds, seeds, list(DEFAULT_SEEDS))
+    chosen_variants = pick("methods", subset.methods, variants, default_variants)
+    keep = (
+        rows["category"].isin(chosen_categories)
+        & rows["shots"].isin(chosen_shots)
+        & rows["seed"].isin(chosen_seeds)
+        & rows["variant"].isin(chosen_variants)
+    )
+    return list(rows.loc[keep, "episode_id"])
+
+
+def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
+    """The recorded settings of a run, on the CPU in fp32, one process doing the recorded
+    process's share of the work (``--shard s/n`` of rank ``r`` of ``N`` = shard
+    ``s + n r`` of ``n N``)."""
+    recorded = dict(record.get("config") or {})
+    known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
+    config = merge_config(RunConfig(), known, f"{PROVENANCE_FILE} config")
+    index, count = config.shard
+    rank, ranks = int(record.get("rank", 0)), int(record.get("ranks", record.get("devices", 1)))
+    if ranks > 1 and "rank" not in record:
+        raise UserError(
+            f"{PROVENANCE_FILE}: a {ranks}-rank run recorded without its rank (older version); "
+            "its share of the work is unknown"
+        )
+    config.shard = (index + count * rank, count * ranks)
+    config.devices = 1
+    config.device = "cpu"
+    config.precision = "fp32"
+    config.wandb = "disabled"
+    config.out = Path(out)
+    return config
+
+
+def _refusals(record: dict[str, Any], folder: Path) -> list[str]:
+    """Why rows of this record cannot be checked bit for bit on the CPU in fp32."""
+    problems = []
+    device = str(record.get("device", ""))
+    if not device.startswith("CPU"):
+        problems.append(f"they were computed on {device or 'an unrecorded device'}")
+    if record.get("precision", "fp32") != "fp32":
+        problems.append(f"they were computed in {record.get('precision')}")
+    return [f"{folder}: {p}; the exact check reruns on the CPU in fp32" for p in problems]
+
+
+@contextlib.contextmanager
+def clean_cache() -> Iterator[Path]:
+    """A fresh, empty ``SEMCLIP_BENCH_CACHE`` for the duration (removed afterwards)."""
+    from semclip_bench.data.dataset import CACHE_ENV
+
+    folder = Path(tempfile.mkdtemp(prefix="semclip-verify-cache-"))
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _protocol_problems(raw: dict[str, dict[str, str]], ids: Sequence[str], folder: Path) -> list:
+    """Rows of another protocol version cannot be rerun by this code (checked before the data is
+    generated); their digests are named too, as recorded."""
+    protocols = sorted({raw[i].get("protocol") or UNKNOWN for i in ids})
+    if protocols == [PROTOCOL_VERSION]:
+        return []
+    recorded = {
+        IDENTITY_NAMES[c]: sorted({raw[i].get(c) or UNKNOWN for i in ids})
+        for c in ("dataset_digest", "weights_digest")
+    }
+    digests = "; ".join(f"their {name}: {', '.join(v)}" for name, v in recorded.items())
+    shown = ", ".join(
+        "unknown (not recorded: written before protocol v2)" if p == UNKNOWN else p
+        for p in protocols
+    )
+    return [
+        f"committed rows in {folder} were written under protocol {shown}, this code runs "
+        f"protocol {PROTOCOL_VERSION} ({digests}); regenerate them"
+    ]
+
+
+def _identity_problems(
+    committed: dict[str, set[str]], seen: dict[str, str], folder: Path
+) -> list[str]:
+    problems = []
+    for column in IDENTITY_COLUMNS:
+        values = sorted(committed[column])
+        if values != [seen[column]]:
+            text = " and ".join(
+                "unknown (not recorded: written before protocol v2)" if v == UNKNOWN else v
+                for v in values
+            )
+            problems.append(
+                f"{IDENTITY_NAMES[column]} differs: committed rows in {folder} have {text}, the "
+                f"rerun sees {seen[column]}"
+            )
+    return problems
+
+
+def verify(
+    source: Path, subset: Subset | None = None, out: Path | None = None, command: str = ""
+) -> VerifyResult:
+    """Rerun the subset of the committed rows under ``source`` and compare them exactly.
+
+    Raises UserError (before any episode) when the rows cannot be checked: see the module
+    docstring. ``out`` keeps the rerun rows there (default: a temporary folder, removed).
+    """
+    from semclip_bench.data import dataset_digest, load_dataset
+    from semclip_bench.runner.engine import run
+
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"--from: folder not found: {source}")
+    start = time.perf_counter()
+    rows = read_rows([source])
+    raw = _raw_rows(source)
+    result = VerifyResult()
+    groups = {folder: part for folder, part in rows.groupby("source", sort=True)}
+    plans = []
+    for folder, part in groups.items():
+        record = _provenance_of(Path(folder))
+        categories = record.get("categories") or []
+        ids = _choose(part, subset or Subset(), categories[0] if categories else None)
+        if ids:
+            plans.append((Path(folder), record, ids))
+    if not plans:
+        raise UserError(f"--subset: no committed rows under {source} match the subset")
+    problems = [p for folder, record, _ in plans for p in _refusals(record, folder)]
+    problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
+    if problems:
+        raise UserError("verify refused: " + "; ".join(problems))
+    here = git_commit()
+    for folder, record, _ in plans:
+        if record.get("git_commit") != here:
+            result.notes.append(
+                f"{folder}: rows written at git commit {record.get('git_commit')}, rerun at {here}"
+            )
+        if record.get("episodes_resumed"):
+            result.notes.append(
+                f"{folder}: the run was resumed after an interruption; its later rows started "
+                "from an empty feature cache and may differ in the last bits from this replay"
+            )
+
+    keep = out is not None
+    out_root = Path(out) if keep else Path(tempfile.mkdtemp(prefix="semclip-verify-out-"))
+    try:
+        with clean_cache():
+            configs = []
+            for number, (folder, record, ids) in enumerate(plans):  # every check first
+                config = _rerun_config(record, out_root / f"part{number}")
+                dataset = load_dataset(config.data)  # generated afresh in the clean cache
+                seen = run_identity(
+                    dataset_digest(dataset), weights_identity(backbone_spec(config))[1]
+                )
+                committed = {
+                    c: {raw[i].get(c, UNKNOWN) or UNKNOWN for i in ids} for c in IDENTITY_COLUMNS
+                }
+                problems += _identity_problems(committed, seen, folder)
+                configs.append(config)
+            if problems:
+                raise UserError("verify refused: " + "; ".join(problems))
+            for config, (folder, _, ids) in zip(configs, plans, strict=True):
+                variants = (
+                    ablation_variants(config)
+                    if config.kind == "ablation"
+                    else sweep_variants(config)
+                )
+                log.info("verify: rerunning %d episodes of %s", len(ids), folder)
+                run(config, variants, command, select=set(ids))
+                rerun = _raw_rows(Path(config.out) / config.kind)
+                for episode in ids:
+                    result.episodes.append(episode)
+                    result.mismatches += _compare(episode, raw[episode], rerun.get(episode))
+    finally:
+        if not keep:
+            shutil.rmtree(out_root, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _compare(episode: str, committed: dict[str, str], rerun: dict[str, str] | None) -> list:
+    if rerun is None:
+        return [Mismatch(episode, "(row)", "present", "not produced by the rerun")]
+    return [
+        Mismatch(episode, column, committed.get(column, ""), rerun.get(column, ""))
+        for column in COMPARED
+        if committed.get(column, "") != rerun.get(column, "")
+    ]
+
+
+def mismatch_table(mismatches: Sequence[Mismatch]) -> str:
+    """The differences as a plain-text table (episode, column, committed, rerun)."""
+    header = ("episode", "column", "committed", "rerun")
+    cells = [header] + [(m.episode_id, m.column, m.committed, m.rerun) for m in mismatches]
+    widths = [min(60, max(len(row[i]) for row in cells)) for i in range(4)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            (text if len(text) <= 60 else text[:57] + "...").ljust(width)
+            for text, width in zip(row, widths, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+__all__ = ["COMPARED", "Subset", "VerifyResult", "mismatch_table", "parse_subset", "verify"]

@@ -1,0 +1,162 @@
+"""``verify``: rerun committed episodes, compare the rows exactly; refuse rows it cannot check."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semclip_bench.cli import main
+from semclip_bench.runner.engine import _selected
+from semclip_bench.runner.store import IDENTITY_COLUMNS, PROTOCOL_VERSION
+from semclip_bench.runner.verify import Subset, parse_subset
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "results" / "sweep"
+
+
+@pytest.fixture(scope="module")
+def committed(tiny_data: Path, fast_config: Path, tmp_path_factory) -> Path:
+    """A run folder as a committed sweep would be: shots 1 and 2, seeds 0 and 1, four methods."""
+    out = tmp_path_factory.mktemp("committed")
+    args = [
+        "sweep",
+        "--config",
+        str(fast_config),
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--shots",
+        "1,2",
+        "--methods",
+        "semclip,winclip,patchcore,linear_probe",
+    ]
+    assert main(args) == 0
+    return out / "sweep"
+
+
+def _edit(path: Path, episode: str, column: str, value: str | None = None) -> str:
+    """Change one cell (default: the last digit of a number); returns the new value."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    for row in rows:
+        if row["episode_id"] == episode or episode == "*":
+            old = row[column]
+            row[column] = value if value is not None else old[:-1] + str((int(old[-1]) + 1) % 10)
+            new = row[column]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return new
+
+
+def test_verify_passes_then_names_an_altered_value(committed: Path, tmp_path: Path, capsys) -> None:
+    # default subset but shots 1 and 2 (the tiny data has 4 normal images): K = 2 seed 0 comes
+    # after K = 1 seed 1 in the committed run, so this also checks the feature-cache replay
+    assert main(["verify", "--from", str(committed), "--subset", "shots=1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "verify: 8 episodes" in out and "identical" in out
+
+    folder = tmp_path / "sweep"
+    shutil.copytree(committed, folder)
+    episode = "line_space/patchcore/k1/s0"
+    altered = _edit(folder / "episodes.csv", episode, "pAUROC")
+    code = main(["verify", "--from", str(folder), "--subset", "shots=1", "methods=patchcore"])
+    assert code == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(episode + "  ")]  # diff rows
+    assert len(lines) == 1 and "pAUROC" in lines[0] and altered in lines[0]
+    assert "FAILED: 1 values in 1 of 1 episodes" in out
+
+
+@pytest.mark.parametrize(
+    ("column", "needle"),
+    [("weights_digest", "weights digest differs"), ("dataset_digest", "dataset digest differs")],
+)
+def test_verify_refuses_other_digests(
+    committed: Path, tmp_path: Path, capsys, column: str, needle: str
+) -> None:
+    folder = tmp_path / "sweep"
+    shutil.copytree(committed, folder)
+    _edit(folder / "episodes.csv", "*", column, "9" * 64)
+    assert main(["verify", "--from", str(folder), "--subset", "shots=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "9" * 64 in err[0]
+
+
+def test_verify_refuses_rows_it_cannot_rerun(committed: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "sweep"
+    shutil.copytree(committed, folder)
+    for column in IDENTITY_COLUMNS:  # rows as written before protocol v2
+        _edit(folder / "episodes.csv", "*", column, "")
+    assert main(["verify", "--from", str(folder), "--subset", "shots=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "protocol unknown" in err and f"protocol {PROTOCOL_VERSION}" in err
+    record = json.loads((committed / "provenance.json").read_text())
+    record.update(precision="bf16", device="NVIDIA H200 (cuda:0)")
+    (folder / "provenance.json").write_text(json.dumps(record))
+    assert main(["verify", "--from", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NVIDIA H200" in err and "bf16" in err and "CPU in fp32" in err
+
+
+def test_subset_parsing_and_errors(committed: Path, capsys) -> None:
+    assert parse_subset(["shots=1,5", "methods=a,b", "category=x"]) == Subset(
+        categories=["x"], shots=[1, 5], methods=["a", "b"]
+    )
+    assert parse_subset(["all"]).everything
+    assert main(["verify", "--from", str(committed), "--subset", "shots=x"]) == 2
+    assert main(["verify", "--from", str(committed), "--subset", "colour=red"]) == 2
+    assert main(["verify", "--from", str(committed), "--subset", "seeds=7"]) == 2
+    err = capsys.readouterr().err
+    assert "seeds 7 has no committed rows; present: 0, 1" in err
+
+
+def test_selected_units_replay_what_came_before() -> None:
+    class V:
+        def __init__(self, label: str, method: str) -> None:
+            self.label, self.method = label, method
+
+    a, b, a2 = V("a", "m"), V("b", "n"), V("a2", "m")  # a2: a variant of a's method
+    units = [
+        ("c1", 1, 0, a),
+        ("c1", 1, 0, b),
+        ("c1", 1, 0, a2),
+        ("c1", 1, 1, a),
+        ("c2", 1, 0, a),
+        ("c1", 5, 0, a),
+        ("c1", 5, 1, a),
+    ]
+    kept, replay = _selected(units, {"c1/a/k1/s0", "c1/a/k5/s0"})
+    # up to the last selected unit; other categories and other methods left out; the
+    # unselected ones of the same method replayed
+    assert kept == [units[0], units[2], units[3], units[5]]
+    assert replay == {1, 2}
+    assert _selected(units, {"nothing"}) == ([], set())
+
+
+#: The CI check's subset: the default one without WinCLIP, whose window re-encoding makes it ~7x
+#: the extraction cost of the other methods (with it, ~4 min on 2 idle cores; without, ~2).
+CI_SUBSET = ("shots=1,5", "seeds=0", "methods=patchcore,linear_probe,semclip")
+
+
+@pytest.mark.verify_results
+def test_committed_sweep_verifies() -> None:
+    """The real check of ``make verify-results`` on the committed results/sweep, on a subset that
+    fits a CI budget. Skipped while the committed rows predate protocol v2."""
+    record_path = COMMITTED / "provenance.json"
+    if not record_path.is_file():
+        pytest.skip("no committed results/sweep/provenance.json")
+    protocol = json.loads(record_path.read_text()).get("protocol")
+    if protocol != PROTOCOL_VERSION:
+        pytest.skip(
+            f"results/sweep was written under protocol {protocol or 'unknown (before v2)'}, not "
+            f"{PROTOCOL_VERSION}: regenerate the committed tables, then this test checks them"
+        )
+    assert main(["verify", "--from", str(COMMITTED), "--subset", *CI_SUBSET]) == 0
