@@ -202,6 +202,8 @@ def run(
         extract_shared(pending, dataset, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
+    if select is None:  # this rank's images in full batches (verify replays the original calls)
+        extract_shared(todo, dataset, classes, backbone, cache, device)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
     progress = tqdm(

@@ -14,6 +14,14 @@ bf16 there would quantise cosine logits (resolution ~0.004 / temperature) and th
 ties that move the pixel metrics, for little time (the heads are cheap next to the backbone).
 Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
 extracts the previous batch; no per-image device work happens on this path.
+
+Batch invariance: every extraction batch has exactly ``batch_size`` rows (a short last batch is
+padded with zero images, whose outputs are dropped). Math libraries pick kernels, blockings and
+reduction orders by a matrix's shape, so an image encoded in a batch of 7 can differ in the last
+bits from the same image in a batch of 32; with one fixed shape, an image's features depend only on
+the image, never on which images shared its batch. That makes the disk store, resumed runs,
+``--devices N`` and ``verify`` all see exactly the features of a fresh single-process run
+(``tests/runner/test_batch_invariance.py``).
 """
 
 from __future__ import annotations
@@ -128,9 +136,11 @@ class FeatureCache:
         precision: str = "fp32",
         store: FeatureStore | None = None,
         progress: bool = True,
+        fixed_batch: bool = True,
     ) -> None:
         self.device = device
         self.batch_size = batch_size
+        self.fixed_batch = fixed_batch  # pad short batches to batch_size (see the module doc)
         self.precision = resolve_precision(precision, device)
         self.store = store
         self.progress = progress
@@ -236,13 +246,19 @@ class FeatureCache:
         )
         begin = 0
         for images in self._batches(dataset):
+            count = images.shape[0]
+            if self.fixed_batch and count < self.batch_size:
+                padding = images.new_zeros(self.batch_size - count, *images.shape[1:])
+                images = torch.cat([images, padding])
             extracted = extract_features(method, images, self.precision, self.device)
+            if images.shape[0] != count:
+                extracted = {k: v[:count] for k, v in extracted.items()}
             # Per-image entries are views of the batch's (own) storage: no copies, no kernels.
             extracted = {k: _own_storage(v) for k, v in extracted.items()}
             on_host = None
             if store_key is not None:  # one device-to-host copy per batch, not per image
                 on_host = {k: v.cpu() for k, v in extracted.items()}
-            for row in range(images.shape[0]):
+            for row in range(count):
                 sample = samples[begin + row]
                 self._features[(key, sample.key)] = {
                     name: value[row] for name, value in extracted.items()
@@ -251,8 +267,8 @@ class FeatureCache:
                     self.store.save(
                         store_key, digests[begin + row], {n: v[row] for n, v in on_host.items()}
                     )
-            begin += images.shape[0]
-            bar.update(images.shape[0])
+            begin += count
+            bar.update(count)
         bar.close()
 
     def _batches(self, dataset: SampleDataset) -> Iterator[Tensor]:
@@ -368,13 +384,15 @@ def _load_mask(sample: Sample, size: int) -> Tensor:
 
 
 def extract_shared(
-    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int, world: int
+    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int = 0, world: int = 1
 ) -> None:
-    """Several processes: extract the features every unit of the run needs once, not per rank.
+    """Load or extract, up front, the features ``units`` need: one pass per feature kind.
 
-    Each (feature kind, image) the units need is assigned to one rank (round robin over a list
-    every rank builds alike); each rank extracts its share into the shared on-disk store. After a
-    barrier, every rank loads the others' shares from disk instead of extracting them again.
+    ``world == 1``: every image the units need, in full batches before the first episode (the
+    episodes then only hit memory). Several processes: each (feature kind, image) is assigned to
+    one rank (round robin over a list every rank builds alike); each rank extracts its share into
+    the shared on-disk store, and after a barrier loads the others' shares from disk instead of
+    extracting them again.
     """
     from semclip_bench.data.episodes import make_episode
 
