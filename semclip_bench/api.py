@@ -16,6 +16,7 @@ the command line prints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -99,7 +100,9 @@ def _run(kind: str, function: str, given: dict[str, Any], config: str | Path | N
     if "kind" in given:
         raise UserError(f"{function}(): 'kind' is fixed ({kind}); use run_sweep or run_ablation")
     run_config = merge_config(base, given, f"{function}()")
-    if run_config.devices > 1:
+    if not run_config.procs_per_device:  # in-process: no launcher re-executing the caller
+        run_config = dataclasses.replace(run_config, procs_per_device=1)
+    if run_config.devices * run_config.procs_per_device > 1:
         raise UserError(
             f"{function}(devices={run_config.devices}): several processes need the command line "
             f"(python -m semclip_bench {'sweep' if kind == 'sweep' else 'ablate'} --devices N)"

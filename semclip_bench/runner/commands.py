@@ -76,6 +76,14 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     (
+        "--procs-per-device",
+        dict(
+            type=int,
+            help="processes per device (0 = auto: several per GPU, whose head training is "
+            "launch-bound; 1 on the CPU); the run has devices x procs-per-device processes",
+        ),
+    ),
+    (
         "--no-feature-cache",
         dict(
             dest="feature_cache",

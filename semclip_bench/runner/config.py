@@ -80,6 +80,9 @@ class RunConfig:
     precision: str = "auto"
     #: Processes (GPUs, or CPU processes) to spread the episodes over with Lightning's DDP launcher.
     devices: int = 1
+    #: Processes per device (0 = auto: the measured default on CUDA, 1 on the CPU); the run has
+    #: devices x procs_per_device processes, sharing each GPU between procs_per_device of them.
+    procs_per_device: int = 0
     #: Reuse/write frozen features in the on-disk store under $SEMCLIP_BENCH_CACHE/features.
     feature_cache: bool = True
     ablations: list[str] = field(
@@ -158,6 +161,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             number = int(value)
             if number < 1:
                 raise ValueError("devices must be >= 1")
+            return number
+        if name == "procs_per_device":
+            number = int(value)
+            if number < 0:
+                raise ValueError("procs-per-device must be >= 0 (0 = auto)")
             return number
         return value
     except (TypeError, ValueError) as exc:

@@ -9,11 +9,13 @@ Precision: with bf16 (the default on CUDA) ``extract`` runs under bf16 autocast 
 train with Lightning ``precision="bf16-mixed"``; features are kept as float32, and support
 preparation and ``predict`` run in float32 (see ``runner/features.py`` for why).
 
-Several devices (``devices > 1``): Lightning Fabric's DDP launcher starts that many processes (it
-re-executes the command line; on CUDA rank r uses GPU r % device_count, so processes may also share
-one GPU); rank ``r`` of ``N`` runs the units whose index ``i`` satisfies
-``i % (n * N) == s + n * r`` for ``--shard s/n``, writes ``<out>/<kind>/rank<r>/episodes.csv``, and
-rank 0 waits for all ranks (barrier) before the tables are written. Resuming sees every rank's
+Several processes (``devices x procs_per_device > 1``): Lightning Fabric's DDP launcher starts
+them (it re-executes the command line; on CUDA rank r uses GPU r % device_count, so several
+processes may share one GPU: a head's training is launch-bound and leaves a GPU mostly idle). The
+ranks take the units of ``--shard s/n`` (index ``i % n == s``) from one list ordered longest
+estimated first, each unit run by the rank that claims it first (``runner/schedule.py``); rank
+``r`` writes ``<out>/<kind>/rank<r>/episodes.csv``, and rank 0 waits for all ranks (barrier) before
+the tables are written. Resuming sees every rank's
 rows (the store scans the whole run folder). With the on-disk feature store, the ranks first
 extract each needed image once between them (``features.extract_shared``) and then read each
 other's shares from disk.
@@ -26,11 +28,9 @@ Identity: every row records the protocol version and the digests of the dataset'
 the backbone weights (``runner/provenance.py``); a run refuses, before its first episode, to resume
 into a folder holding rows of another identity unless ``allow_mixed``.
 
-Selected units (``select``, used by ``verify``): only those episode ids are evaluated and written;
-the units before them of the same categories and methods are replayed up to their feature
-extraction, so the feature cache sees the same extraction calls as the original run (CPU BLAS
-kernels are chosen by a batch's row count, so an image's features can differ in the last bits with
-the batch it was extracted in).
+Selected units (``select``, used by ``verify``): only those episode ids are evaluated and written.
+No replay of the units before them is needed: an image's features do not depend on the other images
+of its extraction batch (fixed batch shape, ``runner/features.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from semclip_bench.runner.provenance import (  # git_commit, device_name: re-exp
     weights_identity,
     write_provenance,
 )
+from semclip_bench.runner.schedule import ClaimBoard, by_estimated_cost, unit_cost
 from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer, score_episode
 from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.tracking import Tracker, overlay
@@ -139,8 +141,9 @@ def run(
     no_uninitialized_fill()
     device = resolve_device(config.device)
     fabric = None
-    if config.devices > 1:
-        fabric, device = _launch(config, device)
+    processes = config.devices * procs_per_device(config, device)
+    if processes > 1:
+        fabric, device = _launch(config, device, processes)
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     precision = resolve_precision(config.precision, device)
     folder = Path(config.out) / config.kind
@@ -174,15 +177,21 @@ def run(
         for variant in variants
     ]
     shard_index, shard_count = config.shard
-    stride, offset = shard_count * world, shard_index + shard_count * rank
-    mine = [u for i, u in enumerate(units) if i % stride == offset]
+    mine = [u for i, u in enumerate(units) if i % shard_count == shard_index]
     done = store.done_ids()
     supports_done = store.supports_done()
     todo = [u for u in mine if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
     result.already_done = len(mine) - len(todo)
-    replay: set[int] = set()
     if select is not None:
-        todo, replay = _selected(todo, set(select))
+        todo = [u for u in todo if episode_id(u[0], u[3].label, u[1], u[2]) in set(select)]
+    claims = None
+    if fabric is not None:  # the ranks pull units, longest estimated first (runner/schedule.py)
+        costs = [
+            unit_cost(u[1], len(dataset.defect_types(u[0])), u[3], classes[u[3].method])
+            for u in todo
+        ]
+        todo = by_estimated_cost(todo, costs)
+        claims = ClaimBoard(folder, fabric.broadcast(uuid.uuid4().hex, src=0))
     if result.already_done:
         log.info(
             "resuming: %d of %d episodes already in %s", result.already_done, len(mine), folder
@@ -197,12 +206,10 @@ def run(
         device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
     )
     if fabric is not None and disk is not None:
-        shard = [u for i, u in enumerate(units) if i % shard_count == shard_index]
-        pending = [u for u in shard if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
-        extract_shared(pending, dataset, classes, backbone, cache, device, rank, world)
+        extract_shared(todo, dataset, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
-    if select is None:  # this rank's images in full batches (verify replays the original calls)
+    elif fabric is None:  # every image this run needs, in full batches, before the first episode
         extract_shared(todo, dataset, classes, backbone, cache, device)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
@@ -225,15 +232,16 @@ def run(
             progress.write(f"skipped {row['episode_id']}: {row['reason']}")
 
     scorer = Scorer(background=OVERLAP_SCORING)
-    for position, (category, shots, seed, variant) in enumerate(progress):
+    claimed = 0
+    for category, shots, seed, variant in progress:
+        uid = episode_id(category, variant.label, shots, seed)
+        if claims is not None and not claims.claim(uid):
+            continue  # another rank runs it
+        claimed += 1
         key = (category, shots, seed)
-        if key not in episodes:
-            episodes.clear()  # the loop order visits one (category, shots, seed) at a time
+        if key not in episodes:  # a few lists of samples per (category, shots, seed)
             episodes[key] = make_episode(dataset, category, shots, seed)
         episode = episodes[key]
-        if position in replay:
-            _replay_features(episode, variant, classes[variant.method], backbone, cache, device)
-            continue
         support_key = f"{category}/k{shots}/s{seed}"
         if support_key not in supports_done and episode.skipped is None:
             store.append_support(
@@ -260,7 +268,7 @@ def run(
             precision=precision,
         )
         row.update(
-            episode_id=episode_id(category, variant.label, shots, seed),
+            episode_id=uid,
             kind=config.kind,
             dataset=dataset.name,
             backbone=spec.name,
@@ -295,43 +303,16 @@ def run(
         weights_label,
         categories,
         rank=rank,
-        assigned=len(mine),
+        assigned=claimed,
     )
     if fabric is not None:
         fabric.barrier()  # rank 0 writes the tables only once every rank's rows are on disk
         result.wall_seconds = time.perf_counter() - start
+        if claims is not None and result.is_main:
+            claims.remove()
     if result.is_main and result.written:
         tracker.log_summary(_summary_rows(folder), config.kind)
     return result
-
-
-def _selected(todo: list[tuple], select: set[str]) -> tuple[list[tuple], set[int]]:
-    """The units to visit for ``select``, in run order, and the positions (in that list) of the
-    units to replay only: every unit up to the last selected one that has a selected unit's
-    category and method (methods of different classes never share a feature key)."""
-    ids = [episode_id(u[0], u[3].label, u[1], u[2]) for u in todo]
-    positions = [i for i, uid in enumerate(ids) if uid in select]
-    if not positions:
-        return [], set()
-    wanted = {(todo[i][0], todo[i][3].method) for i in positions}
-    kept = [i for i in range(positions[-1] + 1) if (todo[i][0], todo[i][3].method) in wanted]
-    units = [todo[i] for i in kept]
-    return units, {n for n, i in enumerate(kept) if ids[i] not in select}
-
-
-def _replay_features(episode, variant: Variant, method_cls, backbone, cache, device) -> None:
-    """The feature-cache calls ``_run_one`` makes for this unit (support, then query), nothing
-    else: no fit, no prediction, no row."""
-    if episode.skipped or (episode.shots == 0 and not method_cls.zero_shot):
-        return
-    torch.manual_seed(episode.seed)
-    method = method_cls(backbone, episode.class_names, **variant.options).to(device)
-    method.eval()
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean = getattr(method, "mean", backbone.mean)
-    std = getattr(method, "std", backbone.std)
-    cache.features(method, _support_samples(episode, method_cls), size, mean, std)
-    cache.features(method, list(episode.query), size, mean, std)
 
 
 def _support_samples(episode, method_cls: type[FewShotMethod]) -> list:
@@ -355,24 +336,42 @@ def _summary_rows(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _launch(config: RunConfig, device: torch.device):
-    """Start ``config.devices`` processes with Lightning Fabric's DDP launcher.
+#: Processes per GPU when ``procs_per_device`` is 0 ("auto"): a head's training is launch-bound,
+#: so several processes keep one GPU busy (measured in results/performance.md).
+AUTO_PROCS_PER_GPU = 1
+
+
+def procs_per_device(config: RunConfig, device: torch.device) -> int:
+    """Processes per device: ``config.procs_per_device``, or for 0 ("auto") the measured default
+    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most one per two CPU cores) and 1 on the CPU."""
+    if config.procs_per_device:
+        return config.procs_per_device
+    if device.type != "cuda":
+        return 1
+    import os
+
+    cores = os.cpu_count() or 1
+    return max(1, min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices)))
+
+
+def _launch(config: RunConfig, device: torch.device, processes: int):
+    """Start ``processes`` processes with Lightning Fabric's DDP launcher.
 
     Returns ``(fabric, device)``: this process's Fabric and its compute device. The launcher
     re-executes this command line in the other processes (``python -m semclip_bench ...`` works;
     so does a script); each process then runs its share of the units. The process group is gloo
-    (Fabric on the "cpu" accelerator): its only collective is the final barrier, so no NCCL is
-    needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per GPU, or
-    several processes sharing a GPU (useful on one GPU: the heads' training is launch-bound).
+    (Fabric on the "cpu" accelerator): its collectives are one token broadcast and barriers, so
+    no NCCL is needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per
+    GPU, or several sharing a GPU (useful on one GPU: the heads' training is launch-bound).
     """
     import os
 
     import lightning as L
 
-    fabric = L.Fabric(accelerator="cpu", devices=config.devices, strategy="ddp")
+    fabric = L.Fabric(accelerator="cpu", devices=processes, strategy="ddp")
     fabric.launch()
     # Split the CPU between the processes (decode threads, metrics, CPU compute).
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.devices))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     if device.type == "cuda":
         device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

@@ -164,8 +164,9 @@ def write_provenance(
 ) -> None:
     """Write ``<folder>/provenance.json`` for this process (one per rank of a multi-rank run).
 
-    ``rank`` of ``result.world_size`` ranks with ``--shard s/n`` ran the units whose index ``i``
-    satisfies ``i % (n * ranks) == s + n * rank``; ``assigned`` is how many units that is.
+    ``rank`` of ``result.world_size`` ranks with ``--shard s/n``: the ranks claimed the units whose
+    index ``i`` satisfies ``i % n == s`` (``runner/schedule.py``); ``assigned`` is how many units
+    this rank ran.
     """
     path = folder / PROVENANCE_FILE
     previous = json.loads(path.read_text()) if path.exists() else {}
@@ -198,7 +199,8 @@ def write_provenance(
         "shard": f"{shard_index}/{shard_count}",
         "rank": rank,
         "ranks": ranks,
-        "work": f"units i with i % {shard_count * ranks} == {shard_index + shard_count * rank}",
+        "work": f"units i with i % {shard_count} == {shard_index}"
+        + (", claimed by the ranks longest estimated first" if ranks > 1 else ""),
         "episodes_assigned": assigned,
         "precision": result.precision,
         "devices": ranks,

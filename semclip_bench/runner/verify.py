@@ -12,11 +12,11 @@ Before any episode runs, it refuses (one error line naming what differs) when th
 were not computed on the CPU in fp32, were written under another protocol version, or carry a
 dataset or weights digest other than what the rerun sees.
 
-The rerun replays the feature extractions of the committed run's earlier units of the same
-categories (``engine.run(select=...)``), because CPU matrix kernels are chosen by a batch's row
-count: an image's features may differ in the last bits with the batch it was extracted in. A
-folder filled by a resumed (interrupted) run started its later invocations with an empty feature
-cache; its rows after the interruption may differ in the last bits from this replay.
+The rerun evaluates only the selected episodes (``engine.run(select=...)``): an image's features
+do not depend on which images shared its extraction batch (every batch has one fixed shape,
+``runner/features.py``), so nothing before them needs replaying, and rows of a resumed or
+multi-process run verify like those of one uninterrupted run. It never reads the on-disk feature
+store: its features are extracted afresh.
 """
 
 from __future__ import annotations
@@ -212,21 +212,13 @@ def _choose(rows, subset: Subset, first_category: str | None) -> list[str]:
 
 
 def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
-    """The recorded settings of a run, on the CPU in fp32, one process doing the recorded
-    process's share of the work (``--shard s/n`` of rank ``r`` of ``N`` = shard
-    ``s + n r`` of ``n N``)."""
+    """The recorded settings of a run, on the CPU in fp32, in one process (the episodes to rerun
+    are selected by id within the recorded ``--shard``, whichever rank ran them)."""
     recorded = dict(record.get("config") or {})
     known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
     config = merge_config(RunConfig(), known, f"{PROVENANCE_FILE} config")
-    index, count = config.shard
-    rank, ranks = int(record.get("rank", 0)), int(record.get("ranks", record.get("devices", 1)))
-    if ranks > 1 and "rank" not in record:
-        raise UserError(
-            f"{PROVENANCE_FILE}: a {ranks}-rank run recorded without its rank (older version); "
-            "its share of the work is unknown"
-        )
-    config.shard = (index + count * rank, count * ranks)
     config.devices = 1
+    config.procs_per_device = 1
     config.device = "cpu"
     config.precision = "fp32"
     config.wandb = "disabled"
@@ -339,11 +331,6 @@ def verify(
         if record.get("git_commit") != here:
             result.notes.append(
                 f"{folder}: rows written at git commit {record.get('git_commit')}, rerun at {here}"
-            )
-        if record.get("episodes_resumed"):
-            result.notes.append(
-                f"{folder}: the run was resumed after an interruption; its later rows started "
-                "from an empty feature cache and may differ in the last bits from this replay"
             )
 
     keep = out is not None

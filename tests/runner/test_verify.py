@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from semclip_bench.cli import main
-from semclip_bench.runner.engine import _selected
 from semclip_bench.runner.store import IDENTITY_COLUMNS, PROTOCOL_VERSION
 from semclip_bench.runner.verify import Subset, parse_subset
 
@@ -58,7 +57,7 @@ def _edit(path: Path, episode: str, column: str, value: str | None = None) -> st
 
 def test_verify_passes_then_names_an_altered_value(committed: Path, tmp_path: Path, capsys) -> None:
     # default subset but shots 1 and 2 (the tiny data has 4 normal images): K = 2 seed 0 comes
-    # after K = 1 seed 1 in the committed run, so this also checks the feature-cache replay
+    # after K = 1 seed 1 in the committed run, whose features it no longer replays
     assert main(["verify", "--from", str(committed), "--subset", "shots=1,2"]) == 0
     out = capsys.readouterr().out
     assert "verify: 8 episodes" in out and "identical" in out
@@ -116,29 +115,6 @@ def test_subset_parsing_and_errors(committed: Path, capsys) -> None:
     assert main(["verify", "--from", str(committed), "--subset", "seeds=7"]) == 2
     err = capsys.readouterr().err
     assert "seeds 7 has no committed rows; present: 0, 1" in err
-
-
-def test_selected_units_replay_what_came_before() -> None:
-    class V:
-        def __init__(self, label: str, method: str) -> None:
-            self.label, self.method = label, method
-
-    a, b, a2 = V("a", "m"), V("b", "n"), V("a2", "m")  # a2: a variant of a's method
-    units = [
-        ("c1", 1, 0, a),
-        ("c1", 1, 0, b),
-        ("c1", 1, 0, a2),
-        ("c1", 1, 1, a),
-        ("c2", 1, 0, a),
-        ("c1", 5, 0, a),
-        ("c1", 5, 1, a),
-    ]
-    kept, replay = _selected(units, {"c1/a/k1/s0", "c1/a/k5/s0"})
-    # up to the last selected unit; other categories and other methods left out; the
-    # unselected ones of the same method replayed
-    assert kept == [units[0], units[2], units[3], units[5]]
-    assert replay == {1, 2}
-    assert _selected(units, {"nothing"}) == ([], set())
 
 
 #: The CI check's subset: the default one without WinCLIP, whose window re-encoding makes it ~7x

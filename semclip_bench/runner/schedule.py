@@ -1,0 +1,77 @@
+"""Which process runs which episode: estimated costs and a claim board shared by the ranks.
+
+A ``--devices N`` run (several processes, see ``engine._launch``) used to split its units round
+robin, which put every episode of every other variant on one rank (a rank with all AnomalyCLIP-style
+fits ran twice as long as the other). Now the ranks pull units from one list ordered longest
+estimated first (:func:`by_estimated_cost`) and each unit is run by whichever rank claims it first
+(:class:`ClaimBoard`): the greedy "longest job first" rule that keeps the ranks within about one
+episode of each other whatever the methods cost. Which rank runs a unit never changes its row: an
+episode's features do not depend on the process (fixed extraction batches, ``runner/features.py``)
+and its training is seeded by the episode alone.
+
+``--shard i/n`` (job arrays) keeps its static rule, ``index % n == i`` over the unit list, so the
+shards of an array are fixed before any job starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Relative cost of an episode whose method does not train (memory banks, zero-shot prompts):
+#: one prediction over the query set, next to one optimiser step of a trained head.
+UNTRAINED_COST = 1.0
+
+
+def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -> float:
+    """Estimated cost of one episode: optimiser steps of its fit (+ one unit of prediction).
+
+    Steps follow the budget rule of ``TrainingConfig``: ``epochs`` passes over the support set
+    in batches of ``batch_size`` (full batch when None); the support set has K normal images, plus
+    K per defect type for methods that train on defects.
+    """
+    if not getattr(method_cls, "trainable", False) or shots == 0:
+        return UNTRAINED_COST
+    support = shots * (1 + n_defect_types if method_cls.supervision == "normal+defects" else 1)
+    training = variant.training or {}
+    epochs = int(training.get("epochs", 20))
+    batch = training.get("batch_size") or support
+    return UNTRAINED_COST + epochs * math.ceil(support / int(batch))
+
+
+def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tuple]:
+    """``units`` longest estimated first; ties keep the run order (stable)."""
+    order = sorted(range(len(units)), key=lambda i: -costs[i])
+    return [units[i] for i in order]
+
+
+class ClaimBoard:
+    """First-come claims on unit ids, shared by the processes of one run through the file system.
+
+    A claim is a file created with ``O_CREAT | O_EXCL`` (atomic on local and network file systems
+    alike), so exactly one process wins each unit. ``token`` names this invocation (rank 0 picks
+    it, every rank receives it): claims of an interrupted earlier invocation are ignored, and the
+    finished rows, not the claims, decide what a resumed run still has to do.
+    """
+
+    def __init__(self, folder: Path, token: str) -> None:
+        self.root = Path(folder) / ".claims"
+        self.folder = self.root / token
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, unit_id: str) -> bool:
+        """True for the one process that claims ``unit_id`` first."""
+        path = self.folder / unit_id.replace("/", "__")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
+
+    def remove(self) -> None:
+        """Delete every invocation's claims (rank 0, once all ranks are done)."""
+        shutil.rmtree(self.root, ignore_errors=True)
