@@ -75,8 +75,9 @@ class RunConfig:
     wandb_project: str = "semclip_bench"
     shard: tuple[int, int] = (0, 1)  # (i, n): this process runs episodes with index % n == i
     batch_size: int = 32
-    #: Inference precision of extract/predict (and of head training): "auto" = bf16 on CUDA,
-    #: fp32 on CPU; "bf16" on CPU uses CPU autocast (slow on most CPUs; for checks only).
+    #: Inference precision of extract/predict (and of head training): "auto" = fp32 everywhere
+    #: (bf16 misses the protocol's 0.5-point tolerance; see features.resolve_precision); "bf16"
+    #: on CPU uses CPU autocast (slow on most CPUs; for checks only).
     precision: str = "auto"
     #: Processes (GPUs, or CPU processes) to spread the episodes over with Lightning's DDP launcher.
     devices: int = 1

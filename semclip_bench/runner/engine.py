@@ -5,9 +5,9 @@ it on the support set (frozen features from the cache), predict the query set, e
 and append one row to ``<out>/<kind>/episodes.csv`` at once. Finished episodes are skipped on a
 rerun, so an interrupted run loses at most the episode in flight.
 
-Precision: with bf16 (the default on CUDA) ``extract`` runs under bf16 autocast and trainable heads
-train with Lightning ``precision="bf16-mixed"``; features are kept as float32, and support
-preparation and ``predict`` run in float32 (see ``runner/features.py`` for why).
+Precision: fp32 by default on every device. With ``--precision bf16``, ``extract`` runs under bf16
+autocast and trainable heads train with Lightning ``precision="bf16-mixed"``; features are kept as
+float32, and support preparation and ``predict`` run in float32 (see ``runner/features.py``).
 
 Several processes (``devices x procs_per_device > 1``): Lightning Fabric's DDP launcher starts
 them (it re-executes the command line; on CUDA rank r uses GPU r % device_count, so several
@@ -338,7 +338,7 @@ def _summary_rows(folder: Path) -> list[dict[str, Any]]:
 
 #: Processes per GPU when ``procs_per_device`` is 0 ("auto"): a head's training is launch-bound,
 #: so several processes keep one GPU busy (measured in results/performance.md).
-AUTO_PROCS_PER_GPU = 1
+AUTO_PROCS_PER_GPU = 8
 
 
 def procs_per_device(config: RunConfig, device: torch.device) -> int:

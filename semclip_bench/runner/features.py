@@ -7,7 +7,7 @@ Masks are cached by ``(path, size)``. Across processes and runs, a :class:`Featu
 (``runner/feature_store.py``, keyed by the image's content digest) serves what memory lacks.
 
 Precision: ``extract`` (the frozen backbone: nearly all the FLOPs) runs under :func:`autocast`
-(bf16 on CUDA by default); its floating outputs are stored as float32 (a lossless upcast). So the
+(with ``--precision bf16``); its floating outputs are stored as float32 (a lossless upcast). So the
 heads (memory banks, text similarities, trained layers, kNN distances, map upsampling and Gaussian
 blur) run in float32 in both precisions and see the same dtypes as in the methods' own tests:
 bf16 there would quantise cosine logits (resolution ~0.004 / temperature) and the blurred maps into
@@ -55,10 +55,15 @@ DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere; other values are returned as is."""
-    device_type = torch.device(device).type
+    """``"auto"`` -> ``"fp32"`` on every device; other values are returned as is.
+
+    Not bf16 on CUDA: measured on an H200 (results/performance.md, "bf16 vs fp32"), bf16 moved
+    training-free metrics by more than PROTOCOL.md's 0.5 points (linear probe 1.0, PatchCore 0.53)
+    and made the default sweep no faster (the heads' training, not the backbone, dominates).
+    """
+    torch.device(device)  # validates the device name
     if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
+        return "fp32"
     if precision not in {"fp32", "bf16"}:
         raise ValueError(f"unknown precision {precision!r}; choose from auto, fp32, bf16")
     return precision

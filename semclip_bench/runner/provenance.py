@@ -192,8 +192,9 @@ def write_provenance(
         "weights": weights_label,
         "weights_digest": identity["weights_digest"],
         "image_size": config.image_size,
-        # the GPU's index too: ranks may share a GPU (--devices above the GPU count)
-        "device": device_name(device) + (f" ({device})" if device.type == "cuda" else ""),
+        "device": device_name(device),
+        # ranks may share a GPU (--procs-per-device): which one this rank used
+        "device_index": str(device) if device.type == "cuda" else "",
         "seeds": list(config.seeds),
         "shots": list(config.shots),
         "shard": f"{shard_index}/{shard_count}",
@@ -203,7 +204,8 @@ def write_provenance(
         + (", claimed by the ranks longest estimated first" if ranks > 1 else ""),
         "episodes_assigned": assigned,
         "precision": result.precision,
-        "devices": ranks,
+        "devices": config.devices,
+        "procs_per_device": max(1, ranks // max(1, config.devices)),
         "wall_seconds": round(result.wall_seconds, 1),
         "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
         "cache": result.cache_summary,
@@ -277,14 +279,16 @@ def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:
     if ranks == 1:
         lines.append(f"- Device: {first.get('device')}; precision: {precision}")
     else:
-        devices = _count_text(r.get("device", "?") for r in part)
         assigned = ", ".join(
             f"rank {r.get('rank', i)}: {r.get('episodes_assigned', '?')}"
             for i, r in enumerate(part)
         )
+        flags = f"--devices {first.get('devices', ranks)}"
+        if "procs_per_device" in first:
+            flags += f" --procs-per-device {first['procs_per_device']}"
         lines.append(
-            f"- Processes: {ranks} ranks (`--devices {ranks}`, shard {first.get('shard')}) on "
-            f"{devices}; precision: {precision}; episodes per rank: {assigned}"
+            f"- Processes: {ranks} ranks (`{flags}`, shard {first.get('shard')}) on "
+            f"{_hardware_text(part)}; precision: {precision}; episodes per rank: {assigned}"
         )
         if len(part) < ranks:
             lines.append(f"- **Only {len(part)} of {ranks} ranks left a provenance record**")
@@ -298,17 +302,31 @@ def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:
     if ranks == 1:
         lines.append(f"- Wall-clock: {wall:.0f} s ({stage_text}); {first.get('cache', '')}")
     else:
-        caches = "; ".join(
-            f"rank {r.get('rank', i)}: {r.get('cache', '')}" for i, r in enumerate(part)
-        )
         lines.append(
             f"- Wall-clock: {wall:.0f} s (slowest rank; stages summed over ranks: {stage_text}); "
-            f"{caches}"
+            f"rank 0: {first.get('cache', '')} (every rank's line: its provenance.json)"
         )
     resumed = sum(int(r.get("episodes_resumed", 0) or 0) for r in part)
     if resumed:
         lines.append(f"- Resumed: {resumed} episodes came from earlier invocations")
     return lines
+
+
+def _hardware_text(part: Sequence[dict[str, Any]]) -> str:
+    """'1 x NVIDIA H200 (8 processes on cuda:0)', '2 x NVIDIA H200 (cuda:0: 4, cuda:1: 4 processes)'
+    or '2 x CPU (...)': the distinct GPUs the ranks used, not one GPU per rank."""
+    if not any(r.get("device_index") for r in part):
+        return _count_text(r.get("device", "?") for r in part)  # CPU ranks, or older records
+    per_gpu: dict[tuple[str, str], int] = {}
+    for r in part:
+        key = (str(r.get("device", "?")), str(r.get("device_index", "?")))
+        per_gpu[key] = per_gpu.get(key, 0) + 1
+    names = _count_text(name for name, _ in per_gpu)
+    if len(per_gpu) == 1:
+        (_, index), count = next(iter(per_gpu.items()))
+        return f"{names} ({count} processes on {index})"
+    shares = ", ".join(f"{index}: {count}" for (_, index), count in per_gpu.items())
+    return f"{names} ({shares} processes)"
 
 
 def _count_text(values) -> str:

@@ -75,7 +75,8 @@ def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: P
         )
         assert record["episodes_assigned"] == record["episodes_written"] == counts[r]
     header = (tmp_path / "two" / "sweep.md").read_text().split("## Detection")[0]
-    assert "2 ranks (`--devices 2`, shard 0/1)" in header and "2 x CPU" in header
+    assert "2 ranks (`--devices 2 --procs-per-device 1`, shard 0/1)" in header
+    assert "2 x CPU" in header
     assert f"rank 0: {counts[0]}, rank 1: {counts[1]}" in header and "Part 2" not in header
     # Resume sees every rank's rows.
     assert EpisodeStore(folder / "rank0", scan=folder).done_ids() == set(one["episode_id"])

@@ -219,6 +219,24 @@ def test_header_describes_a_multi_rank_run_once() -> None:
     assert "Only 1 of 2 ranks" in provenance_block(records[:1], None)
 
 
+def test_header_counts_gpus_not_ranks_when_processes_share_them() -> None:
+    def rec(rank: int, index: str, ranks: int, devices: int) -> dict:
+        return {
+            **_record(rank, "NVIDIA H200"),
+            "device_index": index,
+            "ranks": ranks,
+            "devices": devices,
+            "procs_per_device": ranks // devices,
+        }
+
+    shared = provenance_block([rec(r, "cuda:0", 8, 1) for r in range(8)], None)
+    assert "8 ranks (`--devices 1 --procs-per-device 8`, shard 0/1)" in shared
+    assert "on 1 x NVIDIA H200 (8 processes on cuda:0)" in shared
+    two = provenance_block([rec(r, f"cuda:{r % 2}", 4, 2) for r in range(4)], None)
+    assert "on 2 x NVIDIA H200 (cuda:0: 2, cuda:1: 2 processes)" in two
+    assert "(every rank's line: its provenance.json)" in two
+
+
 def test_git_commit_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
     from semclip_bench.runner import provenance
 
