@@ -432,13 +432,9 @@ def load_method(
 def _build_backbone(name: str | None, pretrained: str | None, image_size: int | None, device):
     """The sweep's backbone rule: the shipped backbone and its weights unless told otherwise (a
     named backbone other than the default starts from ``pretrained`` or random weights)."""
-    from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
+    from semclip_bench.backbones import build_backbone, requested_backbone_spec
 
-    default = default_backbone_spec()
-    if pretrained is None and (not name or name == default.name):
-        pretrained = default.pretrained
-    spec = BackboneSpec(name=name or default.name, pretrained=pretrained, image_size=image_size)
-    return build_backbone(spec, device=device)
+    return build_backbone(requested_backbone_spec(name, pretrained, image_size), device=device)
 
 
 # --------------------------------------------------------------------------------------------

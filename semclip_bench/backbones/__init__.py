@@ -52,6 +52,19 @@ def default_backbone_spec(warn: bool = True) -> BackboneSpec:
     return BackboneSpec(DEFAULT_MODEL, None)
 
 
+def requested_backbone_spec(
+    name: str | None = None, pretrained: str | None = None, image_size: int | None = None
+) -> BackboneSpec:
+    """The backbone a run or an API call asks for: ``name`` (None: the default architecture)
+    with ``pretrained`` weights; when no weights are given, the default architecture gets its
+    shipped weights and any other architecture starts from random weights (the shipped file
+    only fits the architecture it was trained for)."""
+    default = default_backbone_spec()
+    if pretrained is None and (not name or name == default.name):
+        pretrained = default.pretrained
+    return BackboneSpec(name=name or default.name, pretrained=pretrained, image_size=image_size)
+
+
 #: Default spec, resolved at import (packaged weights if shipped, else random init).
 DEFAULT_BACKBONE: BackboneSpec = default_backbone_spec(warn=False)
 
@@ -67,4 +80,5 @@ __all__ = [
     "build_backbone",
     "count_parameters",
     "default_backbone_spec",
+    "requested_backbone_spec",
 ]

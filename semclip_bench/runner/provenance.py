@@ -81,18 +81,9 @@ def device_name(device: torch.device) -> str:
 def backbone_spec(config):
     """The backbone a run uses: ``--backbone``/``--pretrained``/``--image-size`` over the
     package default (the shipped weights apply only to the default architecture)."""
-    from semclip_bench.backbones import BackboneSpec, default_backbone_spec
+    from semclip_bench.backbones import requested_backbone_spec
 
-    default = default_backbone_spec()
-    if config.pretrained is not None:
-        pretrained = config.pretrained
-    elif not config.backbone or config.backbone == default.name:
-        pretrained = default.pretrained
-    else:
-        pretrained = None
-    return BackboneSpec(
-        name=config.backbone or default.name, pretrained=pretrained, image_size=config.image_size
-    )
+    return requested_backbone_spec(config.backbone, config.pretrained, config.image_size)
 
 
 def weights_identity(spec) -> tuple[str, str]:

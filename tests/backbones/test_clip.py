@@ -18,6 +18,7 @@ from semclip_bench.backbones import (
     ClipBackbone,
     build_backbone,
     default_backbone_spec,
+    requested_backbone_spec,
 )
 from semclip_bench.backbones import clip as clip_module
 from semclip_bench.errors import UserError
@@ -109,6 +110,18 @@ def test_default_spec(monkeypatch, tmp_path) -> None:
     assert default_backbone_spec() == BackboneSpec("semclip-vit-m16", None)
     missing.write_bytes(b"weights")
     assert default_backbone_spec() == BackboneSpec("semclip-vit-m16", str(missing))
+
+
+def test_requested_spec_gives_shipped_weights_to_the_default_architecture_only(
+    monkeypatch, tmp_path
+) -> None:
+    shipped = tmp_path / "semclip-vit-m16.pt"
+    shipped.write_bytes(b"weights")
+    monkeypatch.setattr(backbones_pkg, "DEFAULT_WEIGHTS", shipped)
+    assert requested_backbone_spec() == BackboneSpec("semclip-vit-m16", str(shipped))
+    assert requested_backbone_spec("semclip-vit-m16", None, 160).pretrained == str(shipped)
+    assert requested_backbone_spec("ViT-B-16-plus-240") == BackboneSpec("ViT-B-16-plus-240", None)
+    assert requested_backbone_spec(None, "other.pt").pretrained == "other.pt"
 
 
 def test_key_follows_file_content(tmp_path) -> None:
