@@ -10,6 +10,7 @@ import argparse
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,12 @@ def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     return merge_config(config, flags, "command line")
 
 
+def _startup_seconds() -> float | None:
+    from semclip_bench.runner.engine import seconds_since_process_start
+
+    return seconds_since_process_start()
+
+
 def _command_line() -> str:
     return "python -m semclip_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -240,7 +247,12 @@ def variants_of(config: RunConfig) -> list:
     return sweep_variants(config)
 
 
-def execute(config: RunConfig, command: str, allow_mixed: bool = False) -> tuple[Any, Path | None]:
+def execute(
+    config: RunConfig,
+    command: str,
+    allow_mixed: bool = False,
+    startup_seconds: float | None = None,
+) -> tuple[Any, Path | None]:
     """Run ``config`` (resuming finished episodes) and write its tables; the one routine behind
     ``sweep``/``ablate`` and :func:`semclip_bench.run_sweep`.
 
@@ -253,7 +265,13 @@ def execute(config: RunConfig, command: str, allow_mixed: bool = False) -> tuple
     from semclip_bench.runner.report import write_report
 
     with use_config_dir(config.config_dir):
-        result = run(config, variants_of(config), command, allow_mixed=allow_mixed)
+        result = run(
+            config,
+            variants_of(config),
+            command,
+            allow_mixed=allow_mixed,
+            startup_seconds=startup_seconds,
+        )
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     where = "" if result.world_size == 1 else f" (this rank of {result.world_size})"
     print(
@@ -263,19 +281,21 @@ def execute(config: RunConfig, command: str, allow_mixed: bool = False) -> tuple
     )
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
         return result, None
+    t0 = time.perf_counter()
     path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
-    print(f"tables: {path}")
+    print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
     return result, path
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    execute(_config_from_args(args, RunConfig(kind="sweep")), _command_line(), args.allow_mixed)
+    config = _config_from_args(args, RunConfig(kind="sweep"))
+    execute(config, _command_line(), args.allow_mixed, _startup_seconds())
     return 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
     config = _config_from_args(args, RunConfig(kind="ablation", shots=[10], methods=["semclip"]))
-    execute(config, _command_line(), args.allow_mixed)
+    execute(config, _command_line(), args.allow_mixed, _startup_seconds())
     return 0
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -96,6 +97,17 @@ class RunResult:
     precision: str = "fp32"
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall-clock seconds since this process started (Linux ``/proc``; None elsewhere): the
+    interpreter start and imports a run pays before ``run`` is entered."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        hertz = os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / hertz)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,11 +137,14 @@ def run(
     *,
     allow_mixed: bool = False,
     select: Collection[str] | None = None,
+    startup_seconds: float | None = None,
 ) -> RunResult:
     """Run every episode x variant of ``config`` not already in the output folder.
 
     ``allow_mixed``: resume into a folder whose rows have another dataset/weights digest or
     protocol. ``select``: evaluate only these episode ids (see the module docstring).
+    ``startup_seconds``: how long the process ran before this call (the CLI passes
+    :func:`seconds_since_process_start`); recorded as the "startup" stage.
     """
     from semclip_bench.backbones import build_backbone
     from semclip_bench.data import dataset_digest, load_dataset
@@ -138,12 +153,16 @@ def run(
 
     start = time.perf_counter()
     stages = _Stages()
+    if startup_seconds is not None:
+        stages.add("startup", startup_seconds)  # before run(): interpreter start, imports (CLI)
     no_uninitialized_fill()
     device = resolve_device(config.device)
     fabric = None
     processes = config.devices * procs_per_device(config, device)
     if processes > 1:
+        t0 = time.perf_counter()
         fabric, device = _launch(config, device, processes)
+        stages.add("launch", time.perf_counter() - t0)  # rank 0: until every rank has joined
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     precision = resolve_precision(config.precision, device)
     folder = Path(config.out) / config.kind
@@ -348,8 +367,6 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
         return config.procs_per_device
     if device.type != "cuda":
         return 1
-    import os
-
     cores = os.cpu_count() or 1
     return max(1, min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices)))
 
@@ -364,8 +381,6 @@ def _launch(config: RunConfig, device: torch.device, processes: int):
     no NCCL is needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per
     GPU, or several sharing a GPU (useful on one GPU: the heads' training is launch-bound).
     """
-    import os
-
     import lightning as L
 
     fabric = L.Fabric(accelerator="cpu", devices=processes, strategy="ddp")
