@@ -10,7 +10,8 @@ autocast and trainable heads train with Lightning ``precision="bf16-mixed"``; fe
 float32, and support preparation and ``predict`` run in float32 (see ``runner/features.py``).
 
 Several processes (``devices x procs_per_device > 1``): Lightning Fabric's DDP launcher starts
-them (it re-executes the command line; on CUDA rank r uses GPU r % device_count, so several
+them (forked from this process after its imports, or re-executing the command line: see
+``launch_method``; on CUDA rank r uses GPU r % device_count, so several
 processes may share one GPU: a head's training is launch-bound and leaves a GPU mostly idle). The
 ranks take the units of ``--shard s/n`` (index ``i % n == s``) from one list ordered longest
 estimated first, each unit run by the rank that claims it first (``runner/schedule.py``); rank
@@ -109,9 +110,15 @@ def seconds_since_process_start() -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda`` as a device, asking NVML rather than the CUDA runtime where
+    it can (Lightning's ``num_cuda_devices``): the processes of a run may be forked afterwards,
+    and a process that has initialised CUDA cannot fork CUDA-using children."""
+    from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+    available = num_cuda_devices() > 0
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        return torch.device("cuda" if available else "cpu")
+    if name == "cuda" and not available:
         raise UserError("--device cuda: no CUDA device is available here")
     if name not in {"cpu", "cuda"}:
         raise UserError(f"--device: unknown device '{name}'; choose from auto, cpu, cuda")
@@ -146,23 +153,28 @@ def run(
     ``startup_seconds``: how long the process ran before this call (the CLI passes
     :func:`seconds_since_process_start`); recorded as the "startup" stage.
     """
-    from semclip_bench.backbones import build_backbone
-    from semclip_bench.data import dataset_digest, load_dataset
-    from semclip_bench.data.episodes import make_episode, support_manifest
-    from semclip_bench.models import method_class
-
     start = time.perf_counter()
     stages = _Stages()
     if startup_seconds is not None:
         stages.add("startup", startup_seconds)  # before run(): interpreter start, imports (CLI)
     no_uninitialized_fill()
     device = resolve_device(config.device)
-    fabric = None
     processes = config.devices * procs_per_device(config, device)
+    job = (config, variants, command, allow_mixed, select)
     if processes > 1:
-        t0 = time.perf_counter()
-        fabric, device = _launch(config, device, processes)
-        stages.add("launch", time.perf_counter() - t0)  # rank 0: until every rank has joined
+        return _launch(job, device, processes, start, stages)
+    return _run_rank(None, job, device, start, stages)
+
+
+def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _Stages) -> RunResult:
+    """The body of :func:`run` in one process: rank ``fabric.global_rank`` of a multi-process run,
+    or the only process (``fabric`` None)."""
+    from semclip_bench.backbones import build_backbone
+    from semclip_bench.data import dataset_digest, load_dataset
+    from semclip_bench.data.episodes import make_episode, support_manifest
+    from semclip_bench.models import method_class
+
+    config, variants, command, allow_mixed, select = job
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     precision = resolve_precision(config.precision, device)
     folder = Path(config.out) / config.kind
@@ -371,26 +383,65 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
     return max(1, min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices)))
 
 
-def _launch(config: RunConfig, device: torch.device, processes: int):
-    """Start ``processes`` processes with Lightning Fabric's DDP launcher.
+#: How the processes of a multi-process run start: "fork" (the default where the platform has it)
+#: copies this process after its imports, so no rank pays the interpreter start and imports again
+#: (~15 s each on an H200 host, measured in results/performance.md); "exec" re-executes the
+#: command line in each process (Lightning's script launcher). SEMCLIP_BENCH_LAUNCH overrides.
+LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
 
-    Returns ``(fabric, device)``: this process's Fabric and its compute device. The launcher
-    re-executes this command line in the other processes (``python -m semclip_bench ...`` works;
-    so does a script); each process then runs its share of the units. The process group is gloo
-    (Fabric on the "cpu" accelerator): its collectives are one token broadcast and barriers, so
-    no NCCL is needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per
-    GPU, or several sharing a GPU (useful on one GPU: the heads' training is launch-bound).
+
+def launch_method() -> str:
+    """``"fork"`` or ``"exec"`` (see :data:`LAUNCH_ENV`)."""
+    import multiprocessing
+
+    chosen = os.environ.get(LAUNCH_ENV, "").strip().lower()
+    if chosen and chosen not in {"fork", "exec"}:
+        raise UserError(f"{LAUNCH_ENV}={chosen!r}: choose fork or exec")
+    if not chosen:
+        chosen = "fork" if "fork" in multiprocessing.get_all_start_methods() else "exec"
+    return chosen
+
+
+def _launch(job: tuple, device: torch.device, processes: int, start: float, stages: _Stages):
+    """Run :func:`_run_rank` in ``processes`` processes with Lightning Fabric's DDP launcher;
+    returns rank 0's :class:`RunResult` (in this process).
+
+    With "fork" (:func:`launch_method`) the processes are forked from this one (Fabric
+    ``ddp_fork``): this process waits and gets rank 0's result back; no CUDA may be touched here
+    before (``resolve_device`` asks NVML, not the CUDA runtime). With "exec" the launcher
+    re-executes the command line and this process is rank 0. The process group is gloo (Fabric on
+    the "cpu" accelerator): its collectives are one token broadcast and barriers, so no NCCL is
+    needed. On CUDA, rank ``r`` computes on GPU ``r % device_count``: one process per GPU, or
+    several sharing a GPU (useful on one GPU: the heads' training is launch-bound).
     """
     import lightning as L
+    from torch.multiprocessing import ProcessRaisedException
 
-    fabric = L.Fabric(accelerator="cpu", devices=processes, strategy="ddp")
-    fabric.launch()
-    # Split the CPU between the processes (decode threads, metrics, CPU compute).
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
-    if device.type == "cuda":
-        device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    return fabric, device
+    method = launch_method()
+    strategy = "ddp_fork" if method == "fork" else "ddp"
+    fabric = L.Fabric(accelerator="cpu", devices=processes, strategy=strategy)
+    launched = time.perf_counter()
+
+    def rank_main(fabric) -> RunResult:
+        if method == "fork" and fabric.global_rank:
+            stages.seconds.pop("startup", None)  # paid once, by the parent (counted on rank 0)
+        stages.add("launch", time.perf_counter() - launched)  # until this rank runs
+        # Split the CPU between the processes (decode threads, metrics, CPU compute).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+        rank_device = device
+        if device.type == "cuda":
+            rank_device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(rank_device)
+        return _run_rank(fabric, job, rank_device, start, stages)
+
+    try:
+        return fabric.launch(rank_main)
+    except ProcessRaisedException as exc:  # a rank failed: its own last line, not a traceback
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(exc)
+        if "UserError: " in last:
+            raise UserError(last.split("UserError: ", 1)[1]) from None
+        raise
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:

@@ -16,10 +16,11 @@ from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, read_rows
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """The CLI in a fresh interpreter: Lightning's launcher re-executes that command line (it
-    cannot re-execute pytest)."""
+def _cli(*args: str, timeout: int = 240, launch: str = "fork") -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter: the ranks are forked from it, or (``launch="exec"``)
+    Lightning's launcher re-executes that command line (it cannot re-execute pytest)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env["SEMCLIP_BENCH_LAUNCH"] = launch
     return subprocess.run(
         [sys.executable, "-m", "semclip_bench", *args],
         cwd=REPO,
@@ -83,3 +84,29 @@ def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: P
     again = _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 episodes run" in again.stdout and len(read_rows([folder])) == 6
+
+
+def test_exec_launch_gives_the_same_rows(
+    tiny_data: Path, fast_config: Path, tmp_path: Path
+) -> None:
+    common = ("sweep", "--config", str(fast_config), "--data", str(tiny_data), "--shots", "1",
+              "--methods", "patchcore,linear_probe", "--device", "cpu",
+              "--devices", "2")  # fmt: skip
+    rows = {}
+    for launch in ("fork", "exec"):
+        done = _cli(*common, "--out", str(tmp_path / launch), launch=launch)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows[launch] = _metrics(read_rows([tmp_path / launch / "sweep"]))
+        assert len(rows[launch]) == 4
+    pd.testing.assert_frame_equal(rows["fork"], rows["exec"])
+
+
+def test_a_failing_rank_gives_one_error_line(
+    tiny_data: Path, fast_config: Path, tmp_path: Path
+) -> None:
+    done = _cli("sweep", "--config", str(fast_config), "--data", str(tiny_data),
+                "--categories", "no_such_category", "--device", "cpu", "--devices", "2",
+                "--out", str(tmp_path / "out"))  # fmt: skip
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no_such_category" in last and "Traceback" not in done.stderr
