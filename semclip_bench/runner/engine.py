@@ -383,22 +383,27 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
     return max(1, min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices)))
 
 
-#: How the processes of a multi-process run start: "fork" (the default where the platform has it)
-#: copies this process after its imports, so no rank pays the interpreter start and imports again
-#: (~15 s each on an H200 host, measured in results/performance.md); "exec" re-executes the
-#: command line in each process (Lightning's script launcher). SEMCLIP_BENCH_LAUNCH overrides.
+#: How the processes of a multi-process run start: "fork" copies this process after its imports,
+#: so no rank pays the interpreter start and imports again (each rank spent 17-21 s there on an
+#: H200 host, results/performance.md); "exec" re-executes the command line in each process
+#: (Lightning's script launcher). Default: fork on the CPU (where the platform has it), exec on
+#: CUDA, where the forked launcher has not yet been measured on a GPU. SEMCLIP_BENCH_LAUNCH
+#: overrides.
 LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
 
 
-def launch_method() -> str:
-    """``"fork"`` or ``"exec"`` (see :data:`LAUNCH_ENV`)."""
+def launch_method(device: torch.device) -> str:
+    """``"fork"`` or ``"exec"`` for a run on ``device`` (see :data:`LAUNCH_ENV`)."""
     import multiprocessing
 
     chosen = os.environ.get(LAUNCH_ENV, "").strip().lower()
     if chosen and chosen not in {"fork", "exec"}:
         raise UserError(f"{LAUNCH_ENV}={chosen!r}: choose fork or exec")
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if chosen == "fork" and not can_fork:
+        raise UserError(f"{LAUNCH_ENV}=fork: this platform cannot fork processes; use exec")
     if not chosen:
-        chosen = "fork" if "fork" in multiprocessing.get_all_start_methods() else "exec"
+        chosen = "fork" if can_fork and device.type == "cpu" else "exec"
     return chosen
 
 
@@ -417,7 +422,7 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
     import lightning as L
     from torch.multiprocessing import ProcessRaisedException
 
-    method = launch_method()
+    method = launch_method(device)
     strategy = "ddp_fork" if method == "fork" else "ddp"
     fabric = L.Fabric(accelerator="cpu", devices=processes, strategy=strategy)
     launched = time.perf_counter()

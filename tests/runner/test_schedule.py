@@ -64,3 +64,20 @@ def test_each_unit_is_claimed_once(tmp_path: Path) -> None:
     assert ClaimBoard(tmp_path, "run2").claim(ids[0])
     boards[0].remove()
     assert not (tmp_path / ".claims").exists()
+
+
+def test_launch_method_defaults_and_override(monkeypatch) -> None:
+    import pytest
+    import torch
+
+    from semclip_bench.errors import UserError
+    from semclip_bench.runner.engine import LAUNCH_ENV, launch_method
+
+    monkeypatch.delenv(LAUNCH_ENV, raising=False)
+    assert launch_method(torch.device("cpu")) == "fork"  # Linux: fork is available
+    assert launch_method(torch.device("cuda")) == "exec"  # not yet measured on a GPU
+    monkeypatch.setenv(LAUNCH_ENV, "fork")
+    assert launch_method(torch.device("cuda")) == "fork"
+    monkeypatch.setenv(LAUNCH_ENV, "spawn")
+    with pytest.raises(UserError, match="choose fork or exec"):
+        launch_method(torch.device("cpu"))
