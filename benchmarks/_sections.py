@@ -31,3 +31,17 @@ def write_section(path: Path, key: str, body: str) -> None:
         parts.append(f"<!-- section: {name} -->\n{text}<!-- end section -->\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
+
+
+def drop_section(path: Path, key: str) -> bool:
+    """Remove the section ``key`` of ``path`` (a measurement of code or weights no longer in use);
+    returns whether it was there."""
+    path = Path(path)
+    sections = read_sections(path)
+    if sections.pop(key, None) is None:
+        return False
+    parts = [HEADER, ""]
+    for name, text in sections.items():
+        parts.append(f"<!-- section: {name} -->\n{text}<!-- end section -->\n")
+    path.write_text("\n".join(parts))
+    return True
