@@ -407,12 +407,9 @@ def _with_pro(counts: RankedCounts, last: int, pro_at_ends: np.ndarray) -> Pixel
     return PixelCurves(counts=counts, pro_fpr=fpr, pro=pro)
 
 
-def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves:
-    """The same computation with torch on the scores' device (e.g. a GPU).
-
-    Sort, tie groups, cumulative counts and the PRO cumulative sum run on the device (integer
-    counts, float64 PRO); the per-threshold arrays then come back for the shared reductions.
-    """
+def _ranked_torch(data: PixelData) -> tuple[torch.Tensor, ...]:
+    """One descending sort of the pixels on the scores' device: the last index of each tie group
+    (``ends``), the payload in score order, and the cumulative true/false positives at each end."""
     scores = data.scores
     device = scores.device
     values, order = torch.sort(scores, descending=True)
@@ -425,7 +422,17 @@ def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves
     payload_sorted = _device_payload(data, device)[order]
     del order
     tps = torch.cumsum(payload_sorted != 0, 0, dtype=torch.int64)[ends]
-    fps = ends + 1 - tps
+    return ends, payload_sorted, tps, ends + 1 - tps
+
+
+def _pixel_curves_torch(data: PixelData, fpr_limit: float | None) -> PixelCurves:
+    """The same computation with torch on the scores' device (e.g. a GPU).
+
+    Sort, tie groups, cumulative counts and the PRO cumulative sum run on the device (integer
+    counts, float64 PRO); the per-threshold arrays then come back for the shared reductions.
+    """
+    device = data.scores.device
+    ends, payload_sorted, tps, fps = _ranked_torch(data)
     counts = RankedCounts(tps=tps.cpu().numpy(), fps=fps.cpu().numpy())
     del tps, fps
     if data.regions is None or fpr_limit is None:
@@ -463,19 +470,8 @@ def pixel_metric_values(data: PixelData, fpr_limit: float) -> tuple[float, float
 
 
 def _pixel_values_torch(data: PixelData, fpr_limit: float) -> tuple[float, float, float]:
-    scores = data.scores
-    device = scores.device
-    values, order = torch.sort(scores, descending=True)
-    changes = torch.empty(values.numel(), dtype=torch.bool, device=device)
-    torch.ne(values[1:], values[:-1], out=changes[:-1])
-    changes[-1] = True
-    del values
-    ends = torch.nonzero(changes).squeeze(1)
-    del changes
-    payload_sorted = _device_payload(data, device)[order]
-    del order
-    tps = torch.cumsum(payload_sorted != 0, 0, dtype=torch.int64)[ends]
-    fps = ends + 1 - tps
+    device = data.scores.device
+    ends, payload_sorted, tps, fps = _ranked_torch(data)
     n_pos, n_neg = (int(v) for v in torch.stack([tps[-1], fps[-1]]).tolist())
 
     zero = tps.new_zeros(1)
