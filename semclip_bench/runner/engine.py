@@ -368,19 +368,31 @@ def _summary_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 #: Processes per GPU when ``procs_per_device`` is 0 ("auto"): a head's training is launch-bound,
-#: so several processes keep one GPU busy (measured in results/performance.md).
+#: so several processes keep one GPU busy (measured in results/performance.md: on an H200 the
+#: default sweep took 108 s with 8, 120 s with 4, several minutes with 1).
 AUTO_PROCS_PER_GPU = 8
+#: GPU memory budgeted per process by "auto": the features a process caches on its GPU (up to
+#: ~5 GiB for the paper's ViT-B-16-plus-240 over the default sweep) plus the query inference peak
+#: (~4 GiB, results/performance.md) plus the CUDA context, with room to spare.
+AUTO_GIB_PER_PROCESS = 16
 
 
 def procs_per_device(config: RunConfig, device: torch.device) -> int:
     """Processes per device: ``config.procs_per_device``, or for 0 ("auto") the measured default
-    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most one per two CPU cores) and 1 on the CPU."""
+    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most one per two CPU cores and one per
+    :data:`AUTO_GIB_PER_PROCESS` of the GPU's memory) and 1 on the CPU."""
     if config.procs_per_device:
         return config.procs_per_device
     if device.type != "cuda":
         return 1
     cores = os.cpu_count() or 1
-    return max(1, min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices)))
+    count = min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices))
+    # Reading the GPU's memory initialises CUDA here: fine when the processes are re-executed,
+    # not when they are forked from this one (then the memory bound is not applied).
+    if launch_method(device) == "exec":
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        count = min(count, int(gib // AUTO_GIB_PER_PROCESS))
+    return max(1, count)
 
 
 #: How the processes of a multi-process run start: "fork" copies this process after its imports,
