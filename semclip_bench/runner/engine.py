@@ -159,7 +159,8 @@ def run(
         stages.add("startup", startup_seconds)  # before run(): interpreter start, imports (CLI)
     no_uninitialized_fill()
     device = resolve_device(config.device)
-    processes = config.devices * procs_per_device(config, device)
+    inherited = os.environ.get(_PROCESSES_ENV)  # a re-executed rank: its launcher decided
+    processes = int(inherited) if inherited else config.devices * procs_per_device(config, device)
     job = (config, variants, command, allow_mixed, select)
     if processes > 1:
         return _launch(job, device, processes, start, stages)
@@ -375,6 +376,9 @@ AUTO_PROCS_PER_GPU = 8
 #: ~5 GiB for the paper's ViT-B-16-plus-240 over the default sweep) plus the query inference peak
 #: (~4 GiB, results/performance.md) plus the CUDA context, with room to spare.
 AUTO_GIB_PER_PROCESS = 16
+#: The total process count the launching process chose, handed to the re-executed ranks so that
+#: they agree with it without each querying the GPU (set only while the ranks start).
+_PROCESSES_ENV = "SEMCLIP_BENCH_RUN_PROCESSES"
 
 
 def procs_per_device(config: RunConfig, device: torch.device) -> int:
@@ -451,6 +455,9 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
             torch.cuda.set_device(rank_device)
         return _run_rank(fabric, job, rank_device, start, stages)
 
+    launching = _PROCESSES_ENV not in os.environ
+    if launching:  # the re-executed ranks inherit the count (see _PROCESSES_ENV)
+        os.environ[_PROCESSES_ENV] = str(processes)
     try:
         return fabric.launch(rank_main)
     except ProcessRaisedException as exc:  # a rank failed: its own last line, not a traceback
@@ -459,6 +466,9 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
         if "UserError: " in last:
             raise UserError(last.split("UserError: ", 1)[1]) from None
         raise
+    finally:
+        if launching:
+            os.environ.pop(_PROCESSES_ENV, None)
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:
