@@ -486,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
-    from semclip_bench.runner.engine import no_uninitialized_fill, resolve_device
+    from semclip_bench.runner.engine import no_uninitialized_fill
     from semclip_bench.runner.features import resolve_precision
+    from semclip_bench.runner.processes import resolve_device
 
     try:
         no_uninitialized_fill()  # as the runner does

@@ -395,8 +395,8 @@ def load_method(
     from semclip_bench.configs import check_config_dir, use_config_dir
     from semclip_bench.models import method_class
     from semclip_bench.runner.config import Variant, method_config
-    from semclip_bench.runner.engine import resolve_device
     from semclip_bench.runner.features import resolve_precision
+    from semclip_bench.runner.processes import resolve_device
     from semclip_bench.runner.validate import validate_variants
 
     folder = check_config_dir(config_dir, "load_method(config_dir=)")

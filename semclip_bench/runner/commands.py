@@ -230,7 +230,7 @@ def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
 
 
 def _startup_seconds() -> float | None:
-    from semclip_bench.runner.engine import seconds_since_process_start
+    from semclip_bench.runner.processes import seconds_since_process_start
 
     return seconds_since_process_start()
 

@@ -1,0 +1,154 @@
+"""The processes of a run: which device, how many processes, and how they start.
+
+A run on several processes (``--devices N`` GPUs x ``--procs-per-device P``) is started by
+Lightning Fabric's DDP launcher on the "cpu" accelerator (gloo: its collectives are one token
+broadcast and barriers, so no NCCL is needed). On CUDA, rank ``r`` computes on GPU
+``r % device_count``: one process per GPU, or several sharing one (a head's training is
+launch-bound and leaves a GPU mostly idle). ``engine.run`` decides what each rank does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semclip_bench.errors import UserError
+from semclip_bench.runner.config import RunConfig
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall-clock seconds since this process started (Linux ``/proc``; None elsewhere): the
+    interpreter start and imports a run pays before ``run`` is entered."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        hertz = os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / hertz)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda`` as a device, asking NVML rather than the CUDA runtime where
+    it can (Lightning's ``num_cuda_devices``): the processes of a run may be forked afterwards,
+    and a process that has initialised CUDA cannot fork CUDA-using children."""
+    from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+    available = num_cuda_devices() > 0
+    if name == "auto":
+        return torch.device("cuda" if available else "cpu")
+    if name == "cuda" and not available:
+        raise UserError("--device cuda: no CUDA device is available here")
+    if name not in {"cpu", "cuda"}:
+        raise UserError(f"--device: unknown device '{name}'; choose from auto, cpu, cuda")
+    return torch.device(name)
+
+
+#: Processes per GPU when ``procs_per_device`` is 0 ("auto"): a head's training is launch-bound,
+#: so several processes keep one GPU busy (measured in results/performance.md: on an H200 the
+#: default sweep took 108 s with 8, 120 s with 4, several minutes with 1).
+AUTO_PROCS_PER_GPU = 8
+#: GPU memory budgeted per process by "auto": the features a process caches on its GPU (up to
+#: ~5 GiB for the paper's ViT-B-16-plus-240 over the default sweep) plus the query inference peak
+#: (~4 GiB, results/performance.md) plus the CUDA context, with room to spare.
+AUTO_GIB_PER_PROCESS = 16
+#: The total process count the launching process chose, handed to the re-executed ranks so that
+#: they agree with it without each querying the GPU (set only while the ranks start).
+_PROCESSES_ENV = "SEMCLIP_BENCH_RUN_PROCESSES"
+
+
+def process_count(config: RunConfig, device: torch.device) -> int:
+    """How many processes the run has: ``devices x procs_per_device``, or, in a re-executed rank,
+    the count its launcher chose."""
+    inherited = os.environ.get(_PROCESSES_ENV)
+    return int(inherited) if inherited else config.devices * procs_per_device(config, device)
+
+
+def procs_per_device(config: RunConfig, device: torch.device) -> int:
+    """Processes per device: ``config.procs_per_device``, or for 0 ("auto") the measured default
+    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most one per two CPU cores and one per
+    :data:`AUTO_GIB_PER_PROCESS` of the GPU's memory) and 1 on the CPU."""
+    if config.procs_per_device:
+        return config.procs_per_device
+    if device.type != "cuda":
+        return 1
+    cores = os.cpu_count() or 1
+    count = min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices))
+    # Reading the GPU's memory initialises CUDA here: fine when the processes are re-executed,
+    # not when they are forked from this one (then the memory bound is not applied).
+    if launch_method(device) == "exec":
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        count = min(count, int(gib // AUTO_GIB_PER_PROCESS))
+    return max(1, count)
+
+
+#: How the processes of a multi-process run start: "fork" copies this process after its imports,
+#: so no rank pays the interpreter start and imports again (each rank spent 17-21 s there on an
+#: H200 host, results/performance.md); "exec" re-executes the command line in each process
+#: (Lightning's script launcher). Default: fork on the CPU (where the platform has it), exec on
+#: CUDA, where the forked launcher has not yet been measured on a GPU. SEMCLIP_BENCH_LAUNCH
+#: overrides.
+LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
+
+
+def launch_method(device: torch.device) -> str:
+    """``"fork"`` or ``"exec"`` for a run on ``device`` (see :data:`LAUNCH_ENV`)."""
+    import multiprocessing
+
+    chosen = os.environ.get(LAUNCH_ENV, "").strip().lower()
+    if chosen and chosen not in {"fork", "exec"}:
+        raise UserError(f"{LAUNCH_ENV}={chosen!r}: choose fork or exec")
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if chosen == "fork" and not can_fork:
+        raise UserError(f"{LAUNCH_ENV}=fork: this platform cannot fork processes; use exec")
+    if not chosen:
+        chosen = "fork" if can_fork and device.type == "cpu" else "exec"
+    return chosen
+
+
+def launch_processes(
+    processes: int, device: torch.device, rank_main: Callable[[Any, torch.device, bool], Any]
+) -> Any:
+    """Run ``rank_main(fabric, rank_device, forked)`` in ``processes`` processes; returns rank 0's
+    result (in this process).
+
+    With "fork" (:func:`launch_method`) the processes are forked from this one (Fabric
+    ``ddp_fork``): this process waits and gets rank 0's result back; no CUDA may be touched here
+    before (:func:`resolve_device` asks NVML, not the CUDA runtime). With "exec" the launcher
+    re-executes the command line and this process is rank 0. A rank that fails with a
+    ``UserError`` gives that one line here, not a traceback.
+    """
+    import lightning as L
+    from torch.multiprocessing import ProcessRaisedException
+
+    method = launch_method(device)
+    strategy = "ddp_fork" if method == "fork" else "ddp"
+    fabric = L.Fabric(accelerator="cpu", devices=processes, strategy=strategy)
+
+    def wrapped(fabric) -> Any:
+        # Split the CPU between the processes (decode threads, metrics, CPU compute).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+        rank_device = device
+        if device.type == "cuda":
+            rank_device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(rank_device)
+        return rank_main(fabric, rank_device, method == "fork")
+
+    launching = _PROCESSES_ENV not in os.environ
+    if launching:  # the re-executed ranks inherit the count (see _PROCESSES_ENV)
+        os.environ[_PROCESSES_ENV] = str(processes)
+    try:
+        return fabric.launch(wrapped)
+    except ProcessRaisedException as exc:  # a rank failed: its own last line, not a traceback
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(exc)
+        if "UserError: " in last:
+            raise UserError(last.split("UserError: ", 1)[1]) from None
+        raise
+    finally:
+        if launching:
+            os.environ.pop(_PROCESSES_ENV, None)
