@@ -18,7 +18,7 @@ estimated first, each unit run by the rank that claims it first (``runner/schedu
 ``r`` writes ``<out>/<kind>/rank<r>/episodes.csv``, and rank 0 waits for all ranks (barrier) before
 the tables are written. Resuming sees every rank's
 rows (the store scans the whole run folder). With the on-disk feature store, the ranks first
-extract each needed image once between them (``features.extract_shared``) and then read each
+extract each needed image once between them (``features.prefetch_units``) and then read each
 other's shares from disk.
 
 Features missing from memory are read from the on-disk store (``runner/feature_store.py``) before
@@ -56,7 +56,7 @@ from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
     FeatureCache,
-    extract_shared,
+    prefetch_units,
     resolve_precision,
     trainer_precision,
 )
@@ -214,11 +214,11 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
     )
     if fabric is not None and disk is not None:
-        extract_shared(todo, dataset, classes, backbone, cache, device, rank, world)
+        prefetch_units(todo, dataset, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
     elif fabric is None:  # every image this run needs, in full batches, before the first episode
-        extract_shared(todo, dataset, classes, backbone, cache, device)
+        prefetch_units(todo, dataset, classes, backbone, cache, device)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
     progress = tqdm(

@@ -388,7 +388,7 @@ def _load_mask(sample: Sample, size: int) -> Tensor:
     return torch.from_numpy(resized > 0).float()
 
 
-def extract_shared(
+def prefetch_units(
     units, dataset, classes, backbone, cache: FeatureCache, device, rank: int = 0, world: int = 1
 ) -> None:
     """Load or extract, up front, the features ``units`` need: one pass per feature kind.
