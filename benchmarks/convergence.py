@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace) -> str:
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig
     from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.engine import no_uninitialized_fill
+    from semclip_bench.runner.episode import no_uninitialized_fill
     from semclip_bench.runner.features import FeatureCache
     from semclip_bench.runner.processes import resolve_device
 

@@ -132,7 +132,7 @@ def bench_method(
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.runner.config import method_config
-    from semclip_bench.runner.engine import _deterministic
+    from semclip_bench.runner.episode import deterministic_setting
     from semclip_bench.runner.features import extract_features, trainer_precision
 
     options, training = method_config(name)
@@ -153,7 +153,7 @@ def bench_method(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=[device.index or 0] if device.type == "cuda" else 1,
             precision=trainer_precision(precision, device),
-            deterministic=_deterministic(device),
+            deterministic=deterministic_setting(device),
         )
         method.eval()
 
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
-    from semclip_bench.runner.engine import no_uninitialized_fill
+    from semclip_bench.runner.episode import no_uninitialized_fill
     from semclip_bench.runner.features import resolve_precision
     from semclip_bench.runner.processes import resolve_device
 

@@ -37,7 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, pixel_supervision
+from semclip_bench.models.base import (
+    Features,
+    FewShotMethod,
+    MethodOutput,
+    SupportSet,
+    pixel_supervision,
+)
 from semclip_bench.models.common import dice_loss, focal_loss, gaussian_blur, upsample_maps
 
 if TYPE_CHECKING:
@@ -77,6 +83,9 @@ class AnomalyClip(FewShotMethod):
     supervision = "normal+defects"
     classifies = False
     trainable = True
+    #: training_loss has no data-dependent control flow once setup_support has run: the runner
+    #: may train several seeds' prompts as one stack (models/together.py).
+    trains_together = True
     uses_masks = True
 
     def __init__(
@@ -122,6 +131,8 @@ class AnomalyClip(FewShotMethod):
             raise UserError("anomalyclip option 'deep_prompt_depth' must be >= 0")
         self.taps = taps
         self.vv_blocks = int(vv_blocks)
+        #: Whether the pixel losses weight rows (set by setup_support; None: decide per batch).
+        self._pixel_weighted: bool | None = None
         self.n_ctx = int(n_ctx)
         self.temperature = float(temperature)
         self.sigma = float(sigma)
@@ -177,6 +188,13 @@ class AnomalyClip(FewShotMethod):
         super().train(mode)
         self.backbone.eval()
         return self
+
+    def setup_support(self, support: SupportSet) -> None:
+        """Decide once whether the pixel losses need per-row weights: only when some support
+        image has no pixel supervision (a defect without a mask). Deciding per batch would need
+        a host sync every step and data-dependent control flow."""
+        rows = pixel_supervision(support.labels, support.masks)
+        self._pixel_weighted = not bool(rows.all()) if len(rows) else None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.ctx_normal, self.ctx_abnormal, *self.deep_prompts]
@@ -245,7 +263,10 @@ class AnomalyClip(FewShotMethod):
         gt = gt.unsqueeze(1).expand(b, n, *size).flatten(0, 1)
         # Pixel losses only on rows with pixel supervision (None: all rows, the plain mean).
         rows = pixel_supervision(labels, masks).to(p_abn.device)
-        weight = None if bool(rows.all()) else rows.repeat_interleave(n)
+        weighted = self._pixel_weighted
+        if weighted is None:  # not set up from a support set: decide from this batch
+            weighted = not bool(rows.all())
+        weight = rows.repeat_interleave(n) if weighted else None
         # Means over (image, tap) pairs times n = per-tap means summed over taps.
         focal = focal_loss(p_abn, gt, weight=weight) * n
         dice = (

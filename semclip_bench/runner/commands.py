@@ -93,6 +93,15 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "features are then computed once per process (in memory)",
         ),
     ),
+    (
+        "--fit-alone",
+        dict(
+            dest="fit_together",
+            action="store_false",
+            help="train every episode on its own instead of the seeds of one (category, shots, "
+            "variant) as one stacked module (same budget; results differ in the last bits)",
+        ),
+    ),
 ]
 
 

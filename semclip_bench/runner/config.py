@@ -86,6 +86,9 @@ class RunConfig:
     procs_per_device: int = 0
     #: Reuse/write frozen features in the on-disk store under $SEMCLIP_BENCH_CACHE/features.
     feature_cache: bool = True
+    #: Train the seeds of one (category, K, variant) as one stacked module when the method allows
+    #: it (models/together.py); False trains every episode alone (--fit-alone).
+    fit_together: bool = True
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
@@ -154,7 +157,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if str(value) not in PRECISIONS:
                 raise ValueError(f"choose from {', '.join(PRECISIONS)}")
             return str(value)
-        if name == "feature_cache":
+        if name in {"feature_cache", "fit_together"}:
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value

@@ -36,29 +36,34 @@ of its extraction batch (fixed batch shape, ``runner/features.py``).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from semclip_bench.errors import UserError
-from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
+from semclip_bench.runner.episode import (
+    Prepared,
+    finish,
+    fit,
+    no_uninitialized_fill,
+    one_line,
+    prepare,
+)
 from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
     FeatureCache,
     prefetch_units,
     resolve_precision,
-    trainer_precision,
 )
 from semclip_bench.runner.processes import (
     launch_processes,
@@ -74,10 +79,16 @@ from semclip_bench.runner.provenance import (  # git_commit, device_name: re-exp
     weights_identity,
     write_provenance,
 )
-from semclip_bench.runner.schedule import ClaimBoard, by_estimated_cost, unit_cost
-from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer, score_episode
+from semclip_bench.runner.schedule import (
+    ClaimBoard,
+    WorkItem,
+    by_estimated_cost,
+    unit_cost,
+    work_items,
+)
+from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer
 from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, episode_id
-from semclip_bench.runner.tracking import Tracker, overlay
+from semclip_bench.runner.tracking import Tracker
 from semclip_bench.runner.validate import probe_class_names, validate_variants
 
 log = logging.getLogger(__name__)
@@ -184,26 +195,43 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         for seed in config.seeds
         for variant in variants
     ]
+
+    def uid(unit: tuple) -> str:
+        return episode_id(unit[0], unit[3].label, unit[1], unit[2])
+
+    def together(unit: tuple) -> bool:  # seeds of one (category, K, variant) train as one
+        trains = getattr(classes[unit[3].method], "trains_together", False)
+        return config.fit_together and trains and unit[1] > 0 and len(config.seeds) > 1
+
     shard_index, shard_count = config.shard
-    mine = [u for i, u in enumerate(units) if i % shard_count == shard_index]
+    mine = [
+        item
+        for i, item in enumerate(work_items(units, uid, together))
+        if i % shard_count == shard_index
+    ]
     done = store.done_ids()
     supports_done = store.supports_done()
-    todo = [u for u in mine if episode_id(u[0], u[3].label, u[1], u[2]) not in done]
-    result.already_done = len(mine) - len(todo)
-    if select is not None:
-        todo = [u for u in todo if episode_id(u[0], u[3].label, u[1], u[2]) in set(select)]
+    wanted = None if select is None else set(select)
+    todo: list[WorkItem] = []
+    for item in mine:
+        record = {i for i in item.record if i not in done and (wanted is None or i in wanted)}
+        if record:
+            todo.append(dataclasses.replace(item, record=frozenset(record)))
+    n_mine = sum(len(item.units) for item in mine)
+    result.already_done = sum(len(item.record & done) for item in mine)
     claims = None
-    if fabric is not None:  # the ranks pull units, longest estimated first (runner/schedule.py)
+    if fabric is not None:  # the ranks pull items, longest estimated first (runner/schedule.py)
         costs = [
-            unit_cost(u[1], len(dataset.defect_types(u[0])), u[3], classes[u[3].method])
-            for u in todo
+            sum(
+                unit_cost(u[1], len(dataset.defect_types(u[0])), u[3], classes[u[3].method])
+                for u in item.units
+            )
+            for item in todo
         ]
         todo = by_estimated_cost(todo, costs)
         claims = ClaimBoard(folder, fabric.broadcast(uuid.uuid4().hex, src=0))
     if result.already_done:
-        log.info(
-            "resuming: %d of %d episodes already in %s", result.already_done, len(mine), folder
-        )
+        log.info("resuming: %d of %d episodes already in %s", result.already_done, n_mine, folder)
     _check_shots(config, dataset, categories)
     # Every variant is built once now: a bad setting fails in seconds, not after other methods.
     validate_variants(variants, classes, backbone, probe_class_names(dataset, categories))
@@ -213,16 +241,17 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     cache = FeatureCache(
         device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
     )
+    todo_units = [u for item in todo for u in item.units]
     if fabric is not None and disk is not None:
-        prefetch_units(todo, dataset, classes, backbone, cache, device, rank, world)
+        prefetch_units(todo_units, dataset, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
     elif fabric is None:  # every image this run needs, in full batches, before the first episode
-        prefetch_units(todo, dataset, classes, backbone, cache, device)
+        prefetch_units(todo_units, dataset, classes, backbone, cache, device)
     tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
     episodes: dict[tuple[str, int, int], Any] = {}
     progress = tqdm(
-        todo,
+        total=sum(len(item.record) for item in todo),
         desc=config.kind if world == 1 else f"{config.kind} rank {rank}/{world}",
         unit="episode",
         dynamic_ncols=True,
@@ -234,49 +263,14 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         store.append(row)
         if row["status"] == "ok":
             result.written += 1
-            progress.write(_one_line(row))
+            progress.write(one_line(row))
         else:
             result.skipped += 1
             progress.write(f"skipped {row['episode_id']}: {row['reason']}")
 
-    scorer = Scorer(background=OVERLAP_SCORING)
-    claimed = 0
-    for category, shots, seed, variant in progress:
-        uid = episode_id(category, variant.label, shots, seed)
-        if claims is not None and not claims.claim(uid):
-            continue  # another rank runs it
-        claimed += 1
-        key = (category, shots, seed)
-        if key not in episodes:  # a few lists of samples per (category, shots, seed)
-            episodes[key] = make_episode(dataset, category, shots, seed)
-        episode = episodes[key]
-        support_key = f"{category}/k{shots}/s{seed}"
-        if support_key not in supports_done and episode.skipped is None:
-            store.append_support(
-                {
-                    "episode": support_key,
-                    "dataset": dataset.name,
-                    "category": category,
-                    "shots": shots,
-                    "seed": seed,
-                    "files": support_manifest(episode),
-                }
-            )
-            supports_done.add(support_key)
-        row, score = _run_one(
-            episode=episode,
-            variant=variant,
-            method_cls=classes[variant.method],
-            backbone=backbone,
-            cache=cache,
-            device=device,
-            tracker=tracker,
-            stages=stages,
-            config=config,
-            precision=precision,
-        )
+    def submit(row: dict[str, Any], score, episode_uid: str, episode) -> None:
         row.update(
-            episode_id=uid,
+            episode_id=episode_uid,
             kind=config.kind,
             dataset=dataset.name,
             backbone=spec.name,
@@ -288,6 +282,68 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         # W&B runs are finished in episode order on this thread: score at once when logging.
         for finished in scorer.submit(row, score, in_background=not tracker.enabled):
             record(finished)
+
+    scorer = Scorer(background=OVERLAP_SCORING)
+    claimed = 0
+    for item in todo:
+        progress.update(len(item.record))
+        if claims is not None and not claims.claim(item.key):
+            continue  # another rank runs it
+        claimed += len(item.record)
+        members: list[tuple[str, Any, Prepared]] = []
+        for category, shots, seed, variant in item.units:
+            unit_id = episode_id(category, variant.label, shots, seed)
+            key = (category, shots, seed)
+            if key not in episodes:  # a few lists of samples per (category, shots, seed)
+                episodes[key] = make_episode(dataset, category, shots, seed)
+            episode = episodes[key]
+            support_key = f"{category}/k{shots}/s{seed}"
+            if support_key not in supports_done and episode.skipped is None:
+                store.append_support(
+                    {
+                        "episode": support_key,
+                        "dataset": dataset.name,
+                        "category": category,
+                        "shots": shots,
+                        "seed": seed,
+                        "files": support_manifest(episode),
+                    }
+                )
+                supports_done.add(support_key)
+            row, prepared = prepare(
+                episode=episode,
+                variant=variant,
+                method_cls=classes[variant.method],
+                backbone=backbone,
+                cache=cache,
+                device=device,
+                tracker=tracker,
+                config=config,
+                log=unit_id in item.record,
+            )
+            if prepared is not None:
+                members.append((unit_id, episode, prepared))
+            elif unit_id in item.record:
+                submit(row, None, unit_id, episode)
+        if not members:
+            continue
+        stages.add(
+            "fit",
+            fit(
+                [m[2] for m in members],
+                device=device,
+                precision=precision,
+                together=config.fit_together,
+                tracker=tracker,
+            ),
+        )
+        for unit_id, episode, prepared in members:
+            if unit_id in item.record:
+                row, score = finish(
+                    prepared, cache=cache, device=device, stages=stages, config=config,
+                    tracker=tracker,
+                )
+                submit(row, score, unit_id, episode)
     for finished in scorer.close():
         record(finished)
     progress.close()
@@ -321,14 +377,6 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     if result.is_main and result.written:
         tracker.log_summary(_summary_rows(folder), config.kind)
     return result
-
-
-def _support_samples(episode, method_cls: type[FewShotMethod]) -> list:
-    """The support images a method sees: K normal, plus K per defect type if it uses defects."""
-    support = list(episode.normal_support)
-    if method_cls.supervision == "normal+defects":
-        support += list(episode.defect_support_flat)
-    return support
 
 
 def _summary_rows(folder: Path) -> list[dict[str, Any]]:
@@ -387,217 +435,3 @@ def _check_shots(config: RunConfig, dataset, categories: Sequence[str]) -> None:
                 f"--shots: {shots} shots is more than the data allows "
                 f"(at most {most} normal training images per category in {dataset.name})"
             )
-
-
-def _run_one(
-    *,
-    episode,
-    variant: Variant,
-    method_cls: type[FewShotMethod],
-    backbone,
-    cache: FeatureCache,
-    device: torch.device,
-    tracker: Tracker,
-    stages: _Stages,
-    config: RunConfig,
-    precision: str = "fp32",
-) -> tuple[dict[str, Any], Callable[[], dict[str, Any]] | None]:
-    """Fit one variant on one episode and predict its query.
-
-    Returns its row (without identity columns) and the call that scores it (exact metrics into the
-    row, then the W&B finish when logging); None when the episode is skipped (the row is final).
-    The scoring may run on the scoring thread while the next episode fits (see :func:`run`).
-    """
-    from semclip_bench.data.dataset import masks_missing_reason, missing_mask_types
-    from semclip_bench.models.lightning import TrainingConfig, fit_method
-
-    supervision = method_cls.supervision
-    if episode.shots == 0 and supervision != "zero-shot":
-        supervision = "zero-shot"
-    defect_support = episode.defect_support_flat
-    row: dict[str, Any] = dict(
-        category=episode.category,
-        variant=variant.label,
-        method=variant.method,
-        supervision=supervision_text(  # says when a mask-trained method had no masks
-            supervision,
-            method_cls.uses_masks,
-            missing_mask_types(defect_support),
-            bool(defect_support) and all(s.mask_path is None for s in defect_support),
-        ),
-        shots=episode.shots,
-        seed=episode.seed,
-        status="skipped",
-        reason="",
-    )
-    if episode.skipped:
-        row["reason"] = episode.skipped
-        return row, None
-    if episode.shots == 0 and not method_cls.zero_shot:
-        row["reason"] = f"{variant.method} needs support images (K = 0 is zero-shot only)"
-        return row, None
-
-    torch.manual_seed(episode.seed)
-    method = method_cls(backbone, episode.class_names, **variant.options).to(device)
-    method.eval()
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean = getattr(method, "mean", backbone.mean)
-    std = getattr(method, "std", backbone.std)
-
-    support = _support_samples(episode, method_cls)
-    class_index = {name: i for i, name in enumerate(episode.class_names)}
-    support_set = SupportSet(
-        features=cache.features(method, support, size, mean, std),
-        labels=torch.tensor([class_index[s.label] for s in support], dtype=torch.long),
-        masks=cache.masks(support, size),  # zeros for images without a mask
-        class_names=episode.class_names,
-        category=episode.category,
-        has_mask=torch.tensor([s.mask_path is not None or not s.is_anomalous for s in support]),
-    )
-    if support_set.features:
-        support_set.features = {k: v.to(device) for k, v in support_set.features.items()}
-        support_set.labels = support_set.labels.to(device)
-        support_set.masks = support_set.masks.to(device)
-
-    name = f"{variant.label}-{episode.category}-k{episode.shots}-s{episode.seed}"
-    logger = tracker.start(
-        name=name,
-        group=f"{config.kind}/{variant.label}/k{episode.shots}",
-        config={
-            "variant": variant.label,
-            "method": variant.method,
-            "options": variant.options,
-            "training": variant.training,
-            "category": episode.category,
-            "shots": episode.shots,
-            "seed": episode.seed,
-            "supervision": row["supervision"],
-        },
-    )
-    t0 = time.perf_counter()
-    fit_method(
-        method,
-        support_set,
-        TrainingConfig(**variant.training),
-        seed=episode.seed,
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
-        precision=trainer_precision(precision, device),
-        deterministic=_deterministic(device),
-        logger=logger if logger is not None else False,
-    )
-    row["fit_seconds"] = round(time.perf_counter() - t0, 3)
-    stages.add("fit", row["fit_seconds"])
-
-    query = list(episode.query)
-    batches = cache.batches(method, query, size, mean, std, config.batch_size)  # "features" stage
-    t0 = time.perf_counter()
-    outputs = _predict(method, batches, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the maps stay on the GPU: time the work, not the launch
-    row["predict_seconds"] = round(time.perf_counter() - t0, 3)
-    stages.add("predict", row["predict_seconds"])
-
-    produces_maps = method.produces_maps
-    no_masks = masks_missing_reason(query)  # pixel metrics need every defect image's mask
-    t0 = time.perf_counter()
-    truth = None
-    if produces_maps and not no_masks:  # the masks' side, built once per query set, shared
-        truth = cache.pixel_truth(query, size, tuple(outputs.anomaly_map.shape[-2:]))
-    stages.add("metrics", time.perf_counter() - t0)
-    overlays = None
-    if logger is not None and episode.seed == config.seeds[0]:
-        overlays = _overlays(query, outputs, size, cache)
-    score = functools.partial(
-        score_episode,
-        row=row,
-        outputs=outputs,
-        query=query,
-        truth=truth,
-        masks_reason=no_masks,
-        class_index=class_index,
-        method_name=variant.method,
-        produces_maps=produces_maps,
-        device=device,
-        stages=stages,
-    )
-    if logger is None:
-        return row, score
-
-    def score_and_log() -> dict[str, Any]:
-        scored = score()
-        tracker.finish(logger, {k: scored[k] for k in METRIC_COLUMNS}, overlays)
-        return scored
-
-    return row, score_and_log
-
-
-def no_uninitialized_fill() -> None:
-    """Keep ``torch.empty`` cheap once Lightning has turned deterministic algorithms on.
-
-    ``deterministic=True`` (``torch.use_deterministic_algorithms``) also makes every new empty
-    tensor be filled (NaN) first, which cost ~13% of the CPU time of SEM-CLIP's query inference
-    for no effect on results (no kernel here reads memory it has not written).
-    """
-    torch.utils.deterministic.fill_uninitialized_memory = False
-
-
-def _deterministic(device: torch.device) -> bool | str:
-    """Lightning ``deterministic`` setting: strict on the CPU; ``"warn"`` on CUDA, where some
-    backward kernels the heads need (bilinear upsampling) have no deterministic implementation and
-    would raise under ``torch.use_deterministic_algorithms(True)``."""
-    return "warn" if device.type == "cuda" else True
-
-
-def _predict(
-    method: FewShotMethod, batches: Iterable[dict[str, torch.Tensor]], device
-) -> MethodOutput:
-    """Batched float32 prediction (the run's precision is used for extraction only; see
-    ``runner/features.py``). Scores and logits come back to the CPU in one copy each; the maps
-    stay where they were computed (on CUDA, the pixel metrics run there: no host round trip)."""
-    parts: list[MethodOutput] = []
-    with torch.no_grad():
-        for batch in batches:
-            parts.append(method.predict({k: v.to(device) for k, v in batch.items()}))
-    logits = [p.class_logits for p in parts]
-    return MethodOutput(
-        image_score=torch.cat([p.image_score.detach().float() for p in parts]).cpu(),
-        anomaly_map=torch.cat([p.anomaly_map.detach().float() for p in parts]),
-        class_logits=None
-        if logits[0] is None
-        else torch.cat([x.detach().float() for x in logits]).cpu(),
-    )
-
-
-def _overlays(query, outputs: MethodOutput, size: int, cache: FeatureCache, count: int = 4):
-    """A few defect query images with their anomaly maps, for W&B."""
-    import cv2
-
-    from semclip_bench.data.images import read_image
-
-    chosen = [i for i, s in enumerate(query) if s.is_anomalous][:count]
-    pictures = []
-    for i in chosen:
-        image = read_image(query[i].image_path)
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.shape[-1] == 1:
-            image = np.repeat(image, 3, axis=-1)
-        heat = outputs.anomaly_map[i].cpu().numpy()
-        pictures.append(
-            (overlay(image, heat), heat, f"{query[i].label}: {query[i].image_path.name}")
-        )
-    return pictures
-
-
-def _one_line(row: dict[str, Any]) -> str:
-    def fmt(key: str) -> str:
-        value = row.get(key)
-        return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
-
-    return (
-        f"{row['episode_id']}: iAUROC {fmt('iAUROC')} pAUROC {fmt('pAUROC')} "
-        f"pF1max {fmt('pF1max')} cls_acc {fmt('cls_accuracy')} "
-        f"(fit {row.get('fit_seconds', 0):.1f}s, predict {row.get('predict_seconds', 0):.1f}s)"
-    )

@@ -191,7 +191,7 @@ def write_provenance(
         "shard": f"{shard_index}/{shard_count}",
         "rank": rank,
         "ranks": ranks,
-        "work": f"units i with i % {shard_count} == {shard_index}"
+        "work": f"work items i with i % {shard_count} == {shard_index}"
         + (", claimed by the ranks longest estimated first" if ranks > 1 else ""),
         "episodes_assigned": assigned,
         "precision": result.precision,
@@ -254,6 +254,16 @@ def _weights_line(rec: dict[str, Any]) -> str:
     return f"- Backbone: `{rec.get('backbone')}`, weights: {what}"
 
 
+def _training_text(rec: dict[str, Any]) -> str:
+    """How the heads were trained: the seeds of a group together, or each episode alone."""
+    if (rec.get("config") or {}).get("fit_together", False):
+        return (
+            "the seeds of one (category, shots, variant) of a method that allows it trained "
+            "together as one stacked module (`--fit-alone`: each alone)"
+        )
+    return "each episode trained alone"
+
+
 def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:
     first = part[0]
     ranks = first.get("ranks", first.get("devices", 1))
@@ -284,6 +294,7 @@ def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:
         if len(part) < ranks:
             lines.append(f"- **Only {len(part)} of {ranks} ranks left a provenance record**")
     lines.append(f"- Shots: {first.get('shots')}; seeds: {first.get('seeds')}")
+    lines.append(f"- Training: {_training_text(first)}")
     wall = max(float(r.get("wall_seconds", 0)) for r in part)
     stages: dict[str, float] = {}
     for rec in part:

@@ -9,7 +9,13 @@ episode of each other whatever the methods cost. Which rank runs a unit never ch
 episode's features do not depend on the process (fixed extraction batches, ``runner/features.py``)
 and its training is seeded by the episode alone.
 
-``--shard i/n`` (job arrays) keeps its static rule, ``index % n == i`` over the unit list, so the
+Work items: the seeds of one (category, K, variant) whose method trains together
+(``models/together.py``) form one item, trained as one stacked module and claimed as one; every
+other unit is an item of its own (:func:`work_items`). An item always trains all its members, also
+when only some of their rows are still to be written (resume, ``verify``), so an episode's numbers
+never depend on which of its group's rows were already on disk.
+
+``--shard i/n`` (job arrays) keeps its static rule, ``index % n == i`` over the work items, so the
 shards of an array are fixed before any job starts.
 """
 
@@ -18,7 +24,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,42 @@ def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tu
     """``units`` longest estimated first; ties keep the run order (stable)."""
     order = sorted(range(len(units)), key=lambda i: -costs[i])
     return [units[i] for i in order]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Units trained together (one unit, or the seeds of a group), and the rows to write."""
+
+    #: Claim id: the first member's episode id (unique: a unit is in exactly one item).
+    key: str
+    #: Every unit the item trains, in run order: (category, shots, seed, variant).
+    units: tuple[tuple, ...]
+    #: Episode ids of the members whose rows this run writes (the others are trained only).
+    record: frozenset[str] = frozenset()
+
+
+def work_items(
+    units: Sequence[tuple],
+    uid: Callable[[tuple], str],
+    together: Callable[[tuple], bool],
+) -> list[WorkItem]:
+    """Group ``units`` into work items: units for which ``together`` holds and that share
+    (category, shots, variant label) form one item, at the position of its first member; every
+    other unit is an item of its own. ``record`` is every member (narrow it with ``dataclasses
+    .replace``)."""
+    groups: dict[tuple, list[tuple]] = {}
+    order: list[tuple] = []
+    for unit in units:
+        category, shots, _, variant = unit
+        key = (category, shots, variant.label) if together(unit) else (uid(unit),)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(unit)
+    return [
+        WorkItem(uid(groups[k][0]), tuple(groups[k]), frozenset(uid(u) for u in groups[k]))
+        for k in order
+    ]
 
 
 class ClaimBoard:

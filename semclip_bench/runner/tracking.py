@@ -85,6 +85,18 @@ class Tracker:
             self._disable(exc)
             return None
 
+    def log_history(self, logger, history: dict[str, list[float]]) -> None:
+        """Log a training curve after the fit (one point per epoch per loss term), for episodes
+        trained together, whose fit could not log to each episode's own run as it went."""
+        if logger is None or not history:
+            return
+        try:
+            for epoch in range(max(len(v) for v in history.values())):
+                values = {f"train/{k}": v[epoch] for k, v in history.items() if epoch < len(v)}
+                logger.log_metrics({**values, "epoch": epoch}, step=epoch)
+        except Exception as exc:
+            self._disable(exc)
+
     def finish(
         self,
         logger,

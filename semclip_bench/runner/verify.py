@@ -216,6 +216,7 @@ def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
     are selected by id within the recorded ``--shard``, whichever rank ran them)."""
     recorded = dict(record.get("config") or {})
     known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
+    known.setdefault("fit_together", False)  # records before it existed trained each alone
     config = merge_config(RunConfig(), known, f"{PROVENANCE_FILE} config")
     config.devices = 1
     config.procs_per_device = 1

@@ -72,7 +72,7 @@ def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: P
         assert (record["rank"], record["ranks"], record["shard"]) == (r, 2, "0/1")
         assert (
             record["work"]
-            == "units i with i % 1 == 0, claimed by the ranks longest estimated first"
+            == "work items i with i % 1 == 0, claimed by the ranks longest estimated first"
         )
         assert record["episodes_assigned"] == record["episodes_written"] == counts[r]
     header = (tmp_path / "two" / "sweep.md").read_text().split("## Detection")[0]

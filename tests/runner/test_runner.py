@@ -102,7 +102,8 @@ def test_two_shards_merge_to_single_run(
             == 0
         )
     parts = [len(read_rows([tmp_path / f"s{i}"])) for i in range(2)]
-    assert parts == [10, 10]
+    # Shards split work items: the seeds of a group trained together are in one shard.
+    assert sum(parts) == 20 and min(parts) > 0
     assert (
         main(
             [

@@ -1,0 +1,225 @@
+"""Train the heads of several episodes as one stacked module (one Lightning fit, one optimiser).
+
+Episodes that share a method variant, a support size and a category differ only in their seed:
+which support images were drawn, the initial head and the shuffling order. Their heads are
+independent problems of identical shape, so they are trained together: every trainable parameter
+gets a leading member dimension, one step evaluates every member's loss with ``torch.func.vmap``
+over that dimension and back-propagates their sum (member ``i``'s gradient is that of its own
+loss: the members share no parameter). AdamW is elementwise, so the stacked optimiser is each
+member's own. Each member keeps its own batches: its own seeded :class:`DataLoader`, exactly as
+:func:`~semclip_bench.models.lightning.fit_method` builds it, iterated in lockstep with the others.
+
+What differs from training each alone: kernels see S problems at once (batched matrix products
+instead of single ones), so results can differ from :func:`fit_method` in the last bits, which
+training may amplify; they are deterministic given the group (the runner always trains the same
+group for an episode: every seed of the run). A method opts in by declaring
+``trains_together = True``: its ``training_loss`` must be free of data-dependent Python control
+flow (no ``bool(tensor)`` / ``.item()`` on anything that differs between members).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.utils.data import DataLoader
+
+from semclip_bench.models.base import Features, FewShotMethod, SupportSet
+from semclip_bench.models.lightning import (
+    _EXPECTED_WARNINGS,
+    FewShotModule,
+    TrainingConfig,
+    _batched,
+    _SupportFeatures,
+)
+
+
+def can_train_together(methods: Sequence[FewShotMethod], supports: Sequence[SupportSet]) -> bool:
+    """Whether ``methods`` (one per support set) can be trained as one stack: two or more, one
+    class that opts in, the same trainable parameter shapes and support sizes."""
+    if len(methods) < 2 or len(methods) != len(supports):
+        return False
+    first = methods[0]
+    if not getattr(first, "trains_together", False) or not first.trainable:
+        return False
+    shapes = [_trainable_shapes(m) for m in methods]
+    sizes = {len(s.labels) for s in supports}
+    return all(type(m) is type(first) for m in methods) and len(sizes) == 1 and sizes != {0} and (
+        all(s == shapes[0] for s in shapes)
+    )
+
+
+def _trainable_names(method: FewShotMethod) -> list[str]:
+    """Names of the parameters ``trainable_parameters()`` returns, in that order."""
+    wanted = {id(p) for p in method.trainable_parameters()}
+    return [name for name, p in method.named_parameters() if id(p) in wanted]
+
+
+def _trainable_shapes(method: FewShotMethod) -> list[tuple[str, tuple[int, ...]]]:
+    params = dict(method.named_parameters())
+    return [(n, tuple(params[n].shape)) for n in _trainable_names(method)]
+
+
+class _Loss(nn.Module):
+    """``forward`` = the wrapped method's ``training_loss`` (what ``functional_call`` calls)."""
+
+    def __init__(self, method: FewShotMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        return self.method.training_loss(features, labels, masks)
+
+
+class StackedFewShotModule(L.LightningModule):
+    """The trainable parameters of S methods of one structure, stacked, trained as one module.
+
+    ``methods[0]`` is the template whose code runs (under ``vmap``) with each member's parameters
+    and with each member's own value of every buffer that differs between the members (support
+    statistics); buffers equal in all members (text embeddings, flags) stay the template's.
+    ``history[i]`` is member i's training curve, as :attr:`FewShotModule.history`.
+    """
+
+    def __init__(self, methods: Sequence[FewShotMethod], config: TrainingConfig) -> None:
+        super().__init__()
+        self.members = list(methods)
+        self.config = config
+        template = self.members[0]
+        self._loss = _Loss(template)
+        self.names = _trainable_names(template)
+        params = [dict(m.named_parameters()) for m in self.members]
+        self.stacked = nn.ParameterList(
+            [nn.Parameter(torch.stack([p[n].detach() for p in params])) for n in self.names]
+        )
+        buffers = [dict(m.named_buffers()) for m in self.members]
+        self.varying = [
+            n
+            for n, value in buffers[0].items()
+            if not n.startswith("backbone.")
+            and any(not torch.equal(value, b[n]) for b in buffers[1:])
+        ]
+        for i, n in enumerate(self.varying):
+            self.register_buffer(f"varying_{i}", torch.stack([b[n] for b in buffers]))
+        self.history: list[dict[str, list[float]]] = [{} for _ in self.members]
+        self._epoch_sums: dict[str, Tensor] = {}
+        self._epoch_count = 0
+
+        def member_loss(params: dict, buffers: dict, features: Features, labels, masks):
+            state = {f"method.{k}": v for k, v in (params | buffers).items()}
+            return functional_call(self._loss, state, (features, labels, masks), strict=False)
+
+        self._vmapped = vmap(member_loss, randomness="error")
+
+    def cpu(self) -> StackedFewShotModule:
+        """Stay put (see :meth:`FewShotModule.cpu`): the members hold the shared backbone."""
+        return self
+
+    def training_step(self, batch: list, batch_idx: int) -> Tensor:
+        parts = batch[0] if isinstance(batch, tuple) else batch  # CombinedLoader: (list, idx, dl)
+        features = {k: torch.stack([p[0][k] for p in parts]) for k in parts[0][0]}
+        labels = torch.stack([p[1] for p in parts])
+        masks = torch.stack([p[2] for p in parts])
+        params = dict(zip(self.names, self.stacked, strict=True))
+        buffers = {n: getattr(self, f"varying_{i}") for i, n in enumerate(self.varying)}
+        terms = self._vmapped(params, buffers, features, labels, masks)  # each (S,)
+        n = labels.shape[1]
+        for name, value in terms.items():
+            total = value.detach().float() * n
+            self._epoch_sums[name] = self._epoch_sums.get(name, 0) + total
+        self._epoch_count += n
+        return terms["loss"].sum()
+
+    def on_train_epoch_end(self) -> None:
+        """Append each member's epoch means (one host copy per epoch for all members)."""
+        if self._epoch_count:
+            means = {k: (v / self._epoch_count).tolist() for k, v in self._epoch_sums.items()}
+            for i, history in enumerate(self.history):
+                for name, values in means.items():
+                    history.setdefault(name, []).append(values[i])
+        self._epoch_sums, self._epoch_count = {}, 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            list(self.stacked),
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            betas=self.config.betas,
+        )
+
+    @torch.no_grad()
+    def unstack(self) -> None:
+        """Copy member i's slice of every stacked parameter back into ``members[i]``."""
+        for i, method in enumerate(self.members):
+            params = dict(method.named_parameters())
+            for name, stacked in zip(self.names, self.stacked, strict=True):
+                params[name].copy_(stacked[i])
+
+
+def fit_methods_together(
+    methods: Sequence[FewShotMethod],
+    supports: Sequence[SupportSet],
+    config: TrainingConfig | None = None,
+    seeds: Sequence[int] = (),
+    **trainer_kwargs: object,
+) -> list[FewShotModule]:
+    """:func:`~semclip_bench.models.lightning.fit_method` for several episodes in one fit.
+
+    Member ``i`` is prepared (``setup_support``) and batched exactly as ``fit_method(methods[i],
+    supports[i], config, seeds[i])`` would, and trained with its own parameters and batches in
+    one stacked optimisation (see the module docstring). Needs :func:`can_train_together`.
+    Returns one :class:`FewShotModule` per member, with that member's ``history``.
+    """
+    config = config or TrainingConfig()
+    if len(seeds) != len(methods) or not can_train_together(methods, supports):
+        raise ValueError("fit_methods_together: these methods cannot be trained as one stack")
+    loaders = []
+    for method, support, seed in zip(methods, supports, seeds, strict=True):
+        L.seed_everything(seed, workers=True, verbose=False)
+        method.setup_support(support)
+        loaders.append(
+            DataLoader(
+                _SupportFeatures(support),
+                batch_size=config.batch_for(len(support.labels)),
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+                collate_fn=_batched,
+            )
+        )
+    modules = [FewShotModule(m, config) for m in methods]
+    if config.epochs <= 0:
+        return modules
+    device = next(iter(methods[0].parameters()), torch.empty(0)).device
+    stacked = StackedFewShotModule(methods, config)
+    defaults: dict[str, object] = dict(
+        max_epochs=config.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        accelerator="cpu",
+        devices=1,
+    )
+    defaults.update(trainer_kwargs)
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        # vmap runs attention kernels without a batching rule member by member: correct, and
+        # what training alone would cost for that op.
+        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*")
+        trainer = L.Trainer(**defaults)
+        trainer.fit(stacked, train_dataloaders=CombinedLoader(loaders, mode="min_size"))
+    stacked.unstack()
+    for method, module, history in zip(methods, modules, stacked.history, strict=True):
+        method.to(device)
+        method.eval()
+        module.history = history
+    return modules
+
+
+__all__ = ["StackedFewShotModule", "can_train_together", "fit_methods_together"]
