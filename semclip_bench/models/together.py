@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 
 from semclip_bench.models.base import Features, FewShotMethod, SupportSet
@@ -209,11 +210,12 @@ def fit_methods_together(
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
-        # vmap runs attention kernels without a batching rule member by member: correct, and
-        # what training alone would cost for that op.
-        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*")
         trainer = L.Trainer(**defaults)
-        trainer.fit(stacked, train_dataloaders=CombinedLoader(loaders, mode="min_size"))
+        # The fused attention kernels have no (CPU) or a wrong (CUDA, with an attention mask:
+        # "attn_bias: wrong shape") batching rule under vmap; the math form is plain batched
+        # matrix products (attention only runs in AnomalyCLIP's text tower here).
+        with sdpa_kernel(SDPBackend.MATH):
+            trainer.fit(stacked, train_dataloaders=CombinedLoader(loaders, mode="min_size"))
     stacked.unstack()
     for method, module, history in zip(methods, modules, stacked.history, strict=True):
         method.to(device)
