@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -88,6 +89,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tables_seconds(stdout: str) -> float | None:
+    """Seconds the command spent writing its tables (its ``tables: PATH (Xs)`` line)."""
+    found = re.findall(r"^tables: .* \(([0-9.]+)s\)$", stdout, flags=re.MULTILINE)
+    return float(found[-1]) if found else None
+
+
 def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     names: list[str] = []
     for _, run in runs:
@@ -96,8 +103,8 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     lines = [
         "| run | wall s (process) | CPU s (process) | run s (in process) | "
         + " | ".join(names)
-        + " | episodes |",
-        "|---" * (len(names) + 5) + "|",
+        + " | tables | rest | episodes |",
+        "|---" * (len(names) + 7) + "|",
     ]
     for label, run in runs:
         for rank, prov in enumerate(run["ranks"]):
@@ -106,10 +113,15 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             cells = [f"{stages[n]:.1f}" if n in stages else "-" for n in names]
             wall = f"{run['wall']:.1f}" if rank == 0 else ""
             cpu = f"{run['cpu']:.1f}" if rank == 0 else ""
+            tables = rest = ""
+            if rank == 0 and (seconds := tables_seconds(run.get("stdout", ""))) is not None:
+                tables = f"{seconds:.1f}"
+                inside = float(prov.get("wall_seconds", 0)) + float(stages.get("startup", 0))
+                rest = f"{run['wall'] - inside - seconds:.1f}"
             lines.append(
                 f"| {who} | {wall} | {cpu} | {prov.get('wall_seconds', float('nan')):.1f} | "
                 + " | ".join(cells)
-                + f" | {prov.get('episodes_written', '?')} |"
+                + f" | {tables} | {rest} | {prov.get('episodes_written', '?')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -148,7 +160,9 @@ def section_body(
         "\nwall = the child process from start to exit (interpreter start, imports, backbone, "
         "data, episodes, tables); CPU = its user + system CPU seconds (all its threads and "
         "processes); run = the runner's own wall-clock; stages = provenance "
-        "stage_seconds (metrics may overlap the next episode on the scoring thread).\n"
+        "stage_seconds (metrics may overlap the next episode on the scoring thread); tables = "
+        "writing the tables and plots after the run; rest = wall - startup - run - tables "
+        "(interpreter start before the clock, process exit).\n"
     )
     return text
 

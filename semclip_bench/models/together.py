@@ -1,8 +1,9 @@
 """Train the heads of several episodes as one stacked module (one Lightning fit, one optimiser).
 
-Episodes that share a method variant, a support size and a category differ only in their seed:
-which support images were drawn, the initial head and the shuffling order. Their heads are
-independent problems of identical shape, so they are trained together: every trainable parameter
+Episodes that share a method variant and a support size (the runner groups every seed and every
+category of one (variant, K) with the same number of classes) differ in their support images,
+class prompts, initial head and shuffling order, not in shapes. Their heads are independent
+problems of identical shape, so they are trained together: every trainable parameter
 gets a leading member dimension, one step evaluates every member's loss with ``torch.func.vmap``
 over that dimension and back-propagates their sum (member ``i``'s gradient is that of its own
 loss: the members share no parameter). AdamW is elementwise, so the stacked optimiser is each
@@ -12,7 +13,9 @@ member's own. Each member keeps its own batches: its own seeded :class:`DataLoad
 What differs from training each alone: kernels see S problems at once (batched matrix products
 instead of single ones), so results can differ from :func:`fit_method` in the last bits, which
 training may amplify; they are deterministic given the group (the runner always trains the same
-group for an episode: every seed of the run). A method opts in by declaring
+group for an episode: every seed and category of the run, also when resuming or verifying; so
+a run over fewer seeds or categories can differ from it in those last bits). Attention runs in
+its math form here (see :func:`fit_methods_together`). A method opts in by declaring
 ``trains_together = True``: its ``training_loss`` must be free of data-dependent Python control
 flow (no ``bool(tensor)`` / ``.item()`` on anything that differs between members).
 """
@@ -50,8 +53,11 @@ def can_train_together(methods: Sequence[FewShotMethod], supports: Sequence[Supp
         return False
     shapes = [_trainable_shapes(m) for m in methods]
     sizes = {len(s.labels) for s in supports}
-    return all(type(m) is type(first) for m in methods) and len(sizes) == 1 and sizes != {0} and (
-        all(s == shapes[0] for s in shapes)
+    return (
+        all(type(m) is type(first) for m in methods)
+        and len(sizes) == 1
+        and sizes != {0}
+        and (all(s == shapes[0] for s in shapes))
     )
 
 

@@ -98,8 +98,8 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         dict(
             dest="fit_together",
             action="store_false",
-            help="train every episode on its own instead of the seeds of one (category, shots, "
-            "variant) as one stacked module (same budget; results differ in the last bits)",
+            help="train every episode on its own instead of the episodes of one (variant, shots) "
+            "as one stacked module (same budget and batches; results differ in the last bits)",
         ),
     ),
 ]

@@ -86,8 +86,9 @@ class RunConfig:
     procs_per_device: int = 0
     #: Reuse/write frozen features in the on-disk store under $SEMCLIP_BENCH_CACHE/features.
     feature_cache: bool = True
-    #: Train the seeds of one (category, K, variant) as one stacked module when the method allows
-    #: it (models/together.py); False trains every episode alone (--fit-alone).
+    #: Train the episodes of one (variant, K) with equal support sizes (every seed and category)
+    #: as one stacked module when the method allows it (models/together.py); False trains every
+    #: episode alone (--fit-alone).
     fit_together: bool = True
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]

@@ -199,14 +199,18 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     def uid(unit: tuple) -> str:
         return episode_id(unit[0], unit[3].label, unit[1], unit[2])
 
-    def together(unit: tuple) -> bool:  # seeds of one (category, K, variant) train as one
-        trains = getattr(classes[unit[3].method], "trains_together", False)
-        return config.fit_together and trains and unit[1] > 0 and len(config.seeds) > 1
+    def group(unit: tuple) -> tuple | None:
+        """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
+        category, shots, _, variant = unit
+        trains = getattr(classes[variant.method], "trains_together", False)
+        if not (config.fit_together and trains and shots > 0):
+            return None
+        return (variant.label, shots, len(dataset.defect_types(category)))
 
     shard_index, shard_count = config.shard
     mine = [
         item
-        for i, item in enumerate(work_items(units, uid, together))
+        for i, item in enumerate(work_items(units, uid, group))
         if i % shard_count == shard_index
     ]
     done = store.done_ids()
@@ -340,7 +344,11 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         for unit_id, episode, prepared in members:
             if unit_id in item.record:
                 row, score = finish(
-                    prepared, cache=cache, device=device, stages=stages, config=config,
+                    prepared,
+                    cache=cache,
+                    device=device,
+                    stages=stages,
+                    config=config,
                     tracker=tracker,
                 )
                 submit(row, score, unit_id, episode)

@@ -2,8 +2,8 @@
 
 1. :func:`prepare`: build the method and its support set from cached features (or the final
    "skipped" row);
-2. :func:`fit`: train the prepared episodes of one work item, alone or, for the seeds of one
-   (variant, K, category), as one stacked module (``models/together.py``);
+2. :func:`fit`: train the prepared episodes of one work item, alone or, for a group (one variant
+   and K, every seed and category), as one stacked module (``models/together.py``);
 3. :func:`finish`: predict the query set and return the row and the call that scores it.
 """
 

@@ -10,6 +10,7 @@ launch-bound and leaves a GPU mostly idle). ``engine.run`` decides what each ran
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,20 +79,40 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
         return 1
     cores = os.cpu_count() or 1
     count = min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices))
-    # Reading the GPU's memory initialises CUDA here: fine when the processes are re-executed,
-    # not when they are forked from this one (then the memory bound is not applied).
-    if launch_method(device) == "exec":
+    gib = gpu_memory_gib()
+    if gib is None and launch_method(device) == "exec":
+        # Reading it through the CUDA runtime initialises CUDA here: fine when the processes are
+        # re-executed, not when they are forked from this one.
         gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gib is not None:
         count = min(count, int(gib // AUTO_GIB_PER_PROCESS))
     return max(1, count)
+
+
+def gpu_memory_gib() -> float | None:
+    """Total memory of the first visible GPU in GiB, asked from ``nvidia-smi`` so that CUDA is not
+    initialised in this process (the ranks may be forked from it); None when it cannot tell."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+            + (["-i", visible] if visible else []),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        return float(answer.stdout.split()[0]) / 1024  # MiB
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 #: How the processes of a multi-process run start: "fork" copies this process after its imports,
 #: so no rank pays the interpreter start and imports again (each rank spent 17-21 s there on an
 #: H200 host, results/performance.md); "exec" re-executes the command line in each process
-#: (Lightning's script launcher). Default: fork on the CPU (where the platform has it), exec on
-#: CUDA, where the forked launcher has not yet been measured on a GPU. SEMCLIP_BENCH_LAUNCH
-#: overrides.
+#: (Lightning's script launcher). Default: fork wherever the platform has it (measured on an H200
+#: host: the launch stage 2.4 s instead of 24.5 s, results/performance.md), else exec.
+#: SEMCLIP_BENCH_LAUNCH overrides.
 LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
 
 
@@ -106,7 +127,7 @@ def launch_method(device: torch.device) -> str:
     if chosen == "fork" and not can_fork:
         raise UserError(f"{LAUNCH_ENV}=fork: this platform cannot fork processes; use exec")
     if not chosen:
-        chosen = "fork" if can_fork and device.type == "cpu" else "exec"
+        chosen = "fork" if can_fork else "exec"
     return chosen
 
 

@@ -255,11 +255,12 @@ def _weights_line(rec: dict[str, Any]) -> str:
 
 
 def _training_text(rec: dict[str, Any]) -> str:
-    """How the heads were trained: the seeds of a group together, or each episode alone."""
+    """How the heads were trained: a group's episodes together, or each episode alone."""
     if (rec.get("config") or {}).get("fit_together", False):
         return (
-            "the seeds of one (category, shots, variant) of a method that allows it trained "
-            "together as one stacked module (`--fit-alone`: each alone)"
+            "the episodes of one (variant, shots, support size) of a method that allows it, "
+            "every seed and category, trained together as one stacked module "
+            "(`--fit-alone`: each alone)"
         )
     return "each episode trained alone"
 

@@ -9,9 +9,10 @@ episode of each other whatever the methods cost. Which rank runs a unit never ch
 episode's features do not depend on the process (fixed extraction batches, ``runner/features.py``)
 and its training is seeded by the episode alone.
 
-Work items: the seeds of one (category, K, variant) whose method trains together
-(``models/together.py``) form one item, trained as one stacked module and claimed as one; every
-other unit is an item of its own (:func:`work_items`). An item always trains all its members, also
+Work items: the episodes of one (variant, K) whose method trains together (``models/together.py``)
+and whose support sets have the same size (the same number of defect types) form one item, every
+seed of every category, trained as one stacked module and claimed as one; every other unit is an
+item of its own (:func:`work_items`). An item always trains all its members, also
 when only some of their rows are still to be written (resume, ``verify``), so an episode's numbers
 never depend on which of its group's rows were already on disk.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tu
 
 @dataclass(frozen=True)
 class WorkItem:
-    """Units trained together (one unit, or the seeds of a group), and the rows to write."""
+    """Units trained together (one unit, or a group's episodes), and the rows to write."""
 
     #: Claim id: the first member's episode id (unique: a unit is in exactly one item).
     key: str
@@ -71,24 +72,18 @@ class WorkItem:
 def work_items(
     units: Sequence[tuple],
     uid: Callable[[tuple], str],
-    together: Callable[[tuple], bool],
+    group: Callable[[tuple], Hashable | None],
 ) -> list[WorkItem]:
-    """Group ``units`` into work items: units for which ``together`` holds and that share
-    (category, shots, variant label) form one item, at the position of its first member; every
-    other unit is an item of its own. ``record`` is every member (narrow it with ``dataclasses
-    .replace``)."""
-    groups: dict[tuple, list[tuple]] = {}
-    order: list[tuple] = []
+    """Group ``units`` into work items: units with the same ``group(unit)`` key form one item,
+    at the position of its first member; a unit whose key is None is an item of its own.
+    ``record`` is every member (narrow it with ``dataclasses.replace``)."""
+    groups: dict[Hashable, list[tuple]] = {}
     for unit in units:
-        category, shots, _, variant = unit
-        key = (category, shots, variant.label) if together(unit) else (uid(unit),)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(unit)
+        key = group(unit)
+        groups.setdefault(("alone", uid(unit)) if key is None else ("group", key), []).append(unit)
     return [
-        WorkItem(uid(groups[k][0]), tuple(groups[k]), frozenset(uid(u) for u in groups[k]))
-        for k in order
+        WorkItem(uid(members[0]), tuple(members), frozenset(uid(u) for u in members))
+        for members in groups.values()
     ]
 
 

@@ -12,9 +12,9 @@ def test_launch_method_defaults_and_override(monkeypatch) -> None:
 
     monkeypatch.delenv(LAUNCH_ENV, raising=False)
     assert launch_method(torch.device("cpu")) == "fork"  # Linux: fork is available
-    assert launch_method(torch.device("cuda")) == "exec"  # not yet measured on a GPU
-    monkeypatch.setenv(LAUNCH_ENV, "fork")
-    assert launch_method(torch.device("cuda")) == "fork"
+    assert launch_method(torch.device("cuda")) == "fork"  # measured on an H200 host
+    monkeypatch.setenv(LAUNCH_ENV, "exec")
+    assert launch_method(torch.device("cuda")) == "exec"
     monkeypatch.setenv(LAUNCH_ENV, "spawn")
     with pytest.raises(UserError, match="choose fork or exec"):
         launch_method(torch.device("cpu"))
@@ -32,9 +32,8 @@ def test_auto_processes_follow_cores_and_gpu_memory(monkeypatch) -> None:
     monkeypatch.delenv(processes.LAUNCH_ENV, raising=False)
     monkeypatch.setattr(processes.os, "cpu_count", lambda: 16)
 
-    def gpu_with(gib: float) -> None:
-        props = SimpleNamespace(total_memory=int(gib * 2**30))
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    def gpu_with(gib: float) -> None:  # as nvidia-smi tells it (no CUDA initialised)
+        monkeypatch.setattr(processes, "gpu_memory_gib", lambda: gib)
 
     gpu_with(139)  # an H200: 8 per GPU, bounded by the cores
     assert processes.procs_per_device(RunConfig(), cuda) == 8
@@ -45,3 +44,41 @@ def test_auto_processes_follow_cores_and_gpu_memory(monkeypatch) -> None:
     assert processes.procs_per_device(RunConfig(), cuda) == 5
     assert processes.procs_per_device(RunConfig(procs_per_device=3), cuda) == 3  # as asked
     assert processes.procs_per_device(RunConfig(), torch.device("cpu")) == 1
+    # No nvidia-smi: forked ranks skip the memory bound (CUDA must stay untouched before the
+    # fork); re-executed ones read it from the CUDA runtime.
+    monkeypatch.setattr(processes, "gpu_memory_gib", lambda: None)
+    props = SimpleNamespace(total_memory=int(24 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    assert processes.procs_per_device(RunConfig(), cuda) == 8
+    monkeypatch.setenv(processes.LAUNCH_ENV, "exec")
+    assert processes.procs_per_device(RunConfig(), cuda) == 1
+
+
+def test_gpu_memory_from_nvidia_smi(monkeypatch) -> None:
+    import subprocess
+    from types import SimpleNamespace
+
+    from semclip_bench.runner import processes
+
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        return SimpleNamespace(stdout="143771\n")
+
+    monkeypatch.setattr(processes.subprocess, "run", fake_run)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert abs(processes.gpu_memory_gib() - 143771 / 1024) < 1e-9
+    assert calls[-1][-2:] == ["-i", "1"]  # the first visible GPU, not physical GPU 0
+
+    def missing(argv, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(processes.subprocess, "run", missing)
+    assert processes.gpu_memory_gib() is None
+
+    def failing(argv, **kwargs):
+        raise subprocess.CalledProcessError(9, argv)
+
+    monkeypatch.setattr(processes.subprocess, "run", failing)
+    assert processes.gpu_memory_gib() is None
