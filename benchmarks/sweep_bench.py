@@ -95,6 +95,12 @@ def tables_seconds(stdout: str) -> float | None:
     return float(found[-1]) if found else None
 
 
+def join_seconds(stdout: str) -> float:
+    """Seconds from rank 0's return to every rank's exit (its ``processes:`` line; 0 if none)."""
+    found = re.findall(r"^processes: every rank exited ([0-9.]+)s after", stdout, re.MULTILINE)
+    return float(found[-1]) if found else 0.0
+
+
 def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     names: list[str] = []
     for _, run in runs:
@@ -103,8 +109,8 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     lines = [
         "| run | wall s (process) | CPU s (process) | run s (in process) | "
         + " | ".join(names)
-        + " | tables | rest | episodes |",
-        "|---" * (len(names) + 7) + "|",
+        + " | join | tables | rest | episodes |",
+        "|---" * (len(names) + 8) + "|",
     ]
     for label, run in runs:
         for rank, prov in enumerate(run["ranks"]):
@@ -113,15 +119,16 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             cells = [f"{stages[n]:.1f}" if n in stages else "-" for n in names]
             wall = f"{run['wall']:.1f}" if rank == 0 else ""
             cpu = f"{run['cpu']:.1f}" if rank == 0 else ""
-            tables = rest = ""
+            tables = join = rest = ""
             if rank == 0 and (seconds := tables_seconds(run.get("stdout", ""))) is not None:
-                tables = f"{seconds:.1f}"
+                joined = join_seconds(run.get("stdout", ""))
+                tables, join = f"{seconds:.1f}", f"{joined:.1f}"
                 inside = float(prov.get("wall_seconds", 0)) + float(stages.get("startup", 0))
-                rest = f"{run['wall'] - inside - seconds:.1f}"
+                rest = f"{run['wall'] - inside - joined - seconds:.1f}"
             lines.append(
                 f"| {who} | {wall} | {cpu} | {prov.get('wall_seconds', float('nan')):.1f} | "
                 + " | ".join(cells)
-                + f" | {tables} | {rest} | {prov.get('episodes_written', '?')} |"
+                + f" | {join} | {tables} | {rest} | {prov.get('episodes_written', '?')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -160,8 +167,9 @@ def section_body(
         "\nwall = the child process from start to exit (interpreter start, imports, backbone, "
         "data, episodes, tables); CPU = its user + system CPU seconds (all its threads and "
         "processes); run = the runner's own wall-clock; stages = provenance "
-        "stage_seconds (metrics may overlap the next episode on the scoring thread); tables = "
-        "writing the tables and plots after the run; rest = wall - startup - run - tables "
+        "stage_seconds (metrics may overlap the next episode on the scoring thread); join = "
+        "from rank 0's return to every rank's exit (several processes); tables = writing the "
+        "tables and plots after the run; rest = wall - startup - run - join - tables "
         "(interpreter start before the clock, process exit).\n"
     )
     return text

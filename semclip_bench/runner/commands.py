@@ -288,6 +288,8 @@ def execute(
         f"{result.skipped} skipped in {result.wall_seconds:.1f}s ({stages}; "
         f"precision {result.precision})"
     )
+    if result.join_seconds is not None:
+        print(f"processes: every rank exited {result.join_seconds:.1f}s after rank 0 returned")
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
         return result, None
     t0 = time.perf_counter()

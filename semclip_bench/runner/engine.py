@@ -111,6 +111,8 @@ class RunResult:
     is_main: bool = True
     world_size: int = 1
     precision: str = "fp32"
+    #: Several processes: seconds from rank 0's return to every rank's exit (None: one process).
+    join_seconds: float | None = None
 
 
 class _Stages:

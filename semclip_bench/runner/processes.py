@@ -157,13 +157,20 @@ def launch_processes(
         if device.type == "cuda":
             rank_device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(rank_device)
-        return rank_main(fabric, rank_device, method == "fork")
+        result = rank_main(fabric, rank_device, method == "fork")
+        if hasattr(result, "join_seconds"):
+            result.join_seconds = time.time()  # wall clock: compared across processes below
+        return result
 
     launching = _PROCESSES_ENV not in os.environ
     if launching:  # the re-executed ranks inherit the count (see _PROCESSES_ENV)
         os.environ[_PROCESSES_ENV] = str(processes)
     try:
-        return fabric.launch(wrapped)
+        result = fabric.launch(wrapped)
+        if isinstance(getattr(result, "join_seconds", None), float):
+            # from rank 0's return to every rank's exit (their teardown): the "join" stage
+            result.join_seconds = round(max(0.0, time.time() - result.join_seconds), 2)
+        return result
     except ProcessRaisedException as exc:  # a rank failed: its own last line, not a traceback
         lines = [line for line in str(exc).splitlines() if line.strip()]
         last = lines[-1] if lines else str(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_two_processes_match_one(tiny_data: Path, fast_config: Path, tmp_path: P
     assert main([*common, "--out", str(tmp_path / "one")]) == 0  # the reference, in-process
     multi = _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2")
     assert multi.returncode == 0, multi.stderr[-3000:]
+    assert re.search(r"^processes: every rank exited [0-9.]+s after rank 0", multi.stdout, re.M)
 
     folder = tmp_path / "two" / "sweep"
     per_rank = {r: read_rows([folder / f"rank{r}"]) for r in (0, 1)}
