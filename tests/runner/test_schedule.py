@@ -11,6 +11,7 @@ from semclip_bench.runner.schedule import (
     ClaimBoard,
     by_estimated_cost,
     unit_cost,
+    work_items,
 )
 
 
@@ -64,3 +65,33 @@ def test_each_unit_is_claimed_once(tmp_path: Path) -> None:
     assert ClaimBoard(tmp_path, "run2").claim(ids[0])
     boards[0].remove()
     assert not (tmp_path / ".claims").exists()
+
+
+def test_work_items_group_by_key_at_the_first_members_place() -> None:
+    stacked, memory = SimpleNamespace(label="semclip"), SimpleNamespace(label="patchcore")
+    units = [
+        (category, shots, seed, variant)
+        for category in ("a", "b")
+        for shots in (1, 5)
+        for seed in (0, 1)
+        for variant in (stacked, memory)
+    ]
+
+    def uid(u):
+        return f"{u[0]}/{u[3].label}/k{u[1]}/s{u[2]}"
+
+    def group(u):  # as the runner: one stack per (variant, K); memory methods alone
+        return (u[3].label, u[1]) if u[3] is stacked else None
+
+    items = work_items(units, uid, group)
+    assert sorted(u for item in items for u in map(uid, item.units)) == sorted(map(uid, units))
+    stacks = [item for item in items if len(item.units) > 1]
+    assert [len(item.units) for item in stacks] == [4, 4]  # 2 categories x 2 seeds, per K
+    assert stacks[0].key == "a/semclip/k1/s0" and stacks[0].record == {
+        "a/semclip/k1/s0", "a/semclip/k1/s1", "b/semclip/k1/s0", "b/semclip/k1/s1"
+    }  # fmt: skip
+    assert items[0] is stacks[0]  # placed where its first member was
+    assert len(items) == 2 + 8  # two stacks, eight patchcore episodes alone
+    assert work_items(units, uid, lambda u: None) == [
+        work_items([u], uid, lambda u: None)[0] for u in units
+    ]

@@ -136,3 +136,12 @@ def test_committed_sweep_verifies() -> None:
             f"{PROTOCOL_VERSION}: regenerate the committed tables, then this test checks them"
         )
     assert main(["verify", "--from", str(COMMITTED), "--subset", *CI_SUBSET]) == 0
+
+
+def test_rerun_trains_as_the_record_says() -> None:
+    """Rows recorded before stacked training existed were trained alone: verify does the same."""
+    from semclip_bench.runner.verify import _rerun_config
+
+    assert _rerun_config({"config": {"shots": [1]}}, Path("x")).fit_together is False
+    stacked = {"config": {"shots": [1], "fit_together": True}}
+    assert _rerun_config(stacked, Path("x")).fit_together is True
