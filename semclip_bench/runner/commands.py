@@ -11,6 +11,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +261,16 @@ def execute(
     config: RunConfig,
     command: str,
     allow_mixed: bool = False,
-    startup_seconds: float | None = None,
+    startup: Callable[[], float | None] | None = None,
 ) -> tuple[Any, Path | None]:
     """Run ``config`` (resuming finished episodes) and write its tables; the one routine behind
     ``sweep``/``ablate`` and :func:`semclip_bench.run_sweep`.
 
     ``allow_mixed``: merge rows of other dataset/weights digests or protocol versions (resume and
-    tables say so) instead of refusing. Returns the engine's ``RunResult`` and the tables' path
-    (None on ranks other than 0).
+    tables say so) instead of refusing. ``startup``: gives the seconds since the process started,
+    asked right before the run (after the runner's imports, which take seconds: Lightning) and
+    recorded as its "startup" stage. Returns the engine's ``RunResult`` and the tables' path (None
+    on ranks other than 0).
     """
     from semclip_bench.configs import use_config_dir
     from semclip_bench.runner.engine import run
@@ -279,7 +282,7 @@ def execute(
             variants_of(config),
             command,
             allow_mixed=allow_mixed,
-            startup_seconds=startup_seconds,
+            startup_seconds=startup() if startup is not None else None,
         )
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     where = "" if result.world_size == 1 else f" (this rank of {result.world_size})"
@@ -300,13 +303,13 @@ def execute(
 
 def _sweep(args: argparse.Namespace) -> int:
     config = _config_from_args(args, RunConfig(kind="sweep"))
-    execute(config, _command_line(), args.allow_mixed, _startup_seconds())
+    execute(config, _command_line(), args.allow_mixed, _startup_seconds)
     return 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
     config = _config_from_args(args, RunConfig(kind="ablation", shots=[10], methods=["semclip"]))
-    execute(config, _command_line(), args.allow_mixed, _startup_seconds())
+    execute(config, _command_line(), args.allow_mixed, _startup_seconds)
     return 0
 
 
