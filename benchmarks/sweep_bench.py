@@ -123,7 +123,9 @@ def _stages_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             if rank == 0 and (seconds := tables_seconds(run.get("stdout", ""))) is not None:
                 joined = join_seconds(run.get("stdout", ""))
                 tables, join = f"{seconds:.1f}", f"{joined:.1f}"
-                inside = float(prov.get("wall_seconds", 0)) + float(stages.get("startup", 0))
+                # the slowest rank's run: rank 0 recorded its own before the final barrier
+                slowest = max(float(r.get("wall_seconds", 0)) for r in run["ranks"])
+                inside = slowest + float(stages.get("startup", 0))
                 rest = f"{run['wall'] - inside - joined - seconds:.1f}"
             lines.append(
                 f"| {who} | {wall} | {cpu} | {prov.get('wall_seconds', float('nan')):.1f} | "
@@ -169,8 +171,8 @@ def section_body(
         "processes); run = the runner's own wall-clock; stages = provenance "
         "stage_seconds (metrics may overlap the next episode on the scoring thread); join = "
         "from rank 0's return to every rank's exit (several processes); tables = writing the "
-        "tables and plots after the run; rest = wall - startup - run - join - tables "
-        "(interpreter start before the clock, process exit).\n"
+        "tables and plots after the run; rest = wall - startup - the slowest rank's run - join - "
+        "tables (interpreter start before the clock, process exit).\n"
     )
     return text
 

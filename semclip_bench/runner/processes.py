@@ -53,6 +53,10 @@ def resolve_device(name: str) -> torch.device:
 #: so several processes keep one GPU busy (measured in results/performance.md: on an H200 the
 #: default sweep took 108 s with 8, 120 s with 4, several minutes with 1).
 AUTO_PROCS_PER_GPU = 8
+#: Processes of an "auto" run in all, whatever the GPU count: with stacked training the default
+#: sweep has a dozen large work items, which more processes cannot share (2 H200s: 16 processes
+#: 56.9 s with the slowest at 36.3 s of run time, 8 processes 50.2 s, slowest 29.4 s).
+AUTO_MAX_PROCESSES = 8
 #: GPU memory budgeted per process by "auto": the features a process caches on its GPU (up to
 #: ~5 GiB for the paper's ViT-B-16-plus-240 over the default sweep) plus the query inference peak
 #: (~4 GiB, results/performance.md) plus the CUDA context, with room to spare.
@@ -71,14 +75,17 @@ def process_count(config: RunConfig, device: torch.device) -> int:
 
 def procs_per_device(config: RunConfig, device: torch.device) -> int:
     """Processes per device: ``config.procs_per_device``, or for 0 ("auto") the measured default
-    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most one per two CPU cores and one per
+    on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most :data:`AUTO_MAX_PROCESSES` in all, one per two
+    CPU cores and one per
     :data:`AUTO_GIB_PER_PROCESS` of the GPU's memory) and 1 on the CPU."""
     if config.procs_per_device:
         return config.procs_per_device
     if device.type != "cuda":
         return 1
     cores = os.cpu_count() or 1
-    count = min(AUTO_PROCS_PER_GPU, cores // (2 * config.devices))
+    count = min(
+        AUTO_PROCS_PER_GPU, AUTO_MAX_PROCESSES // config.devices, cores // (2 * config.devices)
+    )
     gib = gpu_memory_gib()
     if gib is None and launch_method(device) == "exec":
         # Reading it through the CUDA runtime initialises CUDA here: fine when the processes are

@@ -69,9 +69,7 @@ def test_each_member_trains_as_it_would_alone(backbone, name: str, tolerance: fl
 def test_stacked_training_is_deterministic(backbone) -> None:
     def run() -> list[list[Tensor]]:
         members = [_member(backbone, "semclip", seed) for seed in (0, 1)]
-        fit_methods_together(
-            [m for m, _ in members], [s for _, s in members], CONFIG, seeds=[0, 1]
-        )
+        fit_methods_together([m for m, _ in members], [s for _, s in members], CONFIG, seeds=[0, 1])
         return [_state(m) for m, _ in members]
 
     first, second = run(), run()

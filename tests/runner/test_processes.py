@@ -38,6 +38,10 @@ def test_auto_processes_follow_cores_and_gpu_memory(monkeypatch) -> None:
     gpu_with(139)  # an H200: 8 per GPU, bounded by the cores
     assert processes.procs_per_device(RunConfig(), cuda) == 8
     assert processes.procs_per_device(RunConfig(devices=2), cuda) == 4  # 16 cores for 2 GPUs
+    monkeypatch.setattr(processes.os, "cpu_count", lambda: 64)
+    assert processes.procs_per_device(RunConfig(devices=2), cuda) == 4  # 8 in all
+    assert processes.procs_per_device(RunConfig(devices=16), cuda) == 1
+    monkeypatch.setattr(processes.os, "cpu_count", lambda: 16)
     gpu_with(24)  # a 24 GiB card: one process
     assert processes.procs_per_device(RunConfig(), cuda) == 1
     gpu_with(80)
@@ -47,7 +51,7 @@ def test_auto_processes_follow_cores_and_gpu_memory(monkeypatch) -> None:
     # No nvidia-smi: forked ranks skip the memory bound (CUDA must stay untouched before the
     # fork); re-executed ones read it from the CUDA runtime.
     monkeypatch.setattr(processes, "gpu_memory_gib", lambda: None)
-    props = SimpleNamespace(total_memory=int(24 * 2**30))
+    props = SimpleNamespace(total_memory=24 * 2**30)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     assert processes.procs_per_device(RunConfig(), cuda) == 8
     monkeypatch.setenv(processes.LAUNCH_ENV, "exec")
