@@ -18,6 +18,7 @@ from typing import Any
 from semclip_bench.errors import UserError
 from semclip_bench.runner.config import (
     ABLATIONS,
+    FIT_MODES,
     RunConfig,
     ablation_variants,
     merge_config,
@@ -95,12 +96,12 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     (
-        "--fit-alone",
+        "--fit-mode",
         dict(
-            dest="fit_together",
-            action="store_false",
-            help="train every episode on its own instead of the episodes of one (variant, shots) "
-            "as one stacked module (same budget and batches; results differ in the last bits)",
+            choices=FIT_MODES,
+            help="how trained heads are fitted: stacked = the episodes of one (variant, shots) as "
+            "one module, alone = one at a time (same budget and batches; results differ in the "
+            "last bits), auto = stacked on CUDA, alone on the CPU",
         ),
     ),
 ]

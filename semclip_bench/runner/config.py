@@ -29,6 +29,8 @@ CONFIG_DIR = PACKAGE_CONFIG_DIR
 
 #: Values of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+#: --fit-mode values (see RunConfig.fit_mode).
+FIT_MODES: tuple[str, ...] = ("auto", "stacked", "alone")
 
 #: The sweep's default variants: the reference form of every method, plus the named project
 #: variants reported next to them (``semclip_plus``: SEM-CLIP with this project's additions).
@@ -86,10 +88,11 @@ class RunConfig:
     procs_per_device: int = 0
     #: Reuse/write frozen features in the on-disk store under $SEMCLIP_BENCH_CACHE/features.
     feature_cache: bool = True
-    #: Train the episodes of one (variant, K) with equal support sizes (every seed and category)
-    #: as one stacked module when the method allows it (models/together.py); False trains every
-    #: episode alone (--fit-alone).
-    fit_together: bool = True
+    #: How trained heads are fitted: "stacked" = the episodes of one (variant, K) with equal
+    #: support sizes (every seed and category) as one module when the method allows it
+    #: (models/together.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
+    #: saves kernel launches, alone on the CPU, where it was slower (results/performance.md).
+    fit_mode: str = "auto"
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
@@ -158,7 +161,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if str(value) not in PRECISIONS:
                 raise ValueError(f"choose from {', '.join(PRECISIONS)}")
             return str(value)
-        if name in {"feature_cache", "fit_together"}:
+        if name == "fit_mode":
+            if str(value) not in FIT_MODES:
+                raise ValueError(f"choose from {', '.join(FIT_MODES)}")
+            return str(value)
+        if name == "feature_cache":
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value

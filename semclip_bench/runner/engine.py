@@ -111,6 +111,8 @@ class RunResult:
     is_main: bool = True
     world_size: int = 1
     precision: str = "fp32"
+    #: How trained heads were fitted: "stacked" or "alone" (``fit_stacked``).
+    training: str = "alone"
     #: Several processes: seconds from rank 0's return to every rank's exit (None: one process).
     join_seconds: float | None = None
 
@@ -201,11 +203,14 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     def uid(unit: tuple) -> str:
         return episode_id(unit[0], unit[3].label, unit[1], unit[2])
 
+    stacked = fit_stacked(config, device)
+    result.training = "stacked" if stacked else "alone"
+
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
         category, shots, _, variant = unit
         trains = getattr(classes[variant.method], "trains_together", False)
-        if not (config.fit_together and trains and shots > 0):
+        if not (stacked and trains and shots > 0):
             return None
         return (variant.label, shots, len(dataset.defect_types(category)))
 
@@ -339,7 +344,7 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
                 [m[2] for m in members],
                 device=device,
                 precision=precision,
-                together=config.fit_together,
+                together=stacked,
                 tracker=tracker,
             ),
         )
@@ -413,6 +418,15 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
 
     launched = time.perf_counter()
     return launch_processes(processes, device, rank_main)
+
+
+def fit_stacked(config: RunConfig, device: torch.device) -> bool:
+    """Whether this run stacks trained heads (``config.fit_mode``; "auto": on CUDA only, where it
+    saves kernel launches; on the CPU, which has none to save, it was slower:
+    ``benchmarks/stack_bench.py``, results/performance.md)."""
+    if config.fit_mode == "auto":
+        return device.type == "cuda"
+    return config.fit_mode == "stacked"
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:

@@ -195,6 +195,7 @@ def write_provenance(
         + (", claimed by the ranks longest estimated first" if ranks > 1 else ""),
         "episodes_assigned": assigned,
         "precision": result.precision,
+        "training": getattr(result, "training", "alone"),
         "devices": config.devices,
         "procs_per_device": max(1, ranks // max(1, config.devices)),
         "wall_seconds": round(result.wall_seconds, 1),
@@ -256,13 +257,16 @@ def _weights_line(rec: dict[str, Any]) -> str:
 
 def _training_text(rec: dict[str, Any]) -> str:
     """How the heads were trained: a group's episodes together, or each episode alone."""
-    if (rec.get("config") or {}).get("fit_together", False):
+    mode = rec.get("training")
+    if mode is None:  # recorded before the field: the flag of that time, else alone
+        mode = "stacked" if (rec.get("config") or {}).get("fit_together") else "alone"
+    if mode == "stacked":
         return (
             "the episodes of one (variant, shots, support size) of a method that allows it, "
             "every seed and category, trained together as one stacked module "
-            "(`--fit-alone`: each alone)"
+            "(`--fit-mode stacked`)"
         )
-    return "each episode trained alone"
+    return "each episode trained alone (`--fit-mode alone`)"
 
 
 def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:

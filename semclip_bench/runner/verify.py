@@ -216,7 +216,11 @@ def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
     are selected by id within the recorded ``--shard``, whichever rank ran them)."""
     recorded = dict(record.get("config") or {})
     known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
-    known.setdefault("fit_together", False)  # records before it existed trained each alone
+    # fit the heads as the record says (the rerun is on the CPU, where "auto" means alone)
+    mode = record.get("training")
+    if mode is None:  # recorded before the field: the flag of that time, else alone
+        mode = "stacked" if recorded.get("fit_together") else "alone"
+    known["fit_mode"] = mode
     config = merge_config(RunConfig(), known, f"{PROVENANCE_FILE} config")
     config.devices = 1
     config.procs_per_device = 1

@@ -86,3 +86,15 @@ def test_gpu_memory_from_nvidia_smi(monkeypatch) -> None:
 
     monkeypatch.setattr(processes.subprocess, "run", failing)
     assert processes.gpu_memory_gib() is None
+
+
+def test_fit_mode_auto_stacks_on_cuda_only() -> None:
+    import torch
+
+    from semclip_bench.runner.config import RunConfig
+    from semclip_bench.runner.engine import fit_stacked
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fit_stacked(RunConfig(), cuda) and not fit_stacked(RunConfig(), cpu)
+    assert fit_stacked(RunConfig(fit_mode="stacked"), cpu)
+    assert not fit_stacked(RunConfig(fit_mode="alone"), cuda)

@@ -91,34 +91,38 @@ def test_rerun_skips_finished_and_resume_is_identical(
     assert (folder / "episodes.csv").read_text() == before
 
 
+@pytest.fixture(scope="module")
+def stacked_run(tiny_data: Path, fast_config: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stacked")
+    assert _sweep(tiny_data, fast_config, out, "--methods", ALL, "--fit-mode", "stacked") == 0
+    return out
+
+
+def test_stacked_training_agrees_with_training_alone(full_run: Path, stacked_run: Path) -> None:
+    """--fit-mode stacked (the CUDA default) vs alone (the CPU default): the same rows within
+    1e-3 (the issue's bound), and each table header says how its heads were trained."""
+    alone = _metrics(read_rows([full_run / "sweep"]))
+    stacked = _metrics(read_rows([stacked_run / "sweep"]))
+    pd.testing.assert_frame_equal(alone, stacked, check_exact=False, atol=1e-3, rtol=0)
+    assert "- Training: each episode trained alone" in (full_run / "sweep.md").read_text()
+    assert "trained together as one stacked module" in (stacked_run / "sweep.md").read_text()
+
+
 def test_resume_inside_a_stack_retrains_the_whole_stack(
-    full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
+    stacked_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
 ) -> None:
     """One member of a stacked group missing: the group is trained again in full, so the missing
-    row equals the uninterrupted run's, bit for bit."""
-    rows = (full_run / "sweep" / "episodes.csv").read_text().splitlines(keepends=True)
-    missing = [i for i, line in enumerate(rows) if "/semclip/k1/s1" in line]
+    row equals the uninterrupted run's."""
+    rows = (stacked_run / "sweep" / "episodes.csv").read_text().splitlines(keepends=True)
+    missing = [i for i, line in enumerate(rows) if "/anomalyclip/k1/s1" in line]
     assert len(missing) == 1
     folder = tmp_path / "sweep"
     folder.mkdir()
     (folder / "episodes.csv").write_text("".join(r for i, r in enumerate(rows) if i != missing[0]))
-    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL) == 0
+    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL, "--fit-mode", "stacked") == 0
     resumed = read_rows([folder])
     assert len(resumed) == 20
-    pd.testing.assert_frame_equal(_metrics(resumed), _metrics(read_rows([full_run / "sweep"])))
-
-
-def test_fit_alone_agrees_with_stacked_training(
-    full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
-) -> None:
-    """--fit-alone trains every episode on its own: the same rows within 1e-3 (the issue's
-    bound), and each table header says how its heads were trained."""
-    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL, "--fit-alone") == 0
-    alone = _metrics(read_rows([tmp_path / "sweep"]))
-    stacked = _metrics(read_rows([full_run / "sweep"]))
-    pd.testing.assert_frame_equal(alone, stacked, check_exact=False, atol=1e-3, rtol=0)
-    assert "- Training: each episode trained alone" in (tmp_path / "sweep.md").read_text()
-    assert "trained together as one stacked module" in (full_run / "sweep.md").read_text()
+    pd.testing.assert_frame_equal(_metrics(resumed), _metrics(read_rows([stacked_run / "sweep"])))
 
 
 def test_two_shards_merge_to_single_run(

@@ -142,6 +142,8 @@ def test_rerun_trains_as_the_record_says() -> None:
     """Rows recorded before stacked training existed were trained alone: verify does the same."""
     from semclip_bench.runner.verify import _rerun_config
 
-    assert _rerun_config({"config": {"shots": [1]}}, Path("x")).fit_together is False
-    stacked = {"config": {"shots": [1], "fit_together": True}}
-    assert _rerun_config(stacked, Path("x")).fit_together is True
+    assert _rerun_config({"config": {"shots": [1]}}, Path("x")).fit_mode == "alone"
+    earlier_flag = {"config": {"shots": [1], "fit_together": True}}
+    assert _rerun_config(earlier_flag, Path("x")).fit_mode == "stacked"
+    recorded = {"config": {"shots": [1], "fit_mode": "auto"}, "training": "stacked"}
+    assert _rerun_config(recorded, Path("x")).fit_mode == "stacked"  # what ran, not "auto"

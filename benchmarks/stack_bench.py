@@ -1,0 +1,161 @@
+"""Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
+
+Run: ``python -m benchmarks.stack_bench [--method semclip] [--shots 5] [--members 9] [--epochs 30]
+[--backbone semclip-vit-m16] [--device auto]``. Builds S episodes of one method with random
+support features of the real backbone's shapes (K normal + K per each of 2 defect types, masks on
+the defect images), fits them with ``fit_method`` one by one and with ``fit_methods_together``
+once, and prints the seconds of each and the largest parameter difference. With ``--out`` the
+figures are written as a keyed section of that Markdown file (``results/performance.md``). This is
+the measurement behind the runner's ``--training auto`` (stacked on CUDA, alone on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._sections import write_section
+
+CLASSES = ("good", "bridge", "particle")
+
+
+def _members(backbone, method_cls, options: dict, shots: int, count: int, device):
+    """``count`` freshly initialised methods, each with its own random support set."""
+    from semclip_bench.models.base import SupportSet
+
+    size = backbone.image_size
+    n = shots * len(CLASSES)
+    out = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        method = method_cls(backbone, CLASSES, **options).to(device).eval()
+        g = torch.Generator().manual_seed(1000 + seed)
+        images = torch.randn(n, 3, size, size, generator=g)
+        labels = torch.arange(n) % len(CLASSES)
+        masks = torch.zeros(n, size, size)
+        masks[labels > 0, size // 4 : size // 2, size // 4 : size // 2] = 1
+        with torch.no_grad():
+            features = {}
+            for i in range(0, n, 32):  # extraction in batches: the support may be large
+                part = method.extract(images[i : i + 32].to(device))
+                for k, v in part.items():
+                    features.setdefault(k, []).append(v)
+            features = {k: torch.cat(v) for k, v in features.items()}
+        support = SupportSet(features, labels.to(device), masks.to(device), CLASSES, "bench")
+        out.append((method, support))
+    return out
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from semclip_bench.backbones import BackboneSpec, build_backbone
+    from semclip_bench.models import method_class
+    from semclip_bench.models.lightning import TrainingConfig, fit_method
+    from semclip_bench.models.together import fit_methods_together
+    from semclip_bench.runner.config import load_variant
+    from semclip_bench.runner.episode import deterministic_setting
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
+    parser.add_argument("--method", default="semclip")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--members", type=int, default=9)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the method's config")
+    parser.add_argument("--backbone", default="semclip-vit-m16")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    variant = load_variant(args.method)  # a method or a named variant (configs/methods/)
+    training = dict(variant.training or {})
+    if args.epochs is not None:
+        training["epochs"] = args.epochs
+    config = TrainingConfig(**training)
+    backbone = build_backbone(BackboneSpec(args.backbone), device=device)
+    method_cls = method_class(variant.method)
+    options = dict(variant.options or {})
+    trainer = dict(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        deterministic=deterministic_setting(device),
+    )
+
+    alone = _members(backbone, method_cls, options, args.shots, args.members, device)
+    _sync(device)
+    t0 = time.perf_counter()
+    for seed, (method, support) in enumerate(alone):
+        fit_method(method, support, config, seed=seed, **trainer)
+    _sync(device)
+    alone_s = time.perf_counter() - t0
+
+    stacked = _members(backbone, method_cls, options, args.shots, args.members, device)
+    _sync(device)
+    t0 = time.perf_counter()
+    fit_methods_together(
+        [m for m, _ in stacked],
+        [s for _, s in stacked],
+        config,
+        seeds=list(range(args.members)),
+        **trainer,
+    )
+    _sync(device)
+    stacked_s = time.perf_counter() - t0
+    diff = max(
+        float((a - b).abs().max())
+        for (ma, _), (mb, _) in zip(alone, stacked, strict=True)
+        for a, b in zip(ma.trainable_parameters(), mb.trainable_parameters(), strict=True)
+    )
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    support = args.shots * len(CLASSES)
+    steps = config.epochs * config.steps_per_epoch(support)
+    body = (
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- device: {where}; commit: {commit}; torch {torch.__version__}\n"
+        f"- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
+        f"- {args.members} episodes of {args.method} on {args.backbone}, K = {args.shots} "
+        f"({support} support images, {steps} optimiser steps each)\n\n"
+        f"| fitting | seconds | per episode |\n|---|---|---|\n"
+        f"| alone, one after another | {alone_s:.1f} | {alone_s / args.members:.2f} |\n"
+        f"| stacked, one fit | {stacked_s:.1f} | {stacked_s / args.members:.2f} |\n\n"
+        f"Stacked / alone: {stacked_s / alone_s:.2f}. Largest parameter difference after "
+        f"training: {diff:.2e}.\n"
+    )
+    print(body)
+    if args.out is not None:
+        key = (
+            f"stack_bench | {where} | {args.method} | {args.backbone} | K={args.shots} | "
+            f"S={args.members}"
+        )
+        write_section(args.out, key, body)
+        print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
