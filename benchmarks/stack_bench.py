@@ -1,12 +1,13 @@
 """Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
 
-Run: ``python -m benchmarks.stack_bench [--method semclip] [--shots 5] [--members 9] [--epochs 30]
-[--backbone semclip-vit-m16] [--device auto]``. Builds S episodes of one method with random
-support features of the real backbone's shapes (K normal + K per each of 2 defect types, masks on
-the defect images), fits them with ``fit_method`` one by one and with ``fit_methods_together``
-once, and prints the seconds of each and the largest parameter difference. With ``--out`` the
-figures are written as a keyed section of that Markdown file (``results/performance.md``). This is
-the measurement behind the runner's ``--training auto`` (stacked on CUDA, alone on the CPU).
+Run: ``python -m benchmarks.stack_bench [--method semclip,anomalyclip] [--shots 5,20] [--members 9]
+[--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method and K, builds S
+episodes with random support features of the real backbone's shapes (K normal + K per each of 2
+defect types, masks on the defect images), fits them with ``fit_method`` one by one and with
+``fit_methods_together`` once, and prints the seconds of each and the largest parameter difference
+(one row per method and K). With ``--out`` the figures are written as a keyed section of that
+Markdown file (``results/performance.md``). This is the measurement behind the runner's
+``--fit-mode auto`` (stacked on CUDA, alone on the CPU).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.runner.episode import deterministic_setting
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
-    parser.add_argument("--method", default="semclip")
-    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--method", default="semclip", help="one or more, comma-separated")
+    parser.add_argument("--shots", default="5", help="one or more, comma-separated")
     parser.add_argument("--members", type=int, default=9)
     parser.add_argument("--epochs", type=int, default=None, help="default: the method's config")
     parser.add_argument("--backbone", default="semclip-vit-m16")
@@ -82,44 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    variant = load_variant(args.method)  # a method or a named variant (configs/methods/)
-    training = dict(variant.training or {})
-    if args.epochs is not None:
-        training["epochs"] = args.epochs
-    config = TrainingConfig(**training)
     backbone = build_backbone(BackboneSpec(args.backbone), device=device)
-    method_cls = method_class(variant.method)
-    options = dict(variant.options or {})
     trainer = dict(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         deterministic=deterministic_setting(device),
-    )
-
-    alone = _members(backbone, method_cls, options, args.shots, args.members, device)
-    _sync(device)
-    t0 = time.perf_counter()
-    for seed, (method, support) in enumerate(alone):
-        fit_method(method, support, config, seed=seed, **trainer)
-    _sync(device)
-    alone_s = time.perf_counter() - t0
-
-    stacked = _members(backbone, method_cls, options, args.shots, args.members, device)
-    _sync(device)
-    t0 = time.perf_counter()
-    fit_methods_together(
-        [m for m, _ in stacked],
-        [s for _, s in stacked],
-        config,
-        seeds=list(range(args.members)),
-        **trainer,
-    )
-    _sync(device)
-    stacked_s = time.perf_counter() - t0
-    diff = max(
-        float((a - b).abs().max())
-        for (ma, _), (mb, _) in zip(alone, stacked, strict=True)
-        for a, b in zip(ma.trainable_parameters(), mb.trainable_parameters(), strict=True)
     )
     where = (
         torch.cuda.get_device_name(device)
@@ -132,26 +100,56 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    support = args.shots * len(CLASSES)
-    steps = config.epochs * config.steps_per_epoch(support)
+    rows = []
+    for name in args.method.split(","):
+        variant = load_variant(name)  # a method or a named variant (configs/methods/)
+        training = dict(variant.training or {})
+        if args.epochs is not None:
+            training["epochs"] = args.epochs
+        config = TrainingConfig(**training)
+        method_cls = method_class(variant.method)
+        options = dict(variant.options or {})
+        for shots in (int(k) for k in args.shots.split(",")):
+            timings = []
+            members = {}
+            for mode in ("alone", "stacked"):
+                members[mode] = _members(backbone, method_cls, options, shots, args.members, device)
+                methods = [m for m, _ in members[mode]]
+                supports = [s for _, s in members[mode]]
+                seeds = list(range(args.members))
+                _sync(device)
+                t0 = time.perf_counter()
+                if mode == "alone":
+                    for method, support, seed in zip(methods, supports, seeds, strict=True):
+                        fit_method(method, support, config, seed=seed, **trainer)
+                else:
+                    fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
+                _sync(device)
+                timings.append(time.perf_counter() - t0)
+            diff = max(
+                float((a - b).abs().max())
+                for (ma, _), (mb, _) in zip(members["alone"], members["stacked"], strict=True)
+                for a, b in zip(ma.trainable_parameters(), mb.trainable_parameters(), strict=True)
+            )
+            support = shots * len(CLASSES)
+            steps = config.epochs * config.steps_per_epoch(support)
+            rows.append(
+                f"| {name} | {shots} | {steps} | {timings[0]:.1f} | {timings[1]:.1f} | "
+                f"{timings[1] / timings[0]:.2f} | {diff:.1e} |"
+            )
+            print(rows[-1], flush=True)
     body = (
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- device: {where}; commit: {commit}; torch {torch.__version__}\n"
-        f"- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
-        f"- {args.members} episodes of {args.method} on {args.backbone}, K = {args.shots} "
-        f"({support} support images, {steps} optimiser steps each)\n\n"
-        f"| fitting | seconds | per episode |\n|---|---|---|\n"
-        f"| alone, one after another | {alone_s:.1f} | {alone_s / args.members:.2f} |\n"
-        f"| stacked, one fit | {stacked_s:.1f} | {stacked_s / args.members:.2f} |\n\n"
-        f"Stacked / alone: {stacked_s / alone_s:.2f}. Largest parameter difference after "
-        f"training: {diff:.2e}.\n"
+        "- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
+        f"- {args.members} episodes per row on {args.backbone} (random weights: timing only), "
+        f"{len(CLASSES)} classes, K support images per class\n\n"
+        "| method | K | steps per episode | alone s | stacked s | stacked / alone | "
+        "largest parameter difference |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(body)
     if args.out is not None:
-        key = (
-            f"stack_bench | {where} | {args.method} | {args.backbone} | K={args.shots} | "
-            f"S={args.members}"
-        )
+        key = f"stack_bench | {where} | {args.backbone} | S={args.members}"
         write_section(args.out, key, body)
         print(f"written: {args.out}")
     return 0
