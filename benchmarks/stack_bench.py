@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -69,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.config import load_variant
     from semclip_bench.runner.episode import deterministic_setting
+    from semclip_bench.runner.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
     parser.add_argument("--method", default="semclip", help="one or more, comma-separated")
@@ -94,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda"
         else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     )
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()  # $SEMCLIP_BENCH_GIT_COMMIT overrides (device copies)
     rows = []
     for name in args.method.split(","):
         variant = load_variant(name)  # a method or a named variant (configs/methods/)
