@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightning as L
@@ -180,6 +182,44 @@ class FewShotModule(L.LightningModule):
         )
 
 
+def support_loader(support: SupportSet, config: TrainingConfig, seed: int) -> DataLoader:
+    """The episode's shuffled support batches, seeded by the episode alone."""
+    return DataLoader(
+        _SupportFeatures(support),
+        batch_size=config.batch_for(len(support.labels)),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=_batched,
+    )
+
+
+def support_trainer(config: TrainingConfig, **trainer_kwargs: object) -> L.Trainer:
+    """A quiet Trainer for ``config.epochs`` epochs (CPU, deterministic unless overridden)."""
+    defaults: dict[str, object] = dict(
+        max_epochs=config.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        accelerator="cpu",
+        devices=1,
+    )
+    defaults.update(trainer_kwargs)
+    with expected_fit_warnings():
+        return L.Trainer(**defaults)
+
+
+@contextlib.contextmanager
+def expected_fit_warnings() -> Iterator[None]:
+    """Silence warnings that are expected here and not actionable: the frozen backbone stays in
+    eval mode by design, and a tiny support set needs no DataLoader workers."""
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def fit_method(
     method: FewShotMethod,
     support: SupportSet,
@@ -202,32 +242,9 @@ def fit_method(
     if not method.trainable or config.epochs <= 0 or len(support.labels) == 0:
         return module
     device = next(iter(method.parameters()), torch.empty(0)).device
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        _SupportFeatures(support),
-        batch_size=config.batch_for(len(support.labels)),
-        shuffle=True,
-        generator=generator,
-        collate_fn=_batched,
-    )
-    defaults: dict[str, object] = dict(
-        max_epochs=config.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        accelerator="cpu",
-        devices=1,
-    )
-    defaults.update(trainer_kwargs)
-    with warnings.catch_warnings():
-        # Expected here, not actionable: the frozen backbone stays in eval mode by design, and
-        # a tiny support set needs no DataLoader workers.
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        trainer = L.Trainer(**defaults)
-        trainer.fit(module, train_dataloaders=loader)
+    loader = support_loader(support, config, seed)
+    with expected_fit_warnings():
+        support_trainer(config, **trainer_kwargs).fit(module, train_dataloaders=loader)
     # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to
     # the CPU unless FewShotModule.cpu keeps it; make sure it is where the caller had it, or
     # every later extraction runs on the CPU (a no-op when nothing moved).

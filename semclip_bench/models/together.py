@@ -22,7 +22,6 @@ flow (no ``bool(tensor)`` / ``.item()`` on anything that differs between members
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -31,15 +30,14 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader
 
 from semclip_bench.models.base import Features, FewShotMethod, SupportSet
 from semclip_bench.models.lightning import (
-    _EXPECTED_WARNINGS,
     FewShotModule,
     TrainingConfig,
-    _batched,
-    _SupportFeatures,
+    expected_fit_warnings,
+    support_loader,
+    support_trainer,
 )
 
 
@@ -188,35 +186,14 @@ def fit_methods_together(
     for method, support, seed in zip(methods, supports, seeds, strict=True):
         L.seed_everything(seed, workers=True, verbose=False)
         method.setup_support(support)
-        loaders.append(
-            DataLoader(
-                _SupportFeatures(support),
-                batch_size=config.batch_for(len(support.labels)),
-                shuffle=True,
-                generator=torch.Generator().manual_seed(seed),
-                collate_fn=_batched,
-            )
-        )
+        loaders.append(support_loader(support, config, seed))
     modules = [FewShotModule(m, config) for m in methods]
     if config.epochs <= 0:
         return modules
     device = next(iter(methods[0].parameters()), torch.empty(0)).device
     stacked = StackedFewShotModule(methods, config)
-    defaults: dict[str, object] = dict(
-        max_epochs=config.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        accelerator="cpu",
-        devices=1,
-    )
-    defaults.update(trainer_kwargs)
-    with warnings.catch_warnings():
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        trainer = L.Trainer(**defaults)
+    with expected_fit_warnings():
+        trainer = support_trainer(config, **trainer_kwargs)
         # The fused attention kernels have no (CPU) or a wrong (CUDA, with an attention mask:
         # "attn_bias: wrong shape") batching rule under vmap; the math form is plain batched
         # matrix products (attention only runs in AnomalyCLIP's text tower here).
