@@ -177,3 +177,14 @@ def test_unknown_variant_on_the_command_line_is_one_line(
     assert main([*args, "--methods", "semclip_pluss"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "semclip_pluss" in err[0] and "Traceback" not in err[0]
+
+
+def test_fit_mode_is_checked_on_the_command_line_and_in_yaml(tmp_path: Path, capsys) -> None:
+    from semclip_bench.runner.config import merge_config
+
+    assert merge_config(RunConfig(), {"fit-mode": "stacked"}, "x").fit_mode == "stacked"
+    with pytest.raises(UserError, match=r"preset.yaml: bad value for 'fit_mode': 'fast'"):
+        merge_config(RunConfig(), {"fit_mode": "fast"}, "preset.yaml")
+    with pytest.raises(SystemExit):
+        main(["sweep", "--fit-mode", "fast"])
+    assert "argument --fit-mode: invalid choice: 'fast'" in capsys.readouterr().err
