@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             support = shots * len(CLASSES)
             steps = config.epochs * config.steps_per_epoch(support)
             rows.append(
-                f"| {name} | {shots} | {steps} | {timings[0]:.1f} | {timings[1]:.1f} | "
+                f"| {name} | {shots} | {steps} | {timings[0]:.2f} | {timings[1]:.2f} | "
                 f"{timings[1] / timings[0]:.2f} | {diff:.1e} |"
             )
             print(rows[-1], flush=True)

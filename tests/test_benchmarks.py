@@ -81,3 +81,21 @@ def test_compare_runs_reports_largest_gap_and_verdict(tmp_path, capsys):
     out = tmp_path / "perf.md"
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     assert "| patchcore | 2 |" in out.read_text()
+
+
+def test_stack_bench_times_alone_and_stacked(tmp_path: Path, capsys) -> None:
+    from benchmarks.stack_bench import main as stack_main
+
+    out = tmp_path / "perf.md"
+    argv = ["--method", "semclip,anomalyclip", "--shots", "1", "--members", "2"]
+    argv += ["--epochs", "1", "--backbone", "semclip-tiny", "--device", "cpu", "--out", str(out)]
+    assert stack_main(argv) == 0
+    (body,) = read_sections(out).values()
+    rows = [line for line in body.splitlines() if line.startswith("| semclip |")]
+    rows += [line for line in body.splitlines() if line.startswith("| anomalyclip |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        alone, stacked, ratio, diff = map(float, cells[3:7])
+        assert alone > 0 and stacked > 0 and ratio > 0
+        assert diff < 1e-4  # each stacked member trained as it would alone
