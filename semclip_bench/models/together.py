@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, SupportSet
 from semclip_bench.models.lightning import (
     FewShotModule,
@@ -197,8 +198,17 @@ def fit_methods_together(
         # The fused attention kernels have no (CPU) or a wrong (CUDA, with an attention mask:
         # "attn_bias: wrong shape") batching rule under vmap; the math form is plain batched
         # matrix products (attention only runs in AnomalyCLIP's text tower here).
-        with sdpa_kernel(SDPBackend.MATH):
-            trainer.fit(stacked, train_dataloaders=CombinedLoader(loaders, mode="min_size"))
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                trainer.fit(stacked, train_dataloaders=CombinedLoader(loaders, mode="min_size"))
+        except RuntimeError as exc:
+            if "vmap" not in str(exc):
+                raise
+            first = str(exc).splitlines()[0]
+            raise UserError(
+                f"{type(methods[0]).__name__} declares trains_together but its training_loss "
+                f"cannot run under vmap ({first}); train it with --fit-mode alone"
+            ) from exc
     stacked.unstack()
     for method, module, history in zip(methods, modules, stacked.history, strict=True):
         method.to(device)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from semclip_bench.backbones import BackboneSpec, build_backbone
+from semclip_bench.errors import UserError
 from semclip_bench.models import method_class
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.lightning import TrainingConfig, fit_method
@@ -127,3 +128,25 @@ def test_what_cannot_be_stacked_is_refused(backbone) -> None:
     assert not can_train_together(plain, [s1, s2])  # did not opt in
     with pytest.raises(ValueError, match="cannot be trained as one stack"):
         fit_methods_together(plain, [s1, s2], CONFIG, seeds=[0, 1])
+
+
+class _DataDependent(_NotStackable):
+    """Declares trains_together but branches on a tensor value: vmap refuses it."""
+
+    trains_together = True
+
+    def training_loss(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        x = features["x"] @ self.weight
+        if bool((labels > 0).any()):
+            x = x * 2
+        return {"loss": ((x - labels.float()) ** 2).mean()}
+
+
+def test_a_method_that_cannot_run_under_vmap_is_one_clear_error() -> None:
+    supports = [
+        SupportSet({"x": torch.randn(4, 3)}, torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2, 2),
+                   ("good", "bridge"), "c")
+        for _ in range(2)
+    ]  # fmt: skip
+    with pytest.raises(UserError, match=r"cannot run under vmap.*--fit-mode alone"):
+        fit_methods_together([_DataDependent(), _DataDependent()], supports, CONFIG, seeds=[0, 1])
