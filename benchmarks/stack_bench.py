@@ -63,6 +63,7 @@ def _sync(device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from semclip_bench.backbones import BackboneSpec, build_backbone
+    from semclip_bench.errors import UserError
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import fit_methods_together
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    try:
+        shot_counts = [int(k) for k in args.shots.split(",")]
+    except ValueError:
+        parser.error(f"--shots: comma-separated integers, got {args.shots!r}")
+    try:
+        variants = [load_variant(name) for name in args.method.split(",")]
+    except UserError as exc:  # unknown method or variant: one line
+        parser.error(str(exc))
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -96,15 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     commit = git_commit()  # $SEMCLIP_BENCH_GIT_COMMIT overrides (device copies)
     rows = []
-    for name in args.method.split(","):
-        variant = load_variant(name)  # a method or a named variant (configs/methods/)
+    for name, variant in zip(args.method.split(","), variants, strict=True):
         training = dict(variant.training or {})
         if args.epochs is not None:
             training["epochs"] = args.epochs
         config = TrainingConfig(**training)
         method_cls = method_class(variant.method)
         options = dict(variant.options or {})
-        for shots in (int(k) for k in args.shots.split(",")):
+        for shots in shot_counts:
             timings = []
             members = {}
             for mode in ("alone", "stacked"):

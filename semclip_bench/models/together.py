@@ -56,7 +56,7 @@ def can_train_together(methods: Sequence[FewShotMethod], supports: Sequence[Supp
         all(type(m) is type(first) for m in methods)
         and len(sizes) == 1
         and sizes != {0}
-        and (all(s == shapes[0] for s in shapes))
+        and all(s == shapes[0] for s in shapes)
     )
 
 
@@ -126,10 +126,10 @@ class StackedFewShotModule(L.LightningModule):
         return self
 
     def training_step(self, batch: list, batch_idx: int) -> Tensor:
-        parts = batch[0] if isinstance(batch, tuple) else batch  # CombinedLoader: (list, idx, dl)
-        features = {k: torch.stack([p[0][k] for p in parts]) for k in parts[0][0]}
-        labels = torch.stack([p[1] for p in parts])
-        masks = torch.stack([p[2] for p in parts])
+        """``batch``: one (features, labels, masks) per member (CombinedLoader over a list)."""
+        features = {k: torch.stack([p[0][k] for p in batch]) for k in batch[0][0]}
+        labels = torch.stack([p[1] for p in batch])
+        masks = torch.stack([p[2] for p in batch])
         params = dict(zip(self.names, self.stacked, strict=True))
         buffers = {n: getattr(self, f"varying_{i}") for i, n in enumerate(self.varying)}
         terms = self._vmapped(params, buffers, features, labels, masks)  # each (S,)

@@ -113,7 +113,9 @@ class RunResult:
     precision: str = "fp32"
     #: How trained heads were fitted: "stacked" or "alone" (``fit_stacked``).
     training: str = "alone"
-    #: Several processes: seconds from rank 0's return to every rank's exit (None: one process).
+    #: Several processes: when rank 0 returned (wall clock, set in that rank) and the seconds
+    #: from then to every rank's exit (set by the launching process). None: one process.
+    returned_at: float | None = None
     join_seconds: float | None = None
 
 

@@ -165,8 +165,8 @@ def launch_processes(
             rank_device = torch.device("cuda", fabric.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(rank_device)
         result = rank_main(fabric, rank_device, method == "fork")
-        if hasattr(result, "join_seconds"):
-            result.join_seconds = time.time()  # wall clock: compared across processes below
+        if hasattr(result, "returned_at"):
+            result.returned_at = time.time()  # wall clock: compared across processes below
         return result
 
     launching = _PROCESSES_ENV not in os.environ
@@ -174,9 +174,9 @@ def launch_processes(
         os.environ[_PROCESSES_ENV] = str(processes)
     try:
         result = fabric.launch(wrapped)
-        if isinstance(getattr(result, "join_seconds", None), float):
+        if getattr(result, "returned_at", None) is not None:
             # from rank 0's return to every rank's exit (their teardown): the "join" stage
-            result.join_seconds = round(max(0.0, time.time() - result.join_seconds), 2)
+            result.join_seconds = round(max(0.0, time.time() - result.returned_at), 2)
         return result
     except ProcessRaisedException as exc:  # a rank failed: its own last line, not a traceback
         lines = [line for line in str(exc).splitlines() if line.strip()]
