@@ -138,6 +138,9 @@ class AnomalyClip(FewShotMethod):
         self.sigma = float(sigma)
         self.seg_loss_weight = float(seg_loss_weight)
         self.seed = None if seed is None else int(seed)
+        #: (key, text features) of the last prediction-time text pass (see text_features).
+        self._text_cache: tuple[tuple, Tensor] | None = None
+        self.register_load_state_dict_post_hook(_drop_text_cache)
 
         tower = getattr(backbone.model, "text", backbone.model)
         text_layers = len(tower.transformer.resblocks)
@@ -184,8 +187,12 @@ class AnomalyClip(FewShotMethod):
         return f"anomalyclip|{self.backbone.spec.key()}|taps={taps}|vv={self.vv_blocks}"
 
     def train(self, mode: bool = True) -> AnomalyClip:
-        """Train mode for the prompts only: the backbone always stays in eval mode."""
+        """Train mode for the prompts only: the backbone always stays in eval mode.
+
+        Either way the kept prediction-time text features are dropped (a fit runs between).
+        """
         super().train(mode)
+        self._text_cache = None
         self.backbone.eval()
         return self
 
@@ -217,8 +224,34 @@ class AnomalyClip(FewShotMethod):
     def text_features(self) -> Tensor:
         """(2, D) normalised text features [normal, abnormal], differentiable in the prompts.
 
-        Recomputed on every call (nothing that depends on the learnable tokens is cached).
+        With gradients on (training) they are recomputed on every call. Without (prediction)
+        the result is kept and reused until a learnable token may have changed: it is dropped by
+        ``train()``/``eval()`` and ``load_state_dict``, and its key holds each token's storage
+        and in-place version counter (bumped by ``copy_`` and the unfused optimisers; fused ones
+        do not bump it, hence the other two). A query batch then costs no text-encoder pass (12
+        text layers: on a GPU about half of AnomalyCLIP's per-batch prediction time, all of it
+        launch-bound); the features are the same tensor the pass would give.
         """
+        if torch.is_grad_enabled():
+            return self._encode_prompts()
+        key = self._text_key()
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self._encode_prompts())
+        return self._text_cache[1]
+
+    def _text_key(self) -> tuple:
+        """What the prompt text features depend on, besides the frozen text tower."""
+        tensors = (self.ctx_normal, self.ctx_abnormal, *self.deep_prompts, self.token_embeddings)
+        autocast = tuple(
+            torch.is_autocast_enabled(kind) for kind in ("cpu", self.token_embeddings.device.type)
+        )
+        return (
+            tuple((t.untyped_storage().data_ptr(), t.data_ptr(), t._version) for t in tensors),
+            self.token_embeddings.device,
+            autocast,
+        )
+
+    def _encode_prompts(self) -> Tensor:
         ctx = torch.stack([self.ctx_normal, self.ctx_abnormal]).to(self.token_embeddings.dtype)
         emb = self.token_embeddings
         emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx :]], dim=1)
@@ -275,3 +308,8 @@ class AnomalyClip(FewShotMethod):
         image = F.cross_entropy(image_logits, (labels > 0).long().to(image_logits.device))
         loss = self.seg_loss_weight * (focal + dice) + image
         return {"loss": loss, "focal": focal.detach(), "dice": dice.detach(), "image_ce": image}
+
+
+def _drop_text_cache(module: AnomalyClip, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: loaded prompts invalidate the kept text features."""
+    module._text_cache = None

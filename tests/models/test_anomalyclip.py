@@ -276,3 +276,40 @@ def test_method_config_builds_the_method(backbone) -> None:
     assert method.n_ctx == options["n_ctx"]
     config = TrainingConfig(**training)
     assert config.weight_decay == 0.0 and tuple(config.betas) == (0.5, 0.999)
+
+
+def test_prediction_reuses_the_text_pass_until_a_prompt_changes(backbone, monkeypatch) -> None:
+    method = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, seed=0).eval()
+    feats = method.extract(torch.randn(2, 3, backbone.image_size, backbone.image_size))
+    passes = []
+    encode = backbone.encode_text_tokens
+
+    def counting(*args, **kwargs):
+        passes.append(torch.is_grad_enabled())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "encode_text_tokens", counting)
+    first = method.predict(feats)
+    again = method.predict(feats)
+    assert len(passes) == 1  # the second query batch reuses the text features
+    assert torch.equal(first.image_score, again.image_score)
+    assert torch.equal(first.anomaly_map, again.anomaly_map)
+
+    fresh = AnomalyClip(backbone, CLASS_NAMES, n_ctx=4, seed=1).eval()
+    with torch.no_grad():  # an in-place change (version counter) is seen...
+        method.ctx_abnormal.copy_(fresh.ctx_abnormal)
+    changed = method.predict(feats)
+    assert len(passes) == 2
+    assert not torch.equal(changed.image_score, first.image_score)
+    method.load_state_dict(fresh.state_dict())  # ...and so are loaded prompts...
+    loaded = method.predict(feats)
+    assert len(passes) == 3
+    torch.testing.assert_close(loaded.image_score, fresh.predict(feats).image_score)
+    assert len(passes) == 4  # fresh's own pass
+    method.train().eval()  # ...and a fit in between, whatever its optimiser does.
+    method.predict(feats)
+    assert len(passes) == 5
+    # With gradients on (training), nothing is reused.
+    method.text_features()
+    method.text_features()
+    assert passes[-2:] == [True, True]
