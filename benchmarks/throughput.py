@@ -133,7 +133,11 @@ def bench_method(
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.runner.config import method_config
     from semclip_bench.runner.episode import deterministic_setting
-    from semclip_bench.runner.features import extract_features, trainer_precision
+    from semclip_bench.runner.features import (
+        extract_features,
+        prediction_math,
+        trainer_precision,
+    )
 
     options, training = method_config(name)
     if args.epochs is not None and "epochs" in training:
@@ -174,7 +178,7 @@ def bench_method(
 
         def query(images: torch.Tensor = images) -> None:  # as the runner: see runner/features.py
             features = extract_features(method, images, precision, device)
-            with torch.no_grad():
+            with torch.no_grad(), prediction_math(precision, device):
                 method.predict(features)
 
         # The floor again, right before the case: a busy machine slows both alike.

@@ -20,7 +20,7 @@ import torch
 
 from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
-from semclip_bench.runner.features import FeatureCache, trainer_precision
+from semclip_bench.runner.features import FeatureCache, prediction_math, trainer_precision
 from semclip_bench.runner.scoring import score_episode
 from semclip_bench.runner.store import METRIC_COLUMNS
 from semclip_bench.runner.tracking import Tracker, overlay
@@ -208,7 +208,7 @@ def finish(
         method, query, size, prepared.mean, prepared.std, config.batch_size
     )  # "features" stage
     t0 = time.perf_counter()
-    outputs = predict(method, batches, device)
+    outputs = predict(method, batches, device, config.precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the maps stay on the GPU: time the work, not the launch
     row["predict_seconds"] = round(time.perf_counter() - t0, 3)
@@ -267,15 +267,21 @@ def deterministic_setting(device: torch.device) -> bool | str:
 
 
 def predict(
-    method: FewShotMethod, batches: Iterable[dict[str, torch.Tensor]], device
+    method: FewShotMethod,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device,
+    precision: str = "fp32",
 ) -> MethodOutput:
-    """Batched float32 prediction (the run's precision is used for extraction only; see
+    """Batched float32 prediction (the run's precision is used for extraction, and for the TF32
+    matmul mode of :func:`~semclip_bench.runner.features.prediction_math`; see
     ``runner/features.py``). Scores and logits come back to the CPU in one copy each; the maps
     stay where they were computed (on CUDA, the pixel metrics run there: no host round trip)."""
     parts: list[MethodOutput] = []
     with torch.no_grad():
-        for batch in batches:
-            parts.append(method.predict({k: v.to(device) for k, v in batch.items()}))
+        for batch in batches:  # extraction (the batches' own autocast) outside prediction_math
+            features = {k: v.to(device) for k, v in batch.items()}
+            with prediction_math(precision, device):
+                parts.append(method.predict(features))
     logits = [p.class_logits for p in parts]
     return MethodOutput(
         image_score=torch.cat([p.image_score.detach().float() for p in parts]).cpu(),

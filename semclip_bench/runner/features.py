@@ -11,7 +11,9 @@ Precision: ``extract`` (the frozen backbone: nearly all the FLOPs) runs under :f
 heads (memory banks, text similarities, trained layers, kNN distances, map upsampling and Gaussian
 blur) run in float32 in both precisions and see the same dtypes as in the methods' own tests:
 bf16 there would quantise cosine logits (resolution ~0.004 / temperature) and the blurred maps into
-ties that move the pixel metrics, for little time (the heads are cheap next to the backbone).
+ties that move the pixel metrics, for little time (the heads are cheap next to the backbone). With
+bf16 on CUDA, prediction lets those float32 matmuls use TF32 (:func:`prediction_math`: rounded
+inputs, float32 outputs, no ties).
 Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
 extracts the previous batch; no per-image device work happens on this path.
 
@@ -74,6 +76,28 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     if resolve_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def prediction_math(precision: str, device: torch.device | str) -> Iterator[None]:
+    """Float32 matmul mode of the heads' prediction: TF32 with bf16 on CUDA, else IEEE float32.
+
+    TF32 rounds a float32 matmul's inputs to 10 mantissa bits (finer than the 7 of the bf16
+    features they derive from) and accumulates and returns float32, so its outputs stay
+    continuous: none of the quantisation into ties that keeps the heads out of bf16 (see the
+    module docstring). It runs the heads' large products (SEM-CLIP's Transformation Layers,
+    kNN distances) on tensor cores. fp32 runs and the CPU keep IEEE float32 matmuls (the
+    exact rows).
+    """
+    if resolve_precision(precision, device) != "bf16" or torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def trainer_precision(precision: str, device: torch.device | str) -> str:
