@@ -130,7 +130,9 @@ class CacheStats:
     hits: int = 0  # served from memory
     misses: int = 0  # not in memory: loaded from the disk store or extracted
     loaded: int = 0  # misses served by the disk store
-    seconds: float = 0.0
+    seconds: float = 0.0  # all of the misses' time: digests + disk loads + extraction
+    digest_seconds: float = 0.0  # content digests of the missing images' files (disk store)
+    load_seconds: float = 0.0  # reads from the disk store
     by_key: dict[str, list[int]] = field(default_factory=dict)  # key -> [hits, misses]
 
     def summary(self, disk: bool = False) -> str:
@@ -142,6 +144,12 @@ class CacheStats:
             f"feature cache: {self.hits} hits, {self.misses} misses ({rate:.0f}% hits"
             f"{served if disk else ''}), {len(self.by_key)} feature kinds, "
             f"{self.seconds:.1f}s extracting{'/loading' if disk else ''}"
+            + (
+                f" (of which {self.digest_seconds:.1f}s file digests, "
+                f"{self.load_seconds:.1f}s disk loads)"
+                if disk
+                else ""
+            )
         )
 
 
@@ -228,7 +236,10 @@ class FeatureCache:
                 device_type=self.device.type,
             )
             digests = list(image_digests([s.image_path for s in missing]))
+            loading = time.perf_counter()
+            self.stats.digest_seconds += loading - start
             missing, digests = self._load_stored(key, store_key, missing, digests)
+            self.stats.load_seconds += time.perf_counter() - loading
         if missing:
             self._extract(method, key, missing, digests, store_key, image_size, mean, std)
         self.stats.seconds += time.perf_counter() - start

@@ -30,3 +30,32 @@ def test_prediction_math_allows_tf32_only_for_bf16_on_cuda(precision, device, tf
         assert torch.backends.cuda.matmul.allow_tf32 is False  # restored on errors too
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_cache_stats_split_the_miss_time(tiny_data, tmp_path) -> None:
+    """Misses served by the disk store are timed apart from the file digests and extraction."""
+    from semclip_bench.backbones import BackboneSpec, build_backbone
+    from semclip_bench.data import load_dataset
+    from semclip_bench.models import method_class
+    from semclip_bench.runner.feature_store import FeatureStore
+    from semclip_bench.runner.features import FeatureCache
+
+    samples = [s for s in load_dataset(str(tiny_data)).samples if s.split == "test"][:3]
+    backbone = build_backbone(BackboneSpec(name="semclip-tiny"))
+    method = method_class("patchcore")(backbone, ["good", "particle"]).eval()
+    size, mean, std = backbone.image_size, backbone.mean, backbone.std
+    store = FeatureStore(tmp_path)
+    first = FeatureCache(torch.device("cpu"), batch_size=4, store=store)
+    first.features(method, samples, size, mean, std)
+    store.close()  # writes are queued
+    assert first.stats.loaded == 0 and first.stats.load_seconds >= 0
+    second = FeatureCache(torch.device("cpu"), batch_size=4, store=FeatureStore(tmp_path))
+    second.features(method, samples, size, mean, std)
+    stats = second.stats
+    assert (stats.misses, stats.loaded) == (3, 3)
+    assert 0 < stats.load_seconds <= stats.seconds
+    assert stats.digest_seconds + stats.load_seconds <= stats.seconds
+    line = stats.summary(disk=True)
+    assert "3 loaded from disk, 0 extracted" in line
+    assert "file digests" in line and "disk loads" in line
+    assert "disk loads" not in stats.summary(disk=False)
