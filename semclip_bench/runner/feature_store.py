@@ -157,13 +157,16 @@ class FeatureStore:
         except Exception as exc:  # any unreadable file is a miss, never a crash
             self._unreadable(path, exc)
             return None
-        self.stats.loaded += 1
+        with self._lock:  # loads may run on several threads (FeatureCache)
+            self.stats.loaded += 1
         return features
 
     def _unreadable(self, path: Path, exc: BaseException) -> None:
-        self.stats.unreadable += 1
-        if not self._warned_read:
+        with self._lock:
+            self.stats.unreadable += 1
+            warn = not self._warned_read
             self._warned_read = True
+        if warn:
             log.warning(
                 "feature cache: unreadable file %s (%s): recomputing and rewriting it "
                 "(further unreadable files are counted in the cache summary)",

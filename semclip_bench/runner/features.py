@@ -29,6 +29,7 @@ the image, never on which images shared its batch. That makes the disk store, re
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -153,6 +154,33 @@ class CacheStats:
         )
 
 
+#: Images read from the disk store per step (threads read them; one device copy per name).
+LOAD_CHUNK = 64
+
+
+def _place(per_image: list[Features], device: torch.device) -> list[Features]:
+    """Move the features of several images to ``device``: per name one stacked, pinned,
+    non-blocking copy, then per-image views of it (as extraction stores them). On the CPU, or
+    where shapes differ, each tensor moves as it is (same values either way)."""
+    if not per_image or device.type == "cpu":
+        return [{n: v.to(device) for n, v in f.items()} for f in per_image]
+    names = list(per_image[0])
+    out: list[Features] = [{} for _ in per_image]
+    for name in names:
+        values = [f.get(name) for f in per_image]
+        first = values[0]
+        if any(
+            v is None or v.shape != first.shape or v.dtype != first.dtype for v in values
+        ) or any(set(f) != set(names) for f in per_image):
+            for i, f in enumerate(per_image):
+                out[i] = {n: v.to(device) for n, v in f.items()}
+            return out
+        batch = torch.stack(values).pin_memory().to(device, non_blocking=True)
+        for i in range(len(per_image)):
+            out[i][name] = batch[i]
+    return out
+
+
 #: Extractions of at least this many images show a progress bar with ETA.
 PROGRESS_MIN_IMAGES = 64
 
@@ -247,20 +275,40 @@ class FeatureCache:
     def _load_stored(
         self, key: str, store_key: StoreKey, samples: list[Sample], digests: list
     ) -> tuple[list[Sample], list]:
-        """Fill the memory cache from the disk store; returns the samples (and digests) left."""
-        assert self.store is not None
+        """Fill the memory cache from the disk store; returns the samples (and digests) left.
+
+        Files are read and unpacked by a few threads (file reads and ``torch.load`` release the
+        GIL), :data:`LOAD_CHUNK` images at a time (bounds the host memory), and each chunk goes to
+        the device as one pinned, non-blocking copy per feature name (:func:`_place`) -- not one
+        pageable copy per tensor, each of which waits for the GPU work already queued.
+        """
+        store = self.store
+        assert store is not None
         left: list[Sample] = []
         left_digests: list = []
-        for sample, digest in zip(samples, digests, strict=True):
-            stored = self.store.load(store_key, digest)
-            if stored is None:
-                left.append(sample)
-                left_digests.append(digest)
-                continue
-            self._features[(key, sample.key)] = {
-                name: value.to(self.device) for name, value in stored.items()
-            }
-            self.stats.loaded += 1
+        threads = min(DECODE_THREADS, len(digests))
+        pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        try:
+            for begin in range(0, len(samples), LOAD_CHUNK):
+                chunk = digests[begin : begin + LOAD_CHUNK]
+                load = functools.partial(store.load, store_key)
+                records = list(pool.map(load, chunk) if pool else map(load, chunk))
+                found = []
+                for sample, digest, stored in zip(
+                    samples[begin : begin + LOAD_CHUNK], chunk, records, strict=True
+                ):
+                    if stored is None:
+                        left.append(sample)
+                        left_digests.append(digest)
+                    else:
+                        found.append((sample, stored))
+                placed = _place([stored for _, stored in found], self.device)
+                for (sample, _), features in zip(found, placed, strict=True):
+                    self._features[(key, sample.key)] = features
+                self.stats.loaded += len(found)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         return left, left_digests
 
     def _extract(

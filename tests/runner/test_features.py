@@ -59,3 +59,25 @@ def test_cache_stats_split_the_miss_time(tiny_data, tmp_path) -> None:
     assert "3 loaded from disk, 0 extracted" in line
     assert "file digests" in line and "disk loads" in line
     assert "disk loads" not in stats.summary(disk=False)
+
+
+def test_place_moves_a_chunk_as_one_copy_per_name(monkeypatch) -> None:
+    """The non-CPU branch of _place (run here on the meta device, pinning made a no-op)."""
+    from semclip_bench.runner import features as features_module
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    per_image = [{"cls": torch.randn(4), "patch": torch.randn(3, 4)} for _ in range(5)]
+    placed = features_module._place(per_image, torch.device("meta"))
+    assert len(placed) == 5
+    for f in placed:
+        assert f["cls"].device.type == "meta" and f["cls"].shape == (4,)
+        assert f["patch"].shape == (3, 4)
+    # one stacked tensor per name: every image's entry is a view of the same storage
+    assert placed[0]["patch"]._base is placed[4]["patch"]._base is not None
+    # shapes that differ between images: each tensor moves as it is
+    ragged = [{"patch": torch.randn(3, 4)}, {"patch": torch.randn(2, 4)}]
+    moved = features_module._place(ragged, torch.device("meta"))
+    assert [tuple(f["patch"].shape) for f in moved] == [(3, 4), (2, 4)]
+    # the CPU keeps the loaded tensors themselves
+    cpu = features_module._place(per_image, torch.device("cpu"))
+    assert all(a["cls"] is b["cls"] for a, b in zip(cpu, per_image, strict=True))
