@@ -1,13 +1,16 @@
 """Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
 
 Run: ``python -m benchmarks.stack_bench [--method semclip,anomalyclip] [--shots 5,20] [--members 9]
-[--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method and K, builds S
-episodes with random support features of the real backbone's shapes (K normal + K per each of 2
-defect types, masks on the defect images), fits them with ``fit_method`` one by one and with
-``fit_methods_together`` once, and prints the seconds of each and the largest parameter difference
-(one row per method and K). With ``--out`` the figures are written as a keyed section of that
-Markdown file (``results/performance.md``). This is the measurement behind the runner's
-``--fit-mode auto`` (stacked on CUDA, alone on the CPU).
+[--epochs 30] [--backbone semclip-vit-m16] [--device auto] [--precision fp32]``. For each method
+and K, builds S episodes with random support features of the real backbone's shapes (K normal + K
+per each of 2 defect types, masks on the defect images), fits them with ``fit_method`` one by one
+and with ``fit_methods_together`` once, and prints the seconds of each and the largest parameter
+difference (one row per method and K). On CUDA it also prints the peak memory each fit adds to
+what was allocated before it (the largest single fit when alone) and the size of one episode's
+support features: what ``runner/schedule.py``'s stack-size rule is calibrated on. With ``--out``
+the figures are written as a keyed section of that Markdown file (``results/performance.md``).
+This is the measurement behind the runner's ``--fit-mode auto`` (stacked on CUDA, alone on the
+CPU).
 """
 
 from __future__ import annotations
@@ -61,6 +64,24 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak(device) -> int:
+    """Start a peak-memory window on CUDA; returns the bytes allocated at its start."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _peak_gib(device, base: int) -> float | None:
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
+
+
+def _fmt(gib: float | None) -> str:
+    return "n/a" if gib is None else f"{gib:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from semclip_bench.backbones import BackboneSpec, build_backbone
     from semclip_bench.errors import UserError
@@ -69,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.config import load_variant
     from semclip_bench.runner.episode import deterministic_setting
+    from semclip_bench.runner.features import trainer_precision
     from semclip_bench.runner.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
@@ -78,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: the method's config")
     parser.add_argument("--backbone", default="semclip-vit-m16")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
@@ -97,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         deterministic=deterministic_setting(device),
+        precision=trainer_precision(args.precision, device),
     )
     where = (
         torch.cuda.get_device_name(device)
@@ -113,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         method_cls = method_class(variant.method)
         options = dict(variant.options or {})
         for shots in shot_counts:
-            timings = []
+            timings, peaks = [], []
             members = {}
             for mode in ("alone", "stacked"):
                 members[mode] = _members(backbone, method_cls, options, shots, args.members, device)
@@ -121,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 supports = [s for _, s in members[mode]]
                 seeds = list(range(args.members))
                 _sync(device)
+                base = _reset_peak(device)
                 t0 = time.perf_counter()
                 if mode == "alone":
                     for method, support, seed in zip(methods, supports, seeds, strict=True):
@@ -129,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                     fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
                 _sync(device)
                 timings.append(time.perf_counter() - t0)
+                peaks.append(_peak_gib(device, base))
+            feature_mib = (
+                sum(v.numel() * v.element_size() for v in members["alone"][0][1].features.values())
+                / 2**20
+            )
             diff = max(
                 float((a - b).abs().max())
                 for (ma, _), (mb, _) in zip(members["alone"], members["stacked"], strict=True)
@@ -138,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = config.epochs * config.steps_per_epoch(support)
             rows.append(
                 f"| {name} | {shots} | {steps} | {timings[0]:.2f} | {timings[1]:.2f} | "
-                f"{timings[1] / timings[0]:.2f} | {diff:.1e} |"
+                f"{timings[1] / timings[0]:.2f} | {diff:.1e} | {feature_mib:.0f} | "
+                f"{_fmt(peaks[0])} | {_fmt(peaks[1])} |"
             )
             print(rows[-1], flush=True)
     body = (
@@ -146,9 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         f"- device: {where}; commit: {commit}; torch {torch.__version__}\n"
         "- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
         f"- {args.members} episodes per row on {args.backbone} (random weights: timing only), "
-        f"{len(CLASSES)} classes, K support images per class\n\n"
+        f"{len(CLASSES)} classes, K support images per class; training precision "
+        f"{args.precision}\n"
+        "- support MiB: one episode's support features; peak GiB: the most memory a fit added "
+        "to what was allocated before it (alone: the largest of the S fits; stacked: the one "
+        "fit of all S); n/a on the CPU\n\n"
         "| method | K | steps per episode | alone s | stacked s | stacked / alone | "
-        "largest parameter difference |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "largest parameter difference | support MiB | peak GiB alone | peak GiB stacked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(body)
     if args.out is not None:

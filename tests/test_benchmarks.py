@@ -96,6 +96,7 @@ def test_stack_bench_times_alone_and_stacked(tmp_path: Path, capsys) -> None:
     assert len(rows) == 2
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        alone, stacked, ratio, diff = map(float, cells[3:7])
+        alone, stacked, ratio, diff, support_mib = map(float, cells[3:8])
         assert alone > 0 and stacked > 0 and ratio > 0
         assert diff < 1e-4  # each stacked member trained as it would alone
+        assert support_mib >= 0 and cells[8:10] == ["n/a", "n/a"]  # no peak memory on a CPU
