@@ -62,6 +62,7 @@ from semclip_bench.runner.episode import (
 from semclip_bench.runner.feature_store import FeatureStore, features_root
 from semclip_bench.runner.features import (
     FeatureCache,
+    feature_bytes,
     prefetch_units,
     resolve_precision,
 )
@@ -83,6 +84,8 @@ from semclip_bench.runner.schedule import (
     ClaimBoard,
     WorkItem,
     by_estimated_cost,
+    members_per_stack,
+    support_images,
     unit_cost,
     work_items,
 )
@@ -207,6 +210,11 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
 
     stacked = fit_stacked(config, device)
     result.training = "stacked" if stacked else "alone"
+    _check_shots(config, dataset, categories)
+    # Every variant is built once now: a bad setting fails in seconds, not after other methods.
+    class_names = probe_class_names(dataset, categories)
+    validate_variants(variants, classes, backbone, class_names)
+    limit = stack_limit(variants, classes, backbone, class_names, device) if stacked else None
 
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
@@ -219,7 +227,7 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     shard_index, shard_count = config.shard
     mine = [
         item
-        for i, item in enumerate(work_items(units, uid, group))
+        for i, item in enumerate(work_items(units, uid, group, limit))
         if i % shard_count == shard_index
     ]
     done = store.done_ids()
@@ -245,9 +253,6 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
         claims = ClaimBoard(folder, fabric.broadcast(uuid.uuid4().hex, src=0))
     if result.already_done:
         log.info("resuming: %d of %d episodes already in %s", result.already_done, n_mine, folder)
-    _check_shots(config, dataset, categories)
-    # Every variant is built once now: a bad setting fails in seconds, not after other methods.
-    validate_variants(variants, classes, backbone, probe_class_names(dataset, categories))
 
     # verify replays the original extraction calls: it never reads stored features
     disk = FeatureStore(features_root()) if config.feature_cache and select is None else None
@@ -429,6 +434,38 @@ def fit_stacked(config: RunConfig, device: torch.device) -> bool:
     if config.fit_mode == "auto":
         return device.type == "cuda"
     return config.fit_mode == "stacked"
+
+
+def stack_limit(
+    variants: Sequence[Variant],
+    classes: dict[str, type],
+    backbone,
+    class_names: Sequence[str],
+    device: torch.device,
+):
+    """``limit`` of :func:`~semclip_bench.runner.schedule.work_items` for a stacked run: how
+    many episodes of a (variant, K, defect types) group one stack holds, from the support's
+    feature bytes (:data:`~semclip_bench.runner.schedule.STACK_SUPPORT_BYTES`). Each variant
+    that trains together is built once and extracts one blank image to measure its features
+    (the global RNG state is restored: no result changes)."""
+    per_image: dict[str, int] = {}
+    rng = torch.random.get_rng_state()
+    try:
+        for variant in variants:
+            cls = classes[variant.method]
+            if getattr(cls, "trains_together", False) and variant.label not in per_image:
+                method = cls(backbone, tuple(class_names), **variant.options).to(device)
+                per_image[variant.label] = feature_bytes(method, backbone, device)
+    finally:
+        torch.random.set_rng_state(rng)
+    by_label = {v.label: v for v in variants}
+
+    def limit(key: tuple) -> int:
+        label, shots, n_types = key
+        images = support_images(shots, n_types, classes[by_label[label].method])
+        return members_per_stack(images * per_image[label])
+
+    return limit
 
 
 def _categories(config: RunConfig, dataset) -> list[str]:

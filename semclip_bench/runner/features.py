@@ -119,6 +119,17 @@ def extract_features(
     }
 
 
+def feature_bytes(method: FewShotMethod, backbone, device: torch.device) -> int:
+    """Bytes one image's features take in the cache (floating outputs as float32), measured by
+    extracting one blank image at the method's input size."""
+    size = int(getattr(method, "image_size", None) or backbone.image_size)
+    with torch.no_grad():
+        extracted = method.extract(torch.zeros(1, 3, size, size, device=device))
+    return sum(
+        v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in extracted.values()
+    )
+
+
 def _own_storage(value: Tensor) -> Tensor:
     """``value`` itself when it owns its storage, else a compact copy (no large base kept alive)."""
     if value.untyped_storage().nbytes() > value.numel() * value.element_size():

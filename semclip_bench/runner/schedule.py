@@ -11,10 +11,11 @@ and its training is seeded by the episode alone.
 
 Work items: the episodes of one (variant, K) whose method trains together (``models/together.py``)
 and whose support sets have the same size (the same number of defect types) form one item, every
-seed of every category, trained as one stacked module and claimed as one; every other unit is an
-item of its own (:func:`work_items`). An item always trains all its members, also
-when only some of their rows are still to be written (resume, ``verify``), so an episode's numbers
-never depend on which of its group's rows were already on disk.
+seed of every category, trained as one stacked module and claimed as one, up to
+:data:`STACK_SUPPORT_BYTES` of support features per item (a larger group is split, in run order);
+every other unit is an item of its own (:func:`work_items`). An item always trains all its
+members, also when only some of their rows are still to be written (resume, ``verify``), so an
+episode's numbers never depend on which of its group's rows were already on disk.
 
 ``--shard i/n`` (job arrays) keeps its static rule, ``index % n == i`` over the work items, so the
 shards of an array are fixed before any job starts.
@@ -33,6 +34,25 @@ from typing import Any
 #: Relative cost of an episode whose method does not train (memory banks, zero-shot prompts):
 #: one prediction over the query set, next to one optimiser step of a trained head.
 UNTRAINED_COST = 1.0
+#: Support features (bytes, all members together) that one stacked fit may hold. A group larger
+#: than this is split into consecutive stacks (:func:`work_items`), decided by the backbone's
+#: feature size and K alone, never by the machine or the process count, so the stacks, and with
+#: them the rows, are the same wherever the run goes. The compact default backbone's largest
+#: group (SEM-CLIP, K = 20, 9 episodes: 1.9 GB) stays one stack; on ViT-B-16-plus-240 one
+#: SEM-CLIP K = 20 support holds 0.9 GB, and nine of them stacked, with their training
+#: intermediates, took eight processes sharing an H200 out of memory (results/performance.md).
+STACK_SUPPORT_BYTES = 2 * 2**30
+
+
+def support_images(shots: int, n_defect_types: int, method_cls: type) -> int:
+    """Images in an episode's support set: K normal, plus K per defect type for methods that
+    train on defects."""
+    return shots * (1 + n_defect_types if method_cls.supervision == "normal+defects" else 1)
+
+
+def members_per_stack(support_bytes: int, budget: int = STACK_SUPPORT_BYTES) -> int:
+    """Most episodes of ``support_bytes`` support features each that one stack may hold (>= 1)."""
+    return max(1, budget // max(1, int(support_bytes)))
 
 
 def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -> float:
@@ -44,7 +64,7 @@ def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -
     """
     if not getattr(method_cls, "trainable", False) or shots == 0:
         return UNTRAINED_COST
-    support = shots * (1 + n_defect_types if method_cls.supervision == "normal+defects" else 1)
+    support = support_images(shots, n_defect_types, method_cls)
     training = variant.training or {}
     epochs = int(training.get("epochs", 20))
     batch = training.get("batch_size") or support
@@ -73,18 +93,24 @@ def work_items(
     units: Sequence[tuple],
     uid: Callable[[tuple], str],
     group: Callable[[tuple], Hashable | None],
+    limit: Callable[[Hashable], int] | None = None,
 ) -> list[WorkItem]:
     """Group ``units`` into work items: units with the same ``group(unit)`` key form one item,
     at the position of its first member; a unit whose key is None is an item of its own.
-    ``record`` is every member (narrow it with ``dataclasses.replace``)."""
+    ``limit(key)`` caps the members of one item: a larger group becomes consecutive items of at
+    most that many (in run order). ``record`` is every member (narrow it with
+    ``dataclasses.replace``)."""
     groups: dict[Hashable, list[tuple]] = {}
     for unit in units:
         key = group(unit)
         groups.setdefault(("alone", uid(unit)) if key is None else ("group", key), []).append(unit)
-    return [
-        WorkItem(uid(members[0]), tuple(members), frozenset(uid(u) for u in members))
-        for members in groups.values()
-    ]
+    items = []
+    for (kind, key), members in groups.items():
+        size = len(members) if kind == "alone" or limit is None else max(1, int(limit(key)))
+        for begin in range(0, len(members), size):
+            part = members[begin : begin + size]
+            items.append(WorkItem(uid(part[0]), tuple(part), frozenset(uid(u) for u in part)))
+    return items
 
 
 class ClaimBoard:

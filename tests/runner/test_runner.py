@@ -125,6 +125,45 @@ def test_resume_inside_a_stack_retrains_the_whole_stack(
     pd.testing.assert_frame_equal(_metrics(resumed), _metrics(read_rows([stacked_run / "sweep"])))
 
 
+def test_stacks_are_split_by_their_support_bytes(
+    stacked_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The run asks the stack-size rule with each group's support bytes and trains stacks of at
+    most what it answers: the same rows as the full stacks within the stacked-vs-alone tolerance
+    (the members train independently)."""
+    import semclip_bench.models.together as together
+    from semclip_bench.backbones import BackboneSpec, build_backbone
+    from semclip_bench.models import method_class
+    from semclip_bench.runner import engine
+    from semclip_bench.runner.features import feature_bytes
+
+    sizes, asked = [], []
+    fit = together.fit_methods_together
+
+    def recording(methods, *args, **kwargs):
+        sizes.append(len(methods))
+        return fit(methods, *args, **kwargs)
+
+    def two(support_bytes: int) -> int:
+        asked.append(support_bytes)
+        return 2
+
+    monkeypatch.setattr(together, "fit_methods_together", recording)
+    monkeypatch.setattr(engine, "members_per_stack", two)
+    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL, "--fit-mode", "stacked") == 0
+    assert sizes and max(sizes) == 2
+    backbone = build_backbone(BackboneSpec(name="semclip-tiny"))
+    per_image = {
+        name: feature_bytes(method_class(name)(backbone, ("good", "x")), backbone, backbone.device)
+        for name in ("semclip", "anomalyclip")
+    }
+    # K images per class, each class of the support: a multiple of one image's features
+    assert asked and all(any(b % n == 0 for n in per_image.values()) for b in asked)
+    split = _metrics(read_rows([tmp_path / "sweep"]))
+    full = _metrics(read_rows([stacked_run / "sweep"]))
+    pd.testing.assert_frame_equal(split, full, check_exact=False, atol=1e-3, rtol=0)
+
+
 def test_two_shards_merge_to_single_run(
     full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
 ) -> None:

@@ -7,9 +7,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from semclip_bench.runner.schedule import (
+    STACK_SUPPORT_BYTES,
     UNTRAINED_COST,
     ClaimBoard,
     by_estimated_cost,
+    members_per_stack,
+    support_images,
     unit_cost,
     work_items,
 )
@@ -95,3 +98,48 @@ def test_work_items_group_by_key_at_the_first_members_place() -> None:
     assert work_items(units, uid, lambda u: None) == [
         work_items([u], uid, lambda u: None)[0] for u in units
     ]
+
+
+def test_a_limit_splits_a_group_into_consecutive_items() -> None:
+    stacked, memory = SimpleNamespace(label="semclip"), SimpleNamespace(label="patchcore")
+    units = [("a", 5, seed, v) for seed in range(5) for v in (stacked, memory)]
+
+    def uid(u):
+        return f"{u[0]}/{u[3].label}/k{u[1]}/s{u[2]}"
+
+    def group(u):
+        return (u[3].label, u[1]) if u[3] is stacked else None
+
+    limits = []
+
+    def limit(key):
+        limits.append(key)
+        return 2
+
+    items = work_items(units, uid, group, limit)
+    stacks = [[uid(u) for u in item.units] for item in items if item.units[0][3] is stacked]
+    assert stacks == [  # run order, at most two each, the rest last
+        ["a/semclip/k5/s0", "a/semclip/k5/s1"],
+        ["a/semclip/k5/s2", "a/semclip/k5/s3"],
+        ["a/semclip/k5/s4"],
+    ]
+    assert limits == [("semclip", 5)]  # asked once per group, never for units alone
+    assert [item.key for item in items[:3]] == [
+        "a/semclip/k5/s0",
+        "a/semclip/k5/s2",
+        "a/semclip/k5/s4",
+    ]
+    assert sum(len(item.units) for item in items) == len(units)
+    assert work_items(units, uid, group, lambda key: 0)[0].units == (units[0],)  # at least one
+
+
+def test_members_per_stack_follows_the_support_bytes() -> None:
+    assert support_images(20, 6, Trained) == 140
+    assert support_images(20, 6, NormalOnly) == 20
+    # the compact default backbone's SEM-CLIP features, 1.5 MB per image: K = 20 stays one stack
+    assert members_per_stack(140 * 1_506_304) >= 9
+    # ViT-B-16-plus-240's, 6.45 MB per image: two K = 20 episodes per stack, nine at K = 5
+    assert members_per_stack(140 * 6_453_760) == 2
+    assert members_per_stack(35 * 6_453_760) >= 9
+    assert members_per_stack(10 * STACK_SUPPORT_BYTES) == 1
+    assert members_per_stack(0) == STACK_SUPPORT_BYTES
