@@ -36,6 +36,7 @@ of its extraction batch (fixed batch shape, ``runner/features.py``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -165,7 +166,35 @@ def run(
 
 def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _Stages) -> RunResult:
     """The body of :func:`run` in one process: rank ``fabric.global_rank`` of a multi-process run,
-    or the only process (``fabric`` None)."""
+    or the only process (``fabric`` None). Running out of GPU memory ends it with one line that
+    says what to change (finished episodes are already on disk, so a rerun resumes)."""
+    try:
+        return _rank_body(fabric, job, device, start, stages)
+    except torch.OutOfMemoryError as exc:
+        raise UserError(out_of_memory_message(exc, job[0], fabric, device)) from None
+
+
+def out_of_memory_message(exc: BaseException, config: RunConfig, fabric, device) -> str:
+    """One line for a GPU out-of-memory error: where, and the options that use less memory."""
+    what = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    world = fabric.world_size if fabric is not None else 1
+    rank = f"rank {fabric.global_rank} of {world} processes" if fabric is not None else "the run"
+    per_gpu = max(1, world // max(1, config.devices))
+    hints = []
+    if per_gpu > 1:
+        hints.append(f"--procs-per-device {per_gpu // 2} (now {per_gpu} per GPU)")
+    if fit_stacked(config, torch.device(device)):
+        hints.append("--fit-mode alone")
+    hints.append(f"--batch-size {max(1, config.batch_size // 2)}")
+    return (
+        f"GPU out of memory in {rank} on {device} ({what.rstrip('.')}); finished episodes are "
+        f"kept: rerun the same command with {' or '.join(hints)} to resume with less memory"
+    )
+
+
+def _rank_body(
+    fabric, job: tuple, device: torch.device, start: float, stages: _Stages
+) -> RunResult:
     from semclip_bench.backbones import build_backbone
     from semclip_bench.data import dataset_digest, load_dataset
     from semclip_bench.data.episodes import make_episode, support_manifest
@@ -303,69 +332,78 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
 
     scorer = Scorer(background=OVERLAP_SCORING)
     claimed = 0
-    for item in todo:
-        progress.update(len(item.record))
-        if claims is not None and not claims.claim(item.key):
-            continue  # another rank runs it
-        claimed += len(item.record)
-        members: list[tuple[str, Any, Prepared]] = []
-        for category, shots, seed, variant in item.units:
-            unit_id = episode_id(category, variant.label, shots, seed)
-            key = (category, shots, seed)
-            if key not in episodes:  # a few lists of samples per (category, shots, seed)
-                episodes[key] = make_episode(dataset, category, shots, seed)
-            episode = episodes[key]
-            support_key = f"{category}/k{shots}/s{seed}"
-            if support_key not in supports_done and episode.skipped is None:
-                store.append_support(
-                    {
-                        "episode": support_key,
-                        "dataset": dataset.name,
-                        "category": category,
-                        "shots": shots,
-                        "seed": seed,
-                        "files": support_manifest(episode),
-                    }
-                )
-                supports_done.add(support_key)
-            row, prepared = prepare(
-                episode=episode,
-                variant=variant,
-                method_cls=classes[variant.method],
-                backbone=backbone,
-                cache=cache,
-                device=device,
-                tracker=tracker,
-                config=config,
-                log=unit_id in item.record,
-            )
-            if prepared is not None:
-                members.append((unit_id, episode, prepared))
-            elif unit_id in item.record:
-                submit(row, None, unit_id, episode)
-        if not members:
-            continue
-        stages.add(
-            "fit",
-            fit(
-                [m[2] for m in members],
-                device=device,
-                precision=precision,
-                together=stacked,
-                tracker=tracker,
-            ),
-        )
-        for unit_id, episode, prepared in members:
-            if unit_id in item.record:
-                row, score = finish(
-                    prepared,
+    try:
+        for item in todo:
+            progress.update(len(item.record))
+            if claims is not None and not claims.claim(item.key):
+                continue  # another rank runs it
+            claimed += len(item.record)
+            members: list[tuple[str, Any, Prepared]] = []
+            for category, shots, seed, variant in item.units:
+                unit_id = episode_id(category, variant.label, shots, seed)
+                key = (category, shots, seed)
+                if key not in episodes:  # a few lists of samples per (category, shots, seed)
+                    episodes[key] = make_episode(dataset, category, shots, seed)
+                episode = episodes[key]
+                support_key = f"{category}/k{shots}/s{seed}"
+                if support_key not in supports_done and episode.skipped is None:
+                    store.append_support(
+                        {
+                            "episode": support_key,
+                            "dataset": dataset.name,
+                            "category": category,
+                            "shots": shots,
+                            "seed": seed,
+                            "files": support_manifest(episode),
+                        }
+                    )
+                    supports_done.add(support_key)
+                row, prepared = prepare(
+                    episode=episode,
+                    variant=variant,
+                    method_cls=classes[variant.method],
+                    backbone=backbone,
                     cache=cache,
                     device=device,
-                    stages=stages,
-                    config=config,
                     tracker=tracker,
+                    config=config,
+                    log=unit_id in item.record,
                 )
-                submit(row, score, unit_id, episode)
+                if prepared is not None:
+                    members.append((unit_id, episode, prepared))
+                elif unit_id in item.record:
+                    submit(row, None, unit_id, episode)
+            if not members:
+                continue
+            stages.add(
+                "fit",
+                fit(
+                    [m[2] for m in members],
+                    device=device,
+                    precision=precision,
+                    together=stacked,
+                    tracker=tracker,
+                ),
+            )
+            for unit_id, episode, prepared in members:
+                if unit_id in item.record:
+                    row, score = finish(
+                        prepared,
+                        cache=cache,
+                        device=device,
+                        stages=stages,
+                        config=config,
+                        tracker=tracker,
+                    )
+                    submit(row, score, unit_id, episode)
+    except BaseException:
+        # A failing episode (out of memory, Ctrl-C) still records the episodes already scored
+        # or being scored on the scoring thread: no finished work is lost.
+        progress.close()  # the error line then starts a line of its own
+        with contextlib.suppress(Exception):
+            for finished in scorer.close():
+                record(finished)
+        raise
     for finished in scorer.close():
         record(finished)
     progress.close()

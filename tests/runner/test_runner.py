@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from semclip_bench.cli import main
 from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
@@ -282,3 +283,52 @@ def test_unseen_types_marked_only_for_the_shipped_backbone() -> None:
     assert _unseen_types([{"weights": shipped}]) == ["infilm", "scratch"]
     assert _unseen_types([{"weights": shipped}, {"weights": "random init"}]) == []
     assert _unseen_types([]) == []
+
+
+def test_out_of_gpu_memory_is_one_line_and_keeps_finished_rows(
+    full_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A fit that runs out of GPU memory ends the run with one line naming the options that use
+    less memory; the episodes finished before it are on disk, and a rerun completes the table."""
+    from semclip_bench.runner import engine
+
+    real_fit, calls = engine.fit, []
+
+    def failing_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 198.00 MiB.")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", failing_fit)
+    code = _sweep(tiny_data, fast_config, tmp_path, "--methods", "semclip,patchcore")
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: GPU out of memory in the run")
+    assert "--batch-size 16" in err[0] and "to resume" in err[0]
+    assert "--procs-per-device" not in err[0] and "--fit-mode" not in err[0]  # one CPU process
+    kept = read_rows([tmp_path / "sweep"])
+    assert 0 < len(kept) < 8  # what finished before the failure (of 2 methods x 4 episodes)
+    monkeypatch.setattr(engine, "fit", real_fit)
+    assert _sweep(tiny_data, fast_config, tmp_path, "--methods", "semclip,patchcore") == 0
+    resumed = _metrics(read_rows([tmp_path / "sweep"]))
+    full = _metrics(read_rows([full_run / "sweep"]))
+    pd.testing.assert_frame_equal(
+        resumed, full[full["episode_id"].isin(resumed["episode_id"])].reset_index(drop=True)
+    )
+
+
+def test_out_of_memory_message_names_what_uses_less_memory() -> None:
+    from types import SimpleNamespace
+
+    from semclip_bench.runner.config import RunConfig
+    from semclip_bench.runner.engine import out_of_memory_message
+
+    fabric = SimpleNamespace(world_size=8, global_rank=3)
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 198.00 MiB.\nmore")
+    line = out_of_memory_message(oom, RunConfig(devices=1), fabric, torch.device("cuda", 0))
+    assert "\n" not in line
+    assert line.startswith("GPU out of memory in rank 3 of 8 processes on cuda:0 (CUDA out of")
+    assert "--procs-per-device 4 (now 8 per GPU) or --fit-mode alone or --batch-size 16" in line
+    two = out_of_memory_message(oom, RunConfig(devices=2, fit_mode="alone"), fabric, "cuda")
+    assert "--procs-per-device 2 (now 4 per GPU) or --batch-size 16" in two
