@@ -65,6 +65,20 @@ def requested_backbone_spec(
     return BackboneSpec(name=name or default.name, pretrained=pretrained, image_size=image_size)
 
 
+def token_volume(name: str, image_size: int | None = None) -> int | None:
+    """Patch tokens (with CLS) x width of one image in the visual tower of the open_clip model
+    ``name``, from its config alone (nothing is built); None when the config does not say (a timm
+    tower, an unknown name). Per-image features grow with it: the runner sizes its processes by
+    it (``runner/processes.py``)."""
+    cfg = open_clip.get_model_config(name) or {}
+    vision = cfg.get("vision_cfg", {})
+    width, patch = vision.get("width"), vision.get("patch_size")
+    size = image_size or vision.get("image_size")
+    if not isinstance(width, int) or not isinstance(patch, int) or not isinstance(size, int):
+        return None
+    return ((size // patch) ** 2 + 1) * width
+
+
 #: Default spec, resolved at import (packaged weights if shipped, else random init).
 DEFAULT_BACKBONE: BackboneSpec = default_backbone_spec(warn=False)
 
@@ -81,4 +95,5 @@ __all__ = [
     "count_parameters",
     "default_backbone_spec",
     "requested_backbone_spec",
+    "token_volume",
 ]

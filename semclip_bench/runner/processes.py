@@ -57,9 +57,9 @@ AUTO_PROCS_PER_GPU = 8
 #: sweep has a dozen large work items, which more processes cannot share (2 H200s: 16 processes
 #: 56.9 s with the slowest at 36.3 s of run time, 8 processes 50.2 s, slowest 29.4 s).
 AUTO_MAX_PROCESSES = 8
-#: GPU memory budgeted per process by "auto": the features a process caches on its GPU (up to
-#: ~5 GiB for the paper's ViT-B-16-plus-240 over the default sweep) plus the query inference peak
-#: (~4 GiB, results/performance.md) plus the CUDA context, with room to spare.
+#: GPU memory budgeted per process by "auto" for the compact default backbone: the features a
+#: process caches on its GPU, a stacked fit, the query inference peak and the CUDA context, with
+#: room to spare. Larger backbones get more (:func:`gib_per_process`).
 AUTO_GIB_PER_PROCESS = 16
 #: The total process count the launching process chose, handed to the re-executed ranks so that
 #: they agree with it without each querying the GPU (set only while the ranks start).
@@ -76,8 +76,7 @@ def process_count(config: RunConfig, device: torch.device) -> int:
 def procs_per_device(config: RunConfig, device: torch.device) -> int:
     """Processes per device: ``config.procs_per_device``, or for 0 ("auto") the measured default
     on CUDA (:data:`AUTO_PROCS_PER_GPU`, at most :data:`AUTO_MAX_PROCESSES` in all, one per two
-    CPU cores and one per
-    :data:`AUTO_GIB_PER_PROCESS` of the GPU's memory) and 1 on the CPU."""
+    CPU cores and one per :func:`gib_per_process` of the GPU's memory) and 1 on the CPU."""
     if config.procs_per_device:
         return config.procs_per_device
     if device.type != "cuda":
@@ -92,8 +91,24 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
         # re-executed, not when they are forked from this one.
         gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     if gib is not None:
-        count = min(count, int(gib // AUTO_GIB_PER_PROCESS))
+        count = min(count, int(gib // gib_per_process(config)))
     return max(1, count)
+
+
+def gib_per_process(config: RunConfig) -> float:
+    """GPU memory "auto" budgets per process: :data:`AUTO_GIB_PER_PROCESS` times the square root
+    of the run's backbone's token volume (tokens x width per image) over the compact default's
+    (at least 1). A heuristic on the H200 measurements of ViT-B-16-plus-240 (4.3 times the
+    default's volume; results/performance.md): 8 processes on one GPU ran out of memory in bf16
+    and peaked at 128 of 140 GB in fp32, while 4 peaked at 110 (bf16) and 92 GB (fp32) and ran
+    as fast or faster. This rule gives it 33 GiB, so 4 processes on an H200."""
+    from semclip_bench.backbones import DEFAULT_MODEL, token_volume
+
+    reference = token_volume(DEFAULT_MODEL)
+    volume = token_volume(config.backbone or DEFAULT_MODEL, config.image_size)
+    if not reference or not volume:
+        return float(AUTO_GIB_PER_PROCESS)
+    return AUTO_GIB_PER_PROCESS * max(1.0, volume / reference) ** 0.5
 
 
 def gpu_memory_gib() -> float | None:

@@ -58,6 +58,30 @@ def test_auto_processes_follow_cores_and_gpu_memory(monkeypatch) -> None:
     assert processes.procs_per_device(RunConfig(), cuda) == 1
 
 
+def test_larger_backbones_get_more_memory_per_process(monkeypatch) -> None:
+    import torch
+
+    from semclip_bench.backbones import token_volume
+    from semclip_bench.runner import processes
+    from semclip_bench.runner.config import RunConfig
+
+    assert token_volume("semclip-vit-m16") == 197 * 240
+    assert token_volume("ViT-B-16-plus-240") == 226 * 896
+    assert token_volume("ViT-B-16-plus-240", image_size=160) == 101 * 896
+    assert token_volume("no-such-model") is None
+    default = processes.gib_per_process(RunConfig())
+    assert default == processes.AUTO_GIB_PER_PROCESS
+    assert processes.gib_per_process(RunConfig(backbone="semclip-tiny")) == default  # at least
+    assert processes.gib_per_process(RunConfig(backbone="no-such-model")) == default
+    vitb = processes.gib_per_process(RunConfig(backbone="ViT-B-16-plus-240"))
+    assert vitb == default * (226 * 896 / (197 * 240)) ** 0.5
+    monkeypatch.setattr(processes.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(processes, "gpu_memory_gib", lambda: 143771 / 1024)  # an H200
+    cuda = torch.device("cuda")
+    assert processes.procs_per_device(RunConfig(), cuda) == 8
+    assert processes.procs_per_device(RunConfig(backbone="ViT-B-16-plus-240"), cuda) == 4
+
+
 def test_gpu_memory_from_nvidia_smi(monkeypatch) -> None:
     import subprocess
     from types import SimpleNamespace
