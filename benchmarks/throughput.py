@@ -11,7 +11,9 @@ Run: ``python -m benchmarks.throughput`` (``--help`` for options). Per method:
 - **peak GPU memory**: ``torch.cuda.max_memory_allocated`` over the case (reset before it), weights
   and memory banks included;
 - **the floor**: ``backbone.encode_image`` of the same backbone, batch sizes and precision; every
-  method's throughput is also given as a ratio to it.
+  method's throughput is also given as a ratio to it;
+- **where the time goes**: at the largest batch, ``extract`` and ``predict`` each timed alone,
+  next to the floor (a second table).
 
 Timing: warm-up calls, ``torch.cuda.synchronize`` around each timed call, ``--repeats`` timed calls,
 median. Images are random (timing does not depend on content). Results are printed and written
@@ -191,6 +193,22 @@ def bench_method(
             "peak_gib": _peak_gib(device),
             "floor_ips": batch / floor_s,
         }
+    # Where the largest batch's query time goes: extraction and prediction, each timed alone.
+    features = extract_features(method, images, precision, device)
+
+    def extract(images: torch.Tensor = images) -> None:
+        extract_features(method, images, precision, device)
+
+    def predict(features: dict[str, torch.Tensor] = features) -> None:
+        with torch.no_grad(), prediction_math(precision, device):
+            method.predict(features)
+
+    result["split"] = {
+        "batch": int(images.shape[0]),
+        "extract_s": time_call(extract, device, warmup=args.warmup, repeats=args.repeats),
+        "predict_s": time_call(predict, device, warmup=args.warmup, repeats=args.repeats),
+        "floor_s": floor_s,
+    }
     if args.profile:
         result["profile"] = profile_table(query, device)
     if device.type == "cuda":
@@ -278,6 +296,26 @@ def throughput_table(floor: dict[str, Any], results: list[dict[str, Any]], batch
     return "\n".join(lines) + "\n"
 
 
+def split_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table: per method, the extraction and prediction milliseconds of the largest
+    batch, each timed alone, and the floor's milliseconds timed right before them."""
+    rows = [r for r in results if "split" in r]
+    if not rows:
+        return ""
+    b = rows[0]["split"]["batch"]
+    lines = [
+        f"| method | extract ms @{b} | predict ms @{b} | floor ms @{b} | extract / floor |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        split = r["split"]
+        lines.append(
+            f"| {r['method']} | {1e3 * split['extract_s']:.2f} | {1e3 * split['predict_s']:.2f} | "
+            f"{1e3 * split['floor_s']:.2f} | {split['extract_s'] / split['floor_s']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def targets_text(floor, results, batches, backbone_name: str, device: torch.device) -> str:
     """Each target method's ratio to the floor at the largest batch size, with PASS / MISS."""
     b = max(batches)
@@ -329,6 +367,13 @@ def _throughput_body(env, floor, results, args, backbone_name: str, device) -> s
     """The section text: environment, table, targets, method notes and optional profiles."""
     body = _env_block(env) + "\n" + throughput_table(floor, results, args.batch_sizes) + "\n"
     body += targets_text(floor, results, args.batch_sizes, backbone_name, device)
+    split = split_table(results)
+    if split:
+        body += (
+            "\nWhere a query's time goes at the largest batch: extraction and prediction timed "
+            "each alone (on CUDA the two overlap inside a query, so they may add up to more).\n\n"
+            + split
+        )
     body += (
         "\nQuery inference = extract (under the precision's autocast) + predict (float32, as the "
         "runner) of fresh random images already on the device (no decode, no cache); median of "

@@ -23,9 +23,16 @@ def test_throughput_writes_a_row_per_method_and_the_floor(tmp_path: Path, capsys
     key = next(k for k in sections if k.startswith("throughput | "))
     assert key.endswith("| semclip-tiny | fp32")
     body = sections[key]
-    rows = [line for line in body.splitlines() if line.startswith("| ") and "---" not in line]
+    tables = [t for t in body.split("\n\n") if t.startswith("| ")]
+    rows = [line for line in tables[0].splitlines() if "---" not in line]
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert names == ["floor: encode_image", *ALL_METHODS]
+    split = [line for line in tables[1].splitlines() if "---" not in line]
+    assert split[0].startswith("| method | extract ms @2 | predict ms @2 | floor ms @2 |")
+    assert [row.split("|")[1].strip() for row in split[1:]] == list(ALL_METHODS)
+    for row in split[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and float(cells[3]) > 0
     for row in rows[1:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[2]) > 0  # images/s
