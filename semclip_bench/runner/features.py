@@ -172,23 +172,20 @@ LOAD_CHUNK = 64
 def _place(per_image: list[Features], device: torch.device) -> list[Features]:
     """Move the features of several images to ``device``: per name one stacked, pinned,
     non-blocking copy, then per-image views of it (as extraction stores them). On the CPU, or
-    where shapes differ, each tensor moves as it is (same values either way)."""
-    if not per_image or device.type == "cpu":
+    where the images' names, shapes or dtypes differ, each tensor moves as it is (same values)."""
+    first = per_image[0] if per_image else {}
+    uniform = device.type != "cpu" and all(
+        f.keys() == first.keys()
+        and all(f[n].shape == first[n].shape and f[n].dtype == first[n].dtype for n in first)
+        for f in per_image
+    )
+    if not uniform:
         return [{n: v.to(device) for n, v in f.items()} for f in per_image]
-    names = list(per_image[0])
     out: list[Features] = [{} for _ in per_image]
-    for name in names:
-        values = [f.get(name) for f in per_image]
-        first = values[0]
-        if any(
-            v is None or v.shape != first.shape or v.dtype != first.dtype for v in values
-        ) or any(set(f) != set(names) for f in per_image):
-            for i, f in enumerate(per_image):
-                out[i] = {n: v.to(device) for n, v in f.items()}
-            return out
-        batch = torch.stack(values).pin_memory().to(device, non_blocking=True)
-        for i in range(len(per_image)):
-            out[i][name] = batch[i]
+    for name in first:
+        batch = torch.stack([f[name] for f in per_image]).pin_memory().to(device, non_blocking=True)
+        for features, row in zip(out, batch.unbind(0), strict=True):
+            features[name] = row
     return out
 
 
