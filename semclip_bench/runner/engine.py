@@ -242,8 +242,9 @@ def _rank_body(
     _check_shots(config, dataset, categories)
     # Every variant is built once now: a bad setting fails in seconds, not after other methods.
     class_names = probe_class_names(dataset, categories)
-    validate_variants(variants, classes, backbone, class_names)
-    limit = stack_limit(variants, classes, backbone, class_names, device) if stacked else None
+    built = validate_variants(variants, classes, backbone, class_names)
+    limit = stack_limit(variants, classes, built, backbone, device) if stacked else None
+    del built
 
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
@@ -477,25 +478,21 @@ def fit_stacked(config: RunConfig, device: torch.device) -> bool:
 def stack_limit(
     variants: Sequence[Variant],
     classes: dict[str, type],
+    built: dict[str, Any],
     backbone,
-    class_names: Sequence[str],
     device: torch.device,
 ):
     """``limit`` of :func:`~semclip_bench.runner.schedule.work_items` for a stacked run: how
     many episodes of a (variant, K, defect types) group one stack holds, from the support's
     feature bytes (:data:`~semclip_bench.runner.schedule.STACK_SUPPORT_BYTES`). Each variant
-    that trains together is built once and extracts one blank image to measure its features
-    (the global RNG state is restored: no result changes)."""
-    per_image: dict[str, int] = {}
-    rng = torch.random.get_rng_state()
-    try:
-        for variant in variants:
-            cls = classes[variant.method]
-            if getattr(cls, "trains_together", False) and variant.label not in per_image:
-                method = cls(backbone, tuple(class_names), **variant.options).to(device)
-                per_image[variant.label] = feature_bytes(method, backbone, device)
-    finally:
-        torch.random.set_rng_state(rng)
+    that trains together measures its features by extracting one blank image with its method as
+    ``validate_variants`` built it (``built``, by label; the global RNG state is kept)."""
+    with torch.random.fork_rng(devices=[]):
+        per_image = {
+            v.label: feature_bytes(built[v.label].to(device), backbone, device)
+            for v in variants
+            if getattr(classes[v.method], "trains_together", False)
+        }
     by_label = {v.label: v for v in variants}
 
     def limit(key: tuple) -> int:

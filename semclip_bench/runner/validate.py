@@ -26,9 +26,10 @@ def validate_variants(
     classes: dict[str, type[FewShotMethod]],
     backbone,
     class_names: Sequence[str],
-) -> None:
+) -> dict[str, FewShotMethod]:
     """Build each variant's method on ``backbone`` with ``class_names`` and check its training
-    settings; raise one UserError naming the variant on the first failure.
+    settings; raise one UserError naming the variant on the first failure. Returns the built
+    methods by variant label (the runner measures the stacked ones' features with them).
 
     Construction is all it does (no extraction, no training), so it costs well under a second per
     method even for large backbones. The global RNG state is restored afterwards, so validation
@@ -38,6 +39,7 @@ def validate_variants(
 
     start = time.perf_counter()
     known = {f.name for f in fields(TrainingConfig)}
+    built: dict[str, FewShotMethod] = {}
     rng = torch.random.get_rng_state()
     try:
         for variant in variants:
@@ -62,7 +64,7 @@ def validate_variants(
                 raise UserError(
                     f"{where} cannot be built with its options: {type(exc).__name__}: {exc}"
                 ) from exc
-            del method
+            built[variant.label] = method
     finally:
         torch.random.set_rng_state(rng)
     log.info(
@@ -71,6 +73,7 @@ def validate_variants(
         time.perf_counter() - start,
         ", ".join(v.label for v in variants),
     )
+    return built
 
 
 def probe_class_names(dataset, categories: Sequence[str]) -> tuple[str, ...]:
