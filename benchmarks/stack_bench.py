@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.config import load_variant
     from semclip_bench.runner.episode import deterministic_setting
-    from semclip_bench.runner.features import trainer_precision
+    from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, head_math
     from semclip_bench.runner.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         deterministic=deterministic_setting(device),
-        precision=trainer_precision(args.precision, device),
+        precision=HEAD_TRAINING_PRECISION,
     )
     where = (
         torch.cuda.get_device_name(device)
@@ -147,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 _sync(device)
                 base = _reset_peak(device)
                 t0 = time.perf_counter()
-                if mode == "alone":
-                    for method, support, seed in zip(methods, supports, seeds, strict=True):
-                        fit_method(method, support, config, seed=seed, **trainer)
-                else:
-                    fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
+                with head_math(args.precision, device):  # as the runner's fits
+                    if mode == "alone":
+                        for method, support, seed in zip(methods, supports, seeds, strict=True):
+                            fit_method(method, support, config, seed=seed, **trainer)
+                    else:
+                        fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
                 _sync(device)
                 timings.append(time.perf_counter() - t0)
                 peaks.append(_peak_gib(device, base))
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- device: {where}; commit: {commit}; torch {torch.__version__}\n"
         "- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
         f"- {args.members} episodes per row on {args.backbone} (random weights: timing only), "
-        f"{len(CLASSES)} classes, K support images per class; training precision "
-        f"{args.precision}\n"
+        f"{len(CLASSES)} classes, K support images per class; run precision {args.precision} "
+        "(heads train in float32 either way; with bf16 on CUDA their matmuls use TF32, as in "
+        "the runner)\n"
         "- support MiB: one episode's support features; peak GiB: the most memory a fit added "
         "to what was allocated before it (alone: the largest of the S fits; stacked: the one "
         "fit of all S); n/a on the CPU\n\n"
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if args.out is not None:
-        key = f"stack_bench | {where} | {args.backbone} | S={args.members}"
+        key = f"stack_bench | {where} | {args.backbone} | S={args.members} | {args.precision}"
         write_section(args.out, key, body)
         print(f"written: {args.out}")
     return 0

@@ -245,7 +245,7 @@ class Method:
         from semclip_bench.data.types import NORMAL_LABEL
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
-        from semclip_bench.runner.features import trainer_precision
+        from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, head_math
 
         pictures = _image_list(images)
         names = _label_names(labels, class_names, len(pictures))
@@ -279,7 +279,9 @@ class Method:
             ),
         )
         on_gpu = self.device.type == "cuda"
-        with _torch_settings_kept():  # the Trainer turns deterministic algorithms on globally
+        trained = module.trainable
+        math = head_math(self.precision, self.device) if trained else contextlib.nullcontext()
+        with _torch_settings_kept(), math:  # the Trainer turns deterministic algorithms on
             fit_method(
                 module,
                 support,
@@ -287,7 +289,7 @@ class Method:
                 seed=self.seed,
                 accelerator="gpu" if on_gpu else "cpu",
                 devices=[self.device.index or 0] if on_gpu else 1,
-                precision=trainer_precision(self.precision, self.device),
+                precision=HEAD_TRAINING_PRECISION,
                 deterministic="warn" if on_gpu else True,
             )
         module.eval()
@@ -296,6 +298,8 @@ class Method:
 
     def predict(self, images: Sequence[Any] | Any) -> Prediction:
         """Scores, maps and class probabilities of ``images`` (see :class:`Prediction`)."""
+        from semclip_bench.runner.features import head_math
+
         if self.module is None:
             if not self.method_class.zero_shot:
                 raise UserError(f"{self.name}: call fit(images, labels) before predict")
@@ -310,7 +314,7 @@ class Method:
         for begin in range(0, len(pictures), self.batch_size):
             batch, _ = _to_tensors(pictures[begin : begin + self.batch_size], None, size, mean, std)
             features = self._extract(module, batch)
-            with torch.no_grad():
+            with torch.no_grad(), head_math(self.precision, self.device):
                 out = module.predict(features).detach_cpu()
             scores.append(out.image_score)
             maps.append(out.anomaly_map)

@@ -65,8 +65,9 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--precision",
         dict(
             choices=["auto", "fp32", "bf16"],
-            help="extract/predict precision (bf16 autocast; head training bf16-mixed); "
-            "auto = fp32 (bf16 moved some metrics beyond the protocol's 0.5 points)",
+            help="frozen-backbone extraction precision (bf16 autocast; the heads train and "
+            "predict in float32, with TF32 matmuls on CUDA); auto = fp32 (bf16 moved some "
+            "metrics beyond the protocol's 0.5 points)",
         ),
     ),
     (

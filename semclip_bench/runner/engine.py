@@ -6,8 +6,9 @@ and append one row to ``<out>/<kind>/episodes.csv`` at once. Finished episodes a
 rerun, so an interrupted run loses at most the episode in flight.
 
 Precision: fp32 by default on every device. With ``--precision bf16``, ``extract`` runs under bf16
-autocast and trainable heads train with Lightning ``precision="bf16-mixed"``; features are kept as
-float32, and support preparation and ``predict`` run in float32 (see ``runner/features.py``).
+autocast; features are kept as float32, and the heads' support preparation, training and
+``predict`` run in float32 (TF32 matmuls on CUDA for trained heads and prediction; see
+``runner/features.py``).
 
 Several processes (``devices x procs_per_device > 1``): Lightning Fabric's DDP launcher starts
 them (forked from this process after its imports, or re-executing the command line: see

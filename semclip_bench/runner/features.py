@@ -9,11 +9,11 @@ Masks are cached by ``(path, size)``. Across processes and runs, a :class:`Featu
 Precision: ``extract`` (the frozen backbone: nearly all the FLOPs) runs under :func:`autocast`
 (with ``--precision bf16``); its floating outputs are stored as float32 (a lossless upcast). So the
 heads (memory banks, text similarities, trained layers, kNN distances, map upsampling and Gaussian
-blur) run in float32 in both precisions and see the same dtypes as in the methods' own tests:
-bf16 there would quantise cosine logits (resolution ~0.004 / temperature) and the blurred maps into
-ties that move the pixel metrics, for little time (the heads are cheap next to the backbone). With
-bf16 on CUDA, prediction lets those float32 matmuls use TF32 (:func:`prediction_math`: rounded
-inputs, float32 outputs, no ties).
+blur) run in float32 in both precisions, when they train as when they predict, and see the same
+dtypes as in the methods' own tests: bf16 there would quantise cosine logits (resolution
+~0.004 / temperature) and the blurred maps into ties that move the pixel metrics, for little time
+(the heads are cheap next to the backbone). With bf16 on CUDA, the heads' float32 matmuls may use
+TF32 (:func:`head_math`: rounded inputs, float32 outputs, no ties).
 Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
 extracts the previous batch; no per-image device work happens on this path.
 
@@ -80,15 +80,21 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 
 
 @contextlib.contextmanager
-def prediction_math(precision: str, device: torch.device | str) -> Iterator[None]:
-    """Float32 matmul mode of the heads' prediction: TF32 with bf16 on CUDA, else IEEE float32.
+def head_math(precision: str, device: torch.device | str) -> Iterator[None]:
+    """Float32 matmul mode of the heads, training and prediction: TF32 with bf16 on CUDA, else
+    IEEE float32.
 
     TF32 rounds a float32 matmul's inputs to 10 mantissa bits (finer than the 7 of the bf16
     features they derive from) and accumulates and returns float32, so its outputs stay
     continuous: none of the quantisation into ties that keeps the heads out of bf16 (see the
     module docstring). It runs the heads' large products (SEM-CLIP's Transformation Layers,
-    kNN distances) on tensor cores. fp32 runs and the CPU keep IEEE float32 matmuls (the
-    exact rows).
+    AnomalyCLIP's text tower, kNN distances) on tensor cores. The heads always train in float32
+    (Lightning ``"32-true"``, :data:`HEAD_TRAINING_PRECISION`), never bf16-mixed: measured on an
+    H200, bf16-mixed fits were no faster, a stacked AnomalyCLIP-style fit took 6x the memory,
+    and stacked and alone training drifted apart by up to 4e-2 in the parameters
+    (``results/performance.md``). fp32 runs and the CPU keep IEEE float32 matmuls (the exact
+    rows). The flag is process-wide while the context is open; nothing else in a run does
+    float32 matmuls concurrently (the scoring thread sorts and counts).
     """
     if resolve_precision(precision, device) != "bf16" or torch.device(device).type != "cuda":
         yield
@@ -101,9 +107,8 @@ def prediction_math(precision: str, device: torch.device | str) -> Iterator[None
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def trainer_precision(precision: str, device: torch.device | str) -> str:
-    """Lightning ``precision`` for head training: ``"bf16-mixed"`` with bf16, else ``"32-true"``."""
-    return "bf16-mixed" if resolve_precision(precision, device) == "bf16" else "32-true"
+#: Lightning ``precision`` of head training in every run precision (see :func:`head_math`).
+HEAD_TRAINING_PRECISION = "32-true"
 
 
 def extract_features(

@@ -109,6 +109,24 @@ def test_stacked_training_agrees_with_training_alone(full_run: Path, stacked_run
     assert "trained together as one stacked module" in (stacked_run / "sweep.md").read_text()
 
 
+def test_bf16_runs_train_heads_in_float32_so_stacked_agrees_with_alone(
+    tiny_data: Path, fast_config: Path, tmp_path: Path
+) -> None:
+    """--precision bf16 moves only the frozen extraction to bf16: the heads still train in
+    float32, so stacking keeps its 1e-3 bound there too (bf16-mixed training did not: stacking
+    regrouped its bf16 roundings)."""
+    runs = {}
+    for mode in ("alone", "stacked"):
+        out = tmp_path / mode
+        extra = ("--methods", "semclip,anomalyclip", "--precision", "bf16", "--fit-mode", mode)
+        assert _sweep(tiny_data, fast_config, out, *extra) == 0
+        runs[mode] = _metrics(read_rows([out / "sweep"]))
+    assert len(runs["alone"]) == 8
+    pd.testing.assert_frame_equal(
+        runs["alone"], runs["stacked"], check_exact=False, atol=1e-3, rtol=0
+    )
+
+
 def test_resume_inside_a_stack_retrains_the_whole_stack(
     stacked_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path
 ) -> None:
