@@ -1,7 +1,7 @@
 """Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
 
 Run: ``python -m benchmarks.stack_bench [--method semclip,anomalyclip] [--shots 5,20] [--members 9]
-[--epochs 30] [--backbone semclip-vit-m16] [--device auto] [--precision fp32]``. For each method
+[--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method
 and K, builds S episodes with random support features of the real backbone's shapes (K normal + K
 per each of 2 defect types, masks on the defect images), fits them with ``fit_method`` one by one
 and with ``fit_methods_together`` once, and prints the seconds of each and the largest parameter
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.config import load_variant
     from semclip_bench.runner.episode import deterministic_setting
-    from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, head_math
+    from semclip_bench.runner.features import HEAD_TRAINING_PRECISION
     from semclip_bench.runner.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: the method's config")
     parser.add_argument("--backbone", default="semclip-vit-m16")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
@@ -147,12 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                 _sync(device)
                 base = _reset_peak(device)
                 t0 = time.perf_counter()
-                with head_math(args.precision, device):  # as the runner's fits
-                    if mode == "alone":
-                        for method, support, seed in zip(methods, supports, seeds, strict=True):
-                            fit_method(method, support, config, seed=seed, **trainer)
-                    else:
-                        fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
+                if mode == "alone":
+                    for method, support, seed in zip(methods, supports, seeds, strict=True):
+                        fit_method(method, support, config, seed=seed, **trainer)
+                else:
+                    fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
                 _sync(device)
                 timings.append(time.perf_counter() - t0)
                 peaks.append(_peak_gib(device, base))
@@ -178,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- device: {where}; commit: {commit}; torch {torch.__version__}\n"
         "- command: python -m benchmarks.stack_bench " + " ".join(argv or sys.argv[1:]) + "\n"
         f"- {args.members} episodes per row on {args.backbone} (random weights: timing only), "
-        f"{len(CLASSES)} classes, K support images per class; run precision {args.precision} "
-        "(heads train in float32 either way; with bf16 on CUDA their matmuls use TF32, as in "
-        "the runner)\n"
+        f"{len(CLASSES)} classes, K support images per class; heads train in IEEE float32 "
+        "(as in the runner, in every --precision)\n"
         "- support MiB: one episode's support features; peak GiB: the most memory a fit added "
         "to what was allocated before it (alone: the largest of the S fits; stacked: the one "
         "fit of all S); n/a on the CPU\n\n"
@@ -190,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if args.out is not None:
-        key = f"stack_bench | {where} | {args.backbone} | S={args.members} | {args.precision}"
+        key = f"stack_bench | {where} | {args.backbone} | S={args.members}"
         write_section(args.out, key, body)
         print(f"written: {args.out}")
     return 0

@@ -29,7 +29,6 @@ prints/writes the metric differences next to the seed-to-seed spread. ``--profil
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shlex
@@ -139,7 +138,7 @@ def bench_method(
     from semclip_bench.runner.features import (
         HEAD_TRAINING_PRECISION,
         extract_features,
-        head_math,
+        prediction_math,
     )
 
     options, training = method_config(name)
@@ -152,18 +151,16 @@ def bench_method(
     support = make_support(backbone, method, class_names, args.shots, device, precision)
 
     def fit() -> None:
-        math = head_math(precision, device) if type(method).trainable else contextlib.nullcontext()
-        with math:  # as the runner's fits (runner/episode.py)
-            fit_method(
-                method,
-                support,
-                TrainingConfig(**training),
-                seed=0,
-                accelerator="gpu" if device.type == "cuda" else "cpu",
-                devices=[device.index or 0] if device.type == "cuda" else 1,
-                precision=HEAD_TRAINING_PRECISION,
-                deterministic=deterministic_setting(device),
-            )
+        fit_method(
+            method,
+            support,
+            TrainingConfig(**training),
+            seed=0,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=[device.index or 0] if device.type == "cuda" else 1,
+            precision=HEAD_TRAINING_PRECISION,
+            deterministic=deterministic_setting(device),
+        )
         method.eval()
 
     # Best of the fits: the first one also pays one-off kernel/library initialisation.
@@ -183,7 +180,7 @@ def bench_method(
 
         def query(images: torch.Tensor = images) -> None:  # as the runner: see runner/features.py
             features = extract_features(method, images, precision, device)
-            with torch.no_grad(), head_math(precision, device):
+            with torch.no_grad(), prediction_math(precision, device):
                 method.predict(features)
 
         # The floor again, right before the case: a busy machine slows both alike.
@@ -203,7 +200,7 @@ def bench_method(
         extract_features(method, images, precision, device)
 
     def predict(features: dict[str, torch.Tensor] = features) -> None:
-        with torch.no_grad(), head_math(precision, device):
+        with torch.no_grad(), prediction_math(precision, device):
             method.predict(features)
 
     result["split"] = {

@@ -245,7 +245,7 @@ class Method:
         from semclip_bench.data.types import NORMAL_LABEL
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
-        from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, head_math
+        from semclip_bench.runner.features import HEAD_TRAINING_PRECISION
 
         pictures = _image_list(images)
         names = _label_names(labels, class_names, len(pictures))
@@ -279,9 +279,7 @@ class Method:
             ),
         )
         on_gpu = self.device.type == "cuda"
-        trained = module.trainable
-        math = head_math(self.precision, self.device) if trained else contextlib.nullcontext()
-        with _torch_settings_kept(), math:  # the Trainer turns deterministic algorithms on
+        with _torch_settings_kept():  # the Trainer turns deterministic algorithms on globally
             fit_method(
                 module,
                 support,
@@ -298,7 +296,7 @@ class Method:
 
     def predict(self, images: Sequence[Any] | Any) -> Prediction:
         """Scores, maps and class probabilities of ``images`` (see :class:`Prediction`)."""
-        from semclip_bench.runner.features import head_math
+        from semclip_bench.runner.features import prediction_math
 
         if self.module is None:
             if not self.method_class.zero_shot:
@@ -314,7 +312,7 @@ class Method:
         for begin in range(0, len(pictures), self.batch_size):
             batch, _ = _to_tensors(pictures[begin : begin + self.batch_size], None, size, mean, std)
             features = self._extract(module, batch)
-            with torch.no_grad(), head_math(self.precision, self.device):
+            with torch.no_grad(), prediction_math(self.precision, self.device):
                 out = module.predict(features).detach_cpu()
             scores.append(out.image_score)
             maps.append(out.anomaly_map)

@@ -588,7 +588,12 @@ class ClipBackbone(nn.Module):
             x = self._run_text_block(block, x, mask)
         x = tower.ln_final(x)
         eot = torch.as_tensor(eot_indices, dtype=torch.long, device=x.device)
-        pooled = x[torch.arange(t, device=x.device), eot]
+        # Pool by a one-hot weighted sum, not x[arange, eot]: the same values (one term, the
+        # rest exact zeros), but its backward is a product, where indexing's is an index_put
+        # that deterministic CUDA runs as a sort (measured on an H200: 2.3 s of a 7.7 s
+        # stacked AnomalyCLIP-style fit, more than all its matmuls).
+        pick = F.one_hot(eot, ctx).to(x.dtype)  # (T, ctx)
+        pooled = (x * pick.unsqueeze(-1)).sum(dim=1)
         proj = tower.text_projection
         if proj is None:
             return pooled

@@ -382,7 +382,6 @@ def _rank_body(
                 fit(
                     [m[2] for m in members],
                     device=device,
-                    precision=precision,
                     together=stacked,
                     tracker=tracker,
                 ),

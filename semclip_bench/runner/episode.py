@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +20,7 @@ import torch
 
 from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
-from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, FeatureCache, head_math
+from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, FeatureCache, prediction_math
 from semclip_bench.runner.scoring import score_episode
 from semclip_bench.runner.store import METRIC_COLUMNS
 from semclip_bench.runner.tracking import Tracker, overlay
@@ -141,7 +140,6 @@ def fit(
     members: Sequence[Prepared],
     *,
     device: torch.device,
-    precision: str,
     together: bool,
     tracker: Tracker,
 ) -> float:
@@ -149,9 +147,7 @@ def fit(
     method that allows it, all members train as one stacked module (their W&B runs then get each
     member's per-epoch losses after the fit); otherwise one after another. Each row's
     ``fit_seconds`` is its share of the item's time (the whole time when trained alone). Heads
-    train in float32 in every precision; a trained head's fit (its support preparation included)
-    runs in :func:`head_math`'s matmul mode, a training-free method's preparation (memory banks,
-    coresets) in IEEE float32."""
+    train in IEEE float32 in every precision (see ``runner/features.py``)."""
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import can_train_together, fit_methods_together
 
@@ -164,18 +160,15 @@ def fit(
     start = time.perf_counter()
     methods = [m.method for m in members]
     supports = [m.support for m in members]
-    trained = methods[0].trainable  # one variant per work item
-    math = functools.partial(head_math, precision, device) if trained else contextlib.nullcontext
     if together and can_train_together(methods, supports):
-        with math():
-            modules = fit_methods_together(
-                methods,
-                supports,
-                TrainingConfig(**members[0].variant.training),
-                seeds=[m.episode.seed for m in members],
-                logger=False,
-                **trainer,
-            )
+        modules = fit_methods_together(
+            methods,
+            supports,
+            TrainingConfig(**members[0].variant.training),
+            seeds=[m.episode.seed for m in members],
+            logger=False,
+            **trainer,
+        )
         seconds = time.perf_counter() - start
         for member, module in zip(members, modules, strict=True):
             member.row["fit_seconds"] = round(seconds / len(members), 3)
@@ -183,15 +176,14 @@ def fit(
         return seconds
     for member in members:
         t0 = time.perf_counter()
-        with math():
-            fit_method(
-                member.method,
-                member.support,
-                TrainingConfig(**member.variant.training),
-                seed=member.episode.seed,
-                logger=member.logger if member.logger is not None else False,
-                **trainer,
-            )
+        fit_method(
+            member.method,
+            member.support,
+            TrainingConfig(**member.variant.training),
+            seed=member.episode.seed,
+            logger=member.logger if member.logger is not None else False,
+            **trainer,
+        )
         member.row["fit_seconds"] = round(time.perf_counter() - t0, 3)
     return time.perf_counter() - start
 
@@ -281,14 +273,14 @@ def predict(
     precision: str = "fp32",
 ) -> MethodOutput:
     """Batched float32 prediction (the run's precision is used for extraction, and for the TF32
-    matmul mode of :func:`~semclip_bench.runner.features.head_math`; see
+    matmul mode of :func:`~semclip_bench.runner.features.prediction_math`; see
     ``runner/features.py``). Scores and logits come back to the CPU in one copy each; the maps
     stay where they were computed (on CUDA, the pixel metrics run there: no host round trip)."""
     parts: list[MethodOutput] = []
     with torch.no_grad():
-        for batch in batches:  # extraction (the batches' own autocast) outside head_math
+        for batch in batches:  # extraction (the batches' own autocast) outside prediction_math
             features = {k: v.to(device) for k, v in batch.items()}
-            with head_math(precision, device):
+            with prediction_math(precision, device):
                 parts.append(method.predict(features))
     logits = [p.class_logits for p in parts]
     return MethodOutput(

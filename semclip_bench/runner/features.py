@@ -12,8 +12,8 @@ heads (memory banks, text similarities, trained layers, kNN distances, map upsam
 blur) run in float32 in both precisions, when they train as when they predict, and see the same
 dtypes as in the methods' own tests: bf16 there would quantise cosine logits (resolution
 ~0.004 / temperature) and the blurred maps into ties that move the pixel metrics, for little time
-(the heads are cheap next to the backbone). With bf16 on CUDA, the heads' float32 matmuls may use
-TF32 (:func:`head_math`: rounded inputs, float32 outputs, no ties).
+(the heads are cheap next to the backbone). With bf16 on CUDA, prediction's float32 matmuls use
+TF32 (:func:`prediction_math`: rounded inputs, float32 outputs, no ties); training stays IEEE.
 Images are decoded by a small thread pool (OpenCV/numpy release the GIL) while the device
 extracts the previous batch; no per-image device work happens on this path.
 
@@ -80,21 +80,21 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 
 
 @contextlib.contextmanager
-def head_math(precision: str, device: torch.device | str) -> Iterator[None]:
-    """Float32 matmul mode of the heads, training and prediction: TF32 with bf16 on CUDA, else
-    IEEE float32.
+def prediction_math(precision: str, device: torch.device | str) -> Iterator[None]:
+    """Float32 matmul mode of the heads' prediction: TF32 with bf16 on CUDA, else IEEE float32.
 
     TF32 rounds a float32 matmul's inputs to 10 mantissa bits (finer than the 7 of the bf16
     features they derive from) and accumulates and returns float32, so its outputs stay
     continuous: none of the quantisation into ties that keeps the heads out of bf16 (see the
     module docstring). It runs the heads' large products (SEM-CLIP's Transformation Layers,
-    AnomalyCLIP's text tower, kNN distances) on tensor cores. The heads always train in float32
-    (Lightning ``"32-true"``, :data:`HEAD_TRAINING_PRECISION`), never bf16-mixed: measured on an
-    H200, bf16-mixed fits were no faster, a stacked AnomalyCLIP-style fit took 6x the memory,
-    and stacked and alone training drifted apart by up to 4e-2 in the parameters
-    (``results/performance.md``). fp32 runs and the CPU keep IEEE float32 matmuls (the exact
+    kNN distances) on tensor cores. fp32 runs and the CPU keep IEEE float32 matmuls (the exact
     rows). The flag is process-wide while the context is open; nothing else in a run does
-    float32 matmuls concurrently (the scoring thread sorts and counts).
+    float32 matmuls meanwhile (the scoring thread sorts and counts).
+
+    Training never uses it (:data:`HEAD_TRAINING_PRECISION`): measured on an H200
+    (``results/performance.md``), TF32 made a stacked AnomalyCLIP-style fit 25% faster but put
+    stacked and alone parameters 2e-3 to 6e-3 apart after 8 steps, against 1e-5 in IEEE float32;
+    stacking's bound (PROTOCOL.md) needs IEEE training.
     """
     if resolve_precision(precision, device) != "bf16" or torch.device(device).type != "cuda":
         yield
@@ -107,7 +107,12 @@ def head_math(precision: str, device: torch.device | str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-#: Lightning ``precision`` of head training in every run precision (see :func:`head_math`).
+#: Lightning ``precision`` of head training in every run precision: IEEE float32, never bf16-mixed.
+#: Measured on an H200 (``results/performance.md``): bf16-mixed fits were no faster, a stacked
+#: AnomalyCLIP-style fit took 6x the memory, and stacked and alone parameters drifted up to 4e-2
+#: apart (1e-5 in float32), beyond stacking's bound. So ``--precision bf16`` changes the frozen
+#: extraction (and prediction's matmul mode) only: given the same features, a head trains to the
+#: same parameters in both precisions.
 HEAD_TRAINING_PRECISION = "32-true"
 
 

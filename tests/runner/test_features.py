@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semclip_bench.runner.features import head_math
+from semclip_bench.runner.features import prediction_math
 
 
 @pytest.mark.parametrize(
@@ -18,14 +18,14 @@ from semclip_bench.runner.features import head_math
         ("bf16", "cpu", False),
     ],
 )
-def test_head_math_allows_tf32_only_for_bf16_on_cuda(precision, device, tf32) -> None:
+def test_prediction_math_allows_tf32_only_for_bf16_on_cuda(precision, device, tf32) -> None:
     before = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
-        with head_math(precision, device):  # only flips a flag: no GPU needed
+        with prediction_math(precision, device):  # only flips a flag: no GPU needed
             assert torch.backends.cuda.matmul.allow_tf32 is tf32
         assert torch.backends.cuda.matmul.allow_tf32 is False  # restored
-        with pytest.raises(RuntimeError), head_math(precision, device):
+        with pytest.raises(RuntimeError), prediction_math(precision, device):
             raise RuntimeError("a failing prediction")
         assert torch.backends.cuda.matmul.allow_tf32 is False  # restored on errors too
     finally:
