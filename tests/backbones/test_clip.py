@@ -269,6 +269,37 @@ def test_encode_text_tokens_gradients_and_deep_prompts(bb: ClipBackbone) -> None
         bb.encode_text_tokens(x, eot, deep_prompts=[deep, deep])
 
 
+def test_text_tower_under_vmap_matches_each_member_alone(bb: ClipBackbone) -> None:
+    """Stacked fits run the text tower under vmap with each member's prompts: there its blocks
+    take a contiguous attention layout (``_text_block_under_vmap``), with the values and
+    gradients of running each member alone."""
+    from torch.func import vmap
+
+    from semclip_bench.backbones.clip import _plain_self_attention_block, is_vmapped
+
+    assert all(_plain_self_attention_block(b) for b in bb.model.transformer.resblocks)
+    tokens = bb.tokenize(["X X X X object", "X X X X damaged object"])
+    eot = tokens.argmax(dim=-1)
+    emb = bb.token_embeddings(tokens).detach()
+    learn = torch.randn(3, 4, bb.text_width, requires_grad=True)  # 3 members' prompt tokens
+    deep = torch.randn(3, 4, bb.text_width, requires_grad=True)
+    seen = []
+
+    def encode(ctx: torch.Tensor, deep_prompt: torch.Tensor) -> torch.Tensor:
+        seen.append(is_vmapped(ctx))
+        x = torch.cat([emb[:, :1], ctx.unsqueeze(0).expand(2, -1, -1), emb[:, 5:]], dim=1)
+        return bb.encode_text_tokens(x, eot, deep_prompts=[deep_prompt])
+
+    stacked = vmap(encode)(learn, deep)
+    grads = torch.autograd.grad(stacked.square().sum(), (learn, deep))
+    alone = torch.stack([encode(learn[i], deep[i]) for i in range(3)])
+    alone_grads = torch.autograd.grad(alone.square().sum(), (learn, deep))
+    assert seen == [True, False, False, False]
+    torch.testing.assert_close(stacked, alone, atol=1e-5, rtol=0)
+    for a, b in zip(grads, alone_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_weights_unchanged_and_no_hooks(bb: ClipBackbone, images: torch.Tensor) -> None:
     before = _state_hash(bb)
     bb.forward_features(images, vv_blocks=4)

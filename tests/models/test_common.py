@@ -73,6 +73,22 @@ def test_upsample_maps_matches_interpolate_and_rowmajor_layout() -> None:
         upsample_maps(torch.rand(2, 14), grid, 10)
 
 
+@pytest.mark.parametrize(("grid", "size"), [((15, 15), 240), ((3, 5), (12, 20)), ((4, 4), (3, 7))])
+def test_upsample_maps_under_vmap_matches_interpolate(grid, size) -> None:
+    """Inside a stacked fit (vmap) the bilinear resize runs as two weight-matrix products:
+    the values and gradients of F.interpolate up to float32 rounding."""
+    from torch.func import vmap
+
+    maps = torch.rand(3, 2, 4, grid[0] * grid[1], requires_grad=True)  # 3 members
+    weight = torch.rand(3, 2, 4, *((size, size) if isinstance(size, int) else size))
+    stacked = vmap(lambda m: upsample_maps(m, grid, size))(maps)
+    (stacked_grad,) = torch.autograd.grad((stacked * weight).sum(), maps)
+    plain = upsample_maps(maps, grid, size)
+    (plain_grad,) = torch.autograd.grad((plain * weight).sum(), maps)
+    torch.testing.assert_close(stacked, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stacked_grad, plain_grad, atol=1e-4, rtol=1e-5)
+
+
 def test_downsample_masks_gives_area_fractions() -> None:
     masks = torch.zeros(1, 8, 8)
     masks[0, :2, :4] = 1  # half of the top-left 4x4 patch
