@@ -15,7 +15,10 @@ instead of single ones), so results can differ from :func:`fit_method` in the la
 training may amplify; they are deterministic given the group (the runner always trains the same
 group for an episode: every seed and category of the run, also when resuming or verifying; so
 a run over fewer seeds or categories can differ from it in those last bits). Attention runs in
-its math form here (see :func:`fit_methods_together`). A method opts in by declaring
+its math form here (see :func:`fit_methods_together`), and two ops that vmap batches badly take
+another form of the same formula when :func:`~semclip_bench.backbones.clip.is_vmapped` says they
+run here: the text tower's attention (``backbones/clip.py``) and the bilinear resize of maps
+(``models/common.upsample_maps``). A method opts in by declaring
 ``trains_together = True``: its ``training_loss`` must be free of data-dependent Python control
 flow (no ``bool(tensor)`` / ``.item()`` on anything that differs between members).
 """
