@@ -86,7 +86,7 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
         AUTO_PROCS_PER_GPU, AUTO_MAX_PROCESSES // config.devices, cores // (2 * config.devices)
     )
     gib = gpu_memory_gib()
-    if gib is None and launch_method(device) == "exec":
+    if gib is None and launch_method() == "exec":
         # Reading it through the CUDA runtime initialises CUDA here: fine when the processes are
         # re-executed, not when they are forked from this one.
         gib = torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -138,8 +138,9 @@ def gpu_memory_gib() -> float | None:
 LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
 
 
-def launch_method(device: torch.device) -> str:
-    """``"fork"`` or ``"exec"`` for a run on ``device`` (see :data:`LAUNCH_ENV`)."""
+def launch_method() -> str:
+    """``"fork"`` or ``"exec"``: how a run starts its processes, on every device
+    (see :data:`LAUNCH_ENV`)."""
     import multiprocessing
 
     chosen = os.environ.get(LAUNCH_ENV, "").strip().lower()
@@ -168,7 +169,7 @@ def launch_processes(
     import lightning as L
     from torch.multiprocessing import ProcessRaisedException
 
-    method = launch_method(device)
+    method = launch_method()
     strategy = "ddp_fork" if method == "fork" else "ddp"
     fabric = L.Fabric(accelerator="cpu", devices=processes, strategy=strategy)
 
