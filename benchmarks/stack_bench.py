@@ -1,16 +1,18 @@
 """Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
 
 Run: ``python -m benchmarks.stack_bench [--method semclip,anomalyclip] [--shots 5,20] [--members 9]
-[--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method
-and K, builds S episodes with random support features of the real backbone's shapes (K normal + K
-per each of 2 defect types, masks on the defect images), fits them with ``fit_method`` one by one
-and with ``fit_methods_together`` once, and prints the seconds of each and the largest parameter
-difference (one row per method and K). On CUDA it also prints the peak memory each fit adds to
-what was allocated before it (the largest single fit when alone) and the size of one episode's
-support features: what ``runner/schedule.py``'s stack-size rule is calibrated on. With ``--out``
-the figures are written as a keyed section of that Markdown file (``results/performance.md``).
-This is the measurement behind the runner's ``--fit-mode auto`` (stacked on CUDA, alone on the
-CPU).
+[--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method and K, builds S
+episodes with random support features of the real backbone's shapes (K normal + K per each of 2
+defect types, masks on the defect images), fits them with ``fit_method`` one by one and with
+``fit_methods_together`` twice, and prints the seconds of each, the largest parameter difference
+between alone and stacked, and between the two stacked fits (run-to-run repeatability: 0 where
+every kernel is deterministic), one row per method and K. Any warning a fit raises about a kernel
+without a deterministic implementation is listed under the table. On CUDA it also prints the peak
+memory each fit adds to what was allocated before it (the largest single fit when alone) and the
+size of one episode's support features: what ``runner/schedule.py``'s stack-size rule is calibrated
+on. With ``--out`` the figures are written as a keyed section of that Markdown file
+(``results/performance.md``). This is the measurement behind the runner's ``--fit-mode auto``
+(stacked on CUDA, alone on the CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import platform
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -82,6 +85,15 @@ def _fmt(gib: float | None) -> str:
     return "n/a" if gib is None else f"{gib:.2f}"
 
 
+def _largest_difference(first: list, second: list) -> float:
+    """Largest absolute difference between the trained parameters of two lists of members."""
+    return max(
+        float((a - b).abs().max())
+        for (ma, _), (mb, _) in zip(first, second, strict=True)
+        for a, b in zip(ma.trainable_parameters(), mb.trainable_parameters(), strict=True)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from semclip_bench.backbones import BackboneSpec, build_backbone
     from semclip_bench.errors import UserError
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commit = git_commit()  # $SEMCLIP_BENCH_GIT_COMMIT overrides (device copies)
     rows = []
+    nondeterministic: dict[str, set[str]] = {}
     for name, variant in zip(args.method.split(","), variants, strict=True):
         training = dict(variant.training or {})
         if args.epochs is not None:
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for shots in shot_counts:
             timings, peaks = [], []
             members = {}
-            for mode in ("alone", "stacked"):
+            for mode in ("alone", "stacked", "stacked again"):
                 members[mode] = _members(backbone, method_cls, options, shots, args.members, device)
                 methods = [m for m, _ in members[mode]]
                 supports = [s for _, s in members[mode]]
@@ -146,28 +159,31 @@ def main(argv: list[str] | None = None) -> int:
                 _sync(device)
                 base = _reset_peak(device)
                 t0 = time.perf_counter()
-                if mode == "alone":
-                    for method, support, seed in zip(methods, supports, seeds, strict=True):
-                        fit_method(method, support, config, seed=seed, **trainer)
-                else:
-                    fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    if mode == "alone":
+                        for method, support, seed in zip(methods, supports, seeds, strict=True):
+                            fit_method(method, support, config, seed=seed, **trainer)
+                    else:
+                        fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
                 _sync(device)
                 timings.append(time.perf_counter() - t0)
                 peaks.append(_peak_gib(device, base))
+                for w in caught:
+                    text = str(w.message)
+                    if "deterministic" in text:
+                        nondeterministic.setdefault(text.split(". ")[0], set()).add(mode)
             feature_mib = (
                 sum(v.numel() * v.element_size() for v in members["alone"][0][1].features.values())
                 / 2**20
             )
-            diff = max(
-                float((a - b).abs().max())
-                for (ma, _), (mb, _) in zip(members["alone"], members["stacked"], strict=True)
-                for a, b in zip(ma.trainable_parameters(), mb.trainable_parameters(), strict=True)
-            )
+            diff = _largest_difference(members["alone"], members["stacked"])
+            repeat = _largest_difference(members["stacked"], members["stacked again"])
             support = shots * len(CLASSES)
             steps = config.epochs * config.steps_per_epoch(support)
             rows.append(
                 f"| {name} | {shots} | {steps} | {timings[0]:.2f} | {timings[1]:.2f} | "
-                f"{timings[1] / timings[0]:.2f} | {diff:.1e} | {feature_mib:.0f} | "
+                f"{timings[1] / timings[0]:.2f} | {diff:.1e} | {repeat:.1e} | {feature_mib:.0f} | "
                 f"{_fmt(peaks[0])} | {_fmt(peaks[1])} |"
             )
             print(rows[-1], flush=True)
@@ -182,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         "to what was allocated before it (alone: the largest of the S fits; stacked: the one "
         "fit of all S); n/a on the CPU\n\n"
         "| method | K | steps per episode | alone s | stacked s | stacked / alone | "
-        "largest parameter difference | support MiB | peak GiB alone | peak GiB stacked |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "largest parameter difference | stacked run-to-run difference | support MiB | "
+        "peak GiB alone | peak GiB stacked |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    body += "\nKernels without a deterministic implementation that the fits ran: " + (
+        "none reported.\n"
+        if not nondeterministic
+        else "\n\n"
+        + "\n".join(
+            f"- {text} ({', '.join(sorted(modes))})" for text, modes in nondeterministic.items()
+        )
+        + "\n"
     )
     print(body)
     if args.out is not None:
