@@ -154,23 +154,44 @@ def load_prompt_bank(spec: str | Path | PromptBank) -> PromptBank:
     return parse_prompt_bank(data, path, name=None if is_path else text)
 
 
+def group_sums(rows: Tensor, sizes: Sequence[int]) -> Tensor:
+    """(G, D) sums of consecutive groups of ``rows`` ((sum(sizes), D)), each group added in row
+    order: the same bits on every device and whatever torch's deterministic mode.
+
+    ``index_add_`` gives these bits on the CPU, but on CUDA, outside deterministic mode, it adds
+    with atomics in no fixed order: text embeddings computed before a process's first fit (which
+    turns the mode on) differed in the last bits from process to process, and so did every row of
+    a method trained on them. Vectorised over groups and D; the loop is over the positions within
+    a group (the prompts of one class: tens).
+    """
+    if not sizes or min(sizes) < 1 or sum(sizes) != rows.shape[0]:
+        raise ValueError(f"group_sums: group sizes {list(sizes)} do not split {rows.shape[0]} rows")
+    counts = torch.tensor(sizes, device=rows.device)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(max(sizes), device=rows.device)
+    present = position[None, :] < counts[:, None]  # (G, longest)
+    index = torch.where(present, starts[:, None] + position[None, :], 0)
+    padded = rows[index] * present[..., None].to(rows.dtype)  # zeros past each group's end
+    total = torch.zeros_like(padded[:, 0])
+    for j in range(padded.shape[1]):  # in row order, as index_add_ adds on the CPU
+        total = total + padded[:, j]
+    return total
+
+
 @torch.no_grad()
 def embed_prompt_groups(backbone, groups: Sequence[Sequence[str]]) -> Tensor:
     """One text vector per group of prompts: (G, embed_dim), float32, L2-normalised.
 
-    All prompts are encoded in one ``backbone.encode_text`` call (normalised), averaged per group
-    with one ``index_add_`` and renormalised -- the CLIP prompt-ensemble recipe.
+    All prompts are encoded in one ``backbone.encode_text`` call (normalised), summed per group
+    (:func:`group_sums`: the same bits on every run) and renormalised -- the CLIP prompt-ensemble
+    recipe.
     """
     sizes = [len(g) for g in groups]
     if not groups or min(sizes) == 0:
         raise ValueError("embed_prompt_groups needs non-empty groups")
     texts = [t for g in groups for t in g]
     emb = F.normalize(backbone.encode_text(texts, normalize=True).float(), dim=-1)
-    owner = torch.repeat_interleave(
-        torch.arange(len(groups), device=emb.device), torch.tensor(sizes, device=emb.device)
-    )
-    sums = torch.zeros(len(groups), emb.shape[1], device=emb.device).index_add_(0, owner, emb)
-    return F.normalize(sums, dim=-1)
+    return F.normalize(group_sums(emb, sizes), dim=-1)
 
 
 def class_text_embeddings(
@@ -194,6 +215,7 @@ __all__ = [
     "builtin_bank_path",
     "class_text_embeddings",
     "embed_prompt_groups",
+    "group_sums",
     "load_prompt_bank",
     "parse_prompt_bank",
     "prompt_dirs",

@@ -14,6 +14,7 @@ from semclip_bench.prompts import (
     BUILTIN_BANKS,
     class_text_embeddings,
     embed_prompt_groups,
+    group_sums,
     load_prompt_bank,
 )
 
@@ -128,3 +129,16 @@ def test_missing_file_and_unknown_name_are_user_errors(tmp_path: Path) -> None:
 def test_embed_prompt_groups_rejects_empty_groups() -> None:
     with pytest.raises(ValueError):
         embed_prompt_groups(FakeBackbone(), [["a"], []])
+
+
+def test_group_sums_add_each_group_in_row_order() -> None:
+    """The same bits as the CPU's ``index_add_`` (so CPU rows do not move), by construction free
+    of the atomics CUDA's ``index_add_`` uses outside deterministic mode."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [1, 40, 7, 26]
+    rows = torch.randn(sum(sizes), 64, generator=g)
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    expected = torch.zeros(len(sizes), 64).index_add_(0, owner, rows)
+    assert torch.equal(group_sums(rows, sizes), expected)
+    with pytest.raises(ValueError, match="do not split"):
+        group_sums(rows, [1, 2])

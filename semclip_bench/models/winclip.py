@@ -58,7 +58,7 @@ from torch import Tensor
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.common import gaussian_blur, upsample_maps
-from semclip_bench.prompts import embed_prompt_groups, prompt_dirs
+from semclip_bench.prompts import embed_prompt_groups, group_sums, prompt_dirs
 
 if TYPE_CHECKING:
     from semclip_bench.backbones import ClipBackbone
@@ -175,14 +175,14 @@ def compose_prompts(states: list[str], templates: list[str], object_name: str) -
 def average_raw_embeddings(backbone: ClipBackbone, groups: list[list[str]]) -> Tensor:
     """(G, D): per group, the mean of the raw (un-normalised) text embeddings, normalised once.
 
-    All prompts go through one ``encode_text`` call; the group means are one ``index_add_``.
+    All prompts go through one ``encode_text`` call; the group sums are :func:`group_sums` (the
+    same bits on every run and device).
     """
     texts = [t for g in groups for t in g]
     emb = backbone.encode_text(texts, normalize=False).float()
-    sizes = torch.tensor([len(g) for g in groups], device=emb.device)
-    owner = torch.repeat_interleave(torch.arange(len(groups), device=emb.device), sizes)
-    sums = torch.zeros(len(groups), emb.shape[1], device=emb.device).index_add_(0, owner, emb)
-    return F.normalize(sums / sizes[:, None], dim=-1)
+    sizes = [len(g) for g in groups]
+    counts = torch.tensor(sizes, device=emb.device)
+    return F.normalize(group_sums(emb, sizes) / counts[:, None], dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------

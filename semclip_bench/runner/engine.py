@@ -55,6 +55,7 @@ from semclip_bench.errors import UserError
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.episode import (
     Prepared,
+    deterministic_kernels,
     finish,
     fit,
     no_uninitialized_fill,
@@ -170,7 +171,8 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     or the only process (``fabric`` None). Running out of GPU memory ends it with one line that
     says what to change (finished episodes are already on disk, so a rerun resumes)."""
     try:
-        return _rank_body(fabric, job, device, start, stages)
+        with deterministic_kernels(device):
+            return _rank_body(fabric, job, device, start, stages)
     except torch.OutOfMemoryError as exc:
         raise UserError(out_of_memory_message(exc, job[0], fabric, device)) from None
 

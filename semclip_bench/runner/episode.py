@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,6 +259,27 @@ def no_uninitialized_fill() -> None:
     for no effect on results (no kernel here reads memory it has not written).
     """
     torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device) -> Iterator[None]:
+    """Torch's deterministic-algorithm mode of :func:`deterministic_setting`, from a run's first
+    kernel to its end (the previous mode is restored afterwards).
+
+    Lightning turns the mode on at a process's first fit and leaves it on, so without this the
+    work a process did before its first fit (feature extraction, text embeddings, the training-free
+    methods' episodes) ran CUDA kernels of the other mode, and which work that was depended on the
+    process's share of the run. Also sets ``CUBLAS_WORKSPACE_CONFIG`` (unless given) before the
+    first cuBLAS call, as deterministic cuBLAS needs.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=deterministic_setting(device) == "warn")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def deterministic_setting(device: torch.device) -> bool | str:

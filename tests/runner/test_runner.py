@@ -350,3 +350,28 @@ def test_out_of_memory_message_names_what_uses_less_memory() -> None:
     assert "--procs-per-device 4 (now 8 per GPU) or --fit-mode alone or --batch-size 16" in line
     two = out_of_memory_message(oom, RunConfig(devices=2, fit_mode="alone"), fabric, "cuda")
     assert "--procs-per-device 2 (now 4 per GPU) or --batch-size 16" in two
+
+
+def test_every_kernel_of_a_run_runs_in_its_deterministic_mode(
+    tiny_data: Path, fast_config: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The run's deterministic-algorithm mode holds from its first kernel (here: a training-free
+    method's extraction, which no Lightning fit precedes), and the caller's mode comes back."""
+    from semclip_bench.models.patchcore import PatchCore
+
+    real_extract, modes = PatchCore.extract, []
+
+    def recording_extract(self, images):
+        modes.append(torch.are_deterministic_algorithms_enabled())
+        return real_extract(self, images)
+
+    monkeypatch.setattr(PatchCore, "extract", recording_extract)
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)  # as in a fresh process (an earlier fit turns it on)
+    try:
+        assert _sweep(tiny_data, fast_config, tmp_path, "--methods", "patchcore") == 0
+        assert modes and all(modes)
+        assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
