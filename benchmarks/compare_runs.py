@@ -5,8 +5,9 @@ both are run folders (``<out>/<kind>`` of a sweep, or any folder holding ``episo
 Rows are matched by episode id; for every method the largest absolute difference of each metric
 (in points, i.e. x100) over the shared episodes is printed next to the protocol's tolerance:
 training-free methods must agree within 1e-3 (0.1 points) in fp32 and within 0.5 points in bf16;
-for trainable methods the measured difference is stated, not judged. With ``--out`` the table is
-written as a keyed section of that Markdown file (``results/performance.md``).
+for trainable methods the measured difference is stated, not judged. The table also counts the
+episodes whose metrics are identical to the last bit (run-to-run repeatability). With ``--out``
+the table is written as a keyed section of that Markdown file (``results/performance.md``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _provenance(folder: Path) -> dict:
 
 
 def compare(reference: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
-    """Per method: shared episodes and the largest |difference| of each metric (metric units).
+    """Per method: shared episodes, how many of them have every metric identical (to the last
+    bit), and the largest |difference| of each metric (metric units).
 
     A metric that is NaN in both rows is equal; NaN in one row only counts as an infinite gap.
     """
@@ -44,13 +46,16 @@ def compare(reference: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
     records = []
     for method, frame in merged.groupby("method_ref", sort=True):
         record: dict[str, float | int | str] = {"method": method, "episodes": len(frame)}
+        same = np.ones(len(frame), dtype=bool)
         for metric in METRIC_COLUMNS:
             a = frame[f"{metric}_ref"].to_numpy(dtype=float)
             b = frame[f"{metric}_new"].to_numpy(dtype=float)
             both_nan = np.isnan(a) & np.isnan(b)
+            same &= both_nan | (a == b)
             gap = np.where(both_nan, 0.0, np.abs(a - b))
             gap = np.where(np.isnan(gap), np.inf, gap)
             record[metric] = float(gap.max()) if len(gap) else math.nan
+        record["identical"] = int(same.sum())
         records.append(record)
     return pd.DataFrame.from_records(records)
 
@@ -67,7 +72,7 @@ def verdict(method: str, worst: float, precision: str) -> str:
 
 def markdown(table: pd.DataFrame, precision: str) -> str:
     metrics = [m for m in METRIC_COLUMNS if m in table.columns]
-    header = ["method", "episodes", *metrics, "worst", f"verdict ({precision})"]
+    header = ["method", "episodes", "identical", *metrics, "worst", f"verdict ({precision})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         values = [float(row[m]) for m in metrics]
@@ -80,6 +85,7 @@ def markdown(table: pd.DataFrame, precision: str) -> str:
                 [
                     str(row["method"]),
                     str(int(row["episodes"])),
+                    str(int(row["identical"])),
                     *cells,
                     f"{100 * worst:.3f}",
                     verdict(str(row["method"]), worst, precision),
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- candidate command: `{new_prov.get('command', '?')}`",
             f"- command: `python -m benchmarks.compare_runs {args.reference} {args.candidate}`",
             "",
-            "Largest |difference| per metric over the shared episodes, in points (x100). "
+            "Largest |difference| per metric over the shared episodes, in points (x100); "
+            "identical: episodes whose every metric is the same to the last bit. "
             "Tolerance for training-free methods: 0.1 points (fp32 vs CPU), 0.5 points (bf16).",
             "",
             markdown(table, precision),

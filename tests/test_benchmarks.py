@@ -70,16 +70,24 @@ def test_compare_runs_reports_largest_gap_and_verdict(tmp_path, capsys):
     from benchmarks import compare_runs
 
     _write_rows(
-        tmp_path / "a", {("patchcore", 0): 0.80, ("patchcore", 1): 0.70, ("semclip", 0): 0.9}
+        tmp_path / "a",
+        {("patchcore", 0): 0.80, ("patchcore", 1): 0.70, ("semclip", 0): 0.9, ("winclip", 0): 0.6},
     )
     _write_rows(
-        tmp_path / "b", {("patchcore", 0): 0.8004, ("patchcore", 1): 0.69, ("semclip", 0): 0.8}
+        tmp_path / "b",
+        {
+            ("patchcore", 0): 0.8004,
+            ("patchcore", 1): 0.69,
+            ("semclip", 0): 0.8,
+            ("winclip", 0): 0.6,
+        },
     )
     table = compare_runs.compare(
         compare_runs.read_rows([tmp_path / "a"]), compare_runs.read_rows([tmp_path / "b"])
     )
     row = table.set_index("method").loc["patchcore"]
-    assert row["episodes"] == 2
+    assert row["episodes"] == 2 and row["identical"] == 0
+    assert table.set_index("method").loc["winclip", "identical"] == 1  # NaN pAUROC in both: equal
     assert abs(row["iAUROC"] - 0.01) < 1e-9
     assert row["pAUROC"] == 0.0  # NaN in both runs counts as equal
     assert compare_runs.verdict("patchcore", 0.01, "fp32") == "MISS"
@@ -87,7 +95,7 @@ def test_compare_runs_reports_largest_gap_and_verdict(tmp_path, capsys):
     assert compare_runs.verdict("semclip", 0.1, "fp32").startswith("stated")
     out = tmp_path / "perf.md"
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    assert "| patchcore | 2 |" in out.read_text()
+    assert "| patchcore | 2 | 0 |" in out.read_text() and "| winclip | 1 | 1 |" in out.read_text()
 
 
 def test_stack_bench_times_alone_and_stacked(tmp_path: Path, capsys) -> None:
