@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install test sweep ablate lint verify-results
+.PHONY: install test sweep ablate lint verify-results verify-gpu-results
 install: $(STAMP)
 
 test: $(STAMP)
@@ -26,6 +26,11 @@ ablate: $(STAMP)
 # their rows bit for bit (exit 1 on any difference).
 verify-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/sweep
+
+# The same check for the committed GPU rows, on a GPU of the model that wrote them (an H200).
+verify-gpu-results: $(STAMP)
+	$(PY) -m semclip_bench verify --from results/gpu/sweep
+	$(PY) -m semclip_bench verify --from results/gpu/ablation
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

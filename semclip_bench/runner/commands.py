@@ -198,11 +198,13 @@ def add_parser(subparsers, formatter_class) -> None:
         "verify",
         help="rerun a few committed episodes from a clean cache; compare their rows exactly",
         description="Rerun a small deterministic subset of the episodes under --from with the "
-        "settings in its provenance.json, from a fresh temporary SEMCLIP_BENCH_CACHE, on the CPU "
-        "in fp32, and compare every metric column with the committed rows bit for bit (as "
-        "written in the CSV). Exit 1 with a table of the differences on any mismatch; refuse "
-        "(exit 2) when the committed rows' protocol, dataset digest or weights digest differ "
-        "from the rerun's, or when they were not computed on the CPU in fp32.",
+        "settings in its provenance.json, from a fresh temporary SEMCLIP_BENCH_CACHE, in one "
+        "process (rows computed on the CPU: on the CPU in fp32; rows computed on a GPU: on this "
+        "machine's first GPU, which must be the same model, in their precision), and compare "
+        "every metric column with the committed rows bit for bit (as written in the CSV). Exit 1 "
+        "with a table of the differences on any mismatch; refuse (exit 2) when the committed "
+        "rows' protocol, dataset digest or weights digest differ from the rerun's, when CPU rows "
+        "were not computed in fp32, or when this machine lacks the GPU model of GPU rows.",
         formatter_class=formatter_class,
     )
     verify.add_argument(

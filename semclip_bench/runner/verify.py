@@ -5,12 +5,16 @@ checked by rerunning a subset of their episodes. This module does that with the 
 (``engine.run``) on a temporary output folder, under a fresh temporary ``SEMCLIP_BENCH_CACHE``
 (so the built-in data is regenerated from the code), with the settings recorded in the folder's
 ``provenance.json`` (data, backbone, weights, image size, batch size, method overrides, the run's
-shard of the work) on the CPU in fp32. Every metric column of each rerun row must equal the
-committed one as written in the CSV (the same text, hence the same float bits).
+shard of the work) in one process: rows computed on the CPU rerun on the CPU in fp32, rows
+computed on a GPU rerun on this machine's first GPU in their recorded precision, which must be a
+GPU of the same model (a run's rows do not depend on its process or GPU count: every kernel runs
+in torch's deterministic-algorithm mode, ``runner/episode.py``). Every metric column of each rerun
+row must equal the committed one as written in the CSV (the same text, hence the same float bits).
 
 Before any episode runs, it refuses (one error line naming what differs) when the committed rows
-were not computed on the CPU in fp32, were written under another protocol version, or carry a
-dataset or weights digest other than what the rerun sees.
+were computed on the CPU in another precision than fp32 or on a GPU this machine does not have,
+were written under another protocol version, or carry a dataset or weights digest other than what
+the rerun sees. Rows written with another torch version are rerun, with a note saying so.
 
 The rerun evaluates only the selected episodes (``engine.run(select=...)``): an image's features
 do not depend on which images shared its extraction batch (every batch has one fixed shape,
@@ -211,9 +215,22 @@ def _choose(rows, subset: Subset, first_category: str | None) -> list[str]:
     return list(rows.loc[keep, "episode_id"])
 
 
+def on_cpu(record: dict[str, Any]) -> bool:
+    """Whether a run's rows were computed on the CPU (its provenance ``device``)."""
+    return str(record.get("device", "")).startswith("CPU")
+
+
+def local_gpu() -> str | None:
+    """The name of this machine's first CUDA device, or None without one."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
-    """The recorded settings of a run, on the CPU in fp32, in one process (the episodes to rerun
-    are selected by id within the recorded ``--shard``, whichever rank ran them)."""
+    """The recorded settings of a run, in one process, on the CPU in fp32 (CPU rows) or on the
+    first GPU in the recorded precision (GPU rows). The episodes to rerun are selected by id within
+    the recorded ``--shard``, whichever rank ran them."""
     recorded = dict(record.get("config") or {})
     known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
     # fit the heads as the record says (the rerun is on the CPU, where "auto" means alone)
@@ -224,22 +241,28 @@ def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
     config = merge_config(RunConfig(), known, f"{PROVENANCE_FILE} config")
     config.devices = 1
     config.procs_per_device = 1
-    config.device = "cpu"
-    config.precision = "fp32"
+    config.device = "cpu" if on_cpu(record) else "cuda"
+    config.precision = "fp32" if on_cpu(record) else str(record.get("precision", "fp32"))
     config.wandb = "disabled"
     config.out = Path(out)
     return config
 
 
-def _refusals(record: dict[str, Any], folder: Path) -> list[str]:
-    """Why rows of this record cannot be checked bit for bit on the CPU in fp32."""
-    problems = []
+def _refusals(record: dict[str, Any], folder: Path, gpu: str | None) -> list[str]:
+    """Why rows of this record cannot be checked bit for bit here (``gpu``: this machine's GPU
+    name, None without one): CPU rows rerun on the CPU in fp32, GPU rows on a GPU of their model."""
     device = str(record.get("device", ""))
-    if not device.startswith("CPU"):
-        problems.append(f"they were computed on {device or 'an unrecorded device'}")
-    if record.get("precision", "fp32") != "fp32":
-        problems.append(f"they were computed in {record.get('precision')}")
-    return [f"{folder}: {p}; the exact check reruns on the CPU in fp32" for p in problems]
+    rule = "CPU rows are checked on the CPU in fp32, GPU rows on a GPU of the same model"
+    if on_cpu(record):
+        if record.get("precision", "fp32") != "fp32":
+            return [f"{folder}: they were computed in {record.get('precision')}; {rule}"]
+        return []
+    if not device:
+        return [f"{folder}: their device is not recorded; {rule}"]
+    if device != gpu:
+        here = f"this machine's is {gpu}" if gpu else "this machine has none"
+        return [f"{folder}: they were computed on {device} and {here}; {rule}"]
+    return []
 
 
 @contextlib.contextmanager
@@ -327,15 +350,23 @@ def verify(
             plans.append((Path(folder), record, ids))
     if not plans:
         raise UserError(f"--subset: no committed rows under {source} match the subset")
-    problems = [p for folder, record, _ in plans for p in _refusals(record, folder)]
+    gpu = None if all(on_cpu(record) for _, record, _ in plans) else local_gpu()
+    problems = [p for folder, record, _ in plans for p in _refusals(record, folder, gpu)]
     problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
     if problems:
         raise UserError("verify refused: " + "; ".join(problems))
+    import torch
+
     here = git_commit()
     for folder, record, _ in plans:
         if record.get("git_commit") != here:
             result.notes.append(
                 f"{folder}: rows written at git commit {record.get('git_commit')}, rerun at {here}"
+            )
+        if record.get("torch") and record.get("torch") != torch.__version__:
+            result.notes.append(
+                f"{folder}: rows written with torch {record.get('torch')}, rerun with "
+                f"{torch.__version__} (kernels may differ between versions)"
             )
 
     keep = out is not None

@@ -98,11 +98,34 @@ def test_verify_refuses_rows_it_cannot_rerun(committed: Path, tmp_path: Path, ca
     err = capsys.readouterr().err.strip()
     assert "protocol unknown" in err and f"protocol {PROTOCOL_VERSION}" in err
     record = json.loads((committed / "provenance.json").read_text())
-    record.update(precision="bf16", device="NVIDIA H200 (cuda:0)")
+    record.update(precision="bf16")  # CPU rows: checked in fp32 only
     (folder / "provenance.json").write_text(json.dumps(record))
     assert main(["verify", "--from", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "NVIDIA H200" in err and "bf16" in err and "CPU in fp32" in err
+    assert "computed in bf16" in err and "on the CPU in fp32" in err
+    record.update(precision="fp32", device="NVIDIA H200")  # GPU rows, and no GPU here
+    (folder / "provenance.json").write_text(json.dumps(record))
+    assert main(["verify", "--from", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "computed on NVIDIA H200 and this machine has none" in err[0]
+
+
+def test_gpu_rows_rerun_on_a_gpu_of_their_model_in_their_precision(tmp_path: Path) -> None:
+    from semclip_bench.runner.verify import _refusals, _rerun_config
+
+    gpu_record = {"device": "NVIDIA H200", "precision": "bf16", "config": {"shots": [1]}}
+    assert _refusals(gpu_record, tmp_path, gpu="NVIDIA H200") == []
+    (refusal,) = _refusals(gpu_record, tmp_path, gpu="NVIDIA A100-SXM4-80GB")
+    assert "computed on NVIDIA H200 and this machine's is NVIDIA A100" in refusal
+    config = _rerun_config(gpu_record, tmp_path)
+    assert (config.device, config.precision, config.devices, config.procs_per_device) == (
+        "cuda",
+        "bf16",
+        1,
+        1,
+    )
+    cpu = _rerun_config({"device": "CPU (x86_64, 2 threads)", "config": {}}, tmp_path)
+    assert (cpu.device, cpu.precision) == ("cpu", "fp32")
 
 
 def test_subset_parsing_and_errors(committed: Path, capsys) -> None:
