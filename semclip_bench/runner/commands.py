@@ -339,8 +339,8 @@ def _verify(args: argparse.Namespace) -> int:
     episodes = len(result.episodes)
     if result.ok:
         print(
-            f"verify: {episodes} episodes of {args.source} rerun from a clean cache on the CPU in "
-            f"fp32 in {result.seconds:.0f} s: every compared column is identical"
+            f"verify: {episodes} episodes of {args.source} rerun from a clean cache "
+            f"{result.where} in {result.seconds:.0f} s: every compared column is identical"
         )
         return 0
     failed = len({m.episode_id for m in result.mismatches})

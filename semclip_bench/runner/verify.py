@@ -145,6 +145,8 @@ class VerifyResult:
     mismatches: list[Mismatch] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: Where the rerun ran ("on the CPU in fp32", "on NVIDIA H200 in fp32").
+    where: str = ""
 
     @property
     def ok(self) -> bool:
@@ -340,18 +342,27 @@ def verify(
     rows = read_rows([source])
     raw = _raw_rows(source)
     result = VerifyResult()
-    groups = {folder: part for folder, part in rows.groupby("source", sort=True)}
+    records = {folder: _provenance_of(Path(folder)) for folder in sorted(set(rows["source"]))}
+    # the subset is chosen over every rank's rows together (one run), then rerun per rank folder
+    categories = next((r.get("categories") for r in records.values() if r.get("categories")), [])
+    chosen = set(_choose(rows, subset or Subset(), categories[0] if categories else None))
     plans = []
-    for folder, part in groups.items():
-        record = _provenance_of(Path(folder))
-        categories = record.get("categories") or []
-        ids = _choose(part, subset or Subset(), categories[0] if categories else None)
+    for folder, part in rows.groupby("source", sort=True):
+        ids = [i for i in part["episode_id"] if i in chosen]
         if ids:
-            plans.append((Path(folder), record, ids))
+            plans.append((Path(folder), records[folder], ids))
     if not plans:
         raise UserError(f"--subset: no committed rows under {source} match the subset")
     gpu = None if all(on_cpu(record) for _, record, _ in plans) else local_gpu()
     problems = [p for folder, record, _ in plans for p in _refusals(record, folder, gpu)]
+    result.where = ", ".join(
+        sorted(
+            {
+                "on the CPU in fp32" if on_cpu(r) else f"on {gpu} in {r.get('precision', 'fp32')}"
+                for _, r, _ in plans
+            }
+        )
+    )
     problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
     if problems:
         raise UserError("verify refused: " + "; ".join(problems))

@@ -170,3 +170,20 @@ def test_rerun_trains_as_the_record_says() -> None:
     assert _rerun_config(earlier_flag, Path("x")).fit_mode == "stacked"
     recorded = {"config": {"shots": [1], "fit_mode": "auto"}, "training": "stacked"}
     assert _rerun_config(recorded, Path("x")).fit_mode == "stacked"  # what ran, not "auto"
+
+
+def test_the_subset_is_chosen_over_every_rank_of_a_run(committed: Path, tmp_path: Path, capsys):
+    """A multi-process run keeps its rows in rank folders; the default subset (here K = 1, seed
+    0) is chosen over all of them, not per folder (where a rank without K = 1 rows would fall
+    back to its own first K)."""
+    import pandas as pd
+
+    folder = tmp_path / "sweep"
+    rows = pd.read_csv(committed / "episodes.csv", dtype=str, keep_default_na=False)
+    for rank, shots in (("rank0", "2"), ("rank1", "1")):
+        (folder / rank).mkdir(parents=True)
+        rows[rows["shots"] == shots].to_csv(folder / rank / "episodes.csv", index=False)
+        shutil.copy(committed / "provenance.json", folder / rank / "provenance.json")
+    assert main(["verify", "--from", str(folder), "--subset", "methods=patchcore"]) == 0
+    out = capsys.readouterr().out
+    assert f"verify: 1 episodes of {folder} rerun from a clean cache on the CPU in fp32" in out
