@@ -77,7 +77,8 @@ COMPARED: tuple[str, ...] = (
 #: The default subset: the first category, these shot counts and seeds.
 DEFAULT_SHOTS: tuple[int, ...] = (1, 5)
 DEFAULT_SEEDS: tuple[int, ...] = (0,)
-#: The trainable method the default subset adds to every training-free one.
+#: The trainable method the default subset of a sweep adds to every training-free one (the
+#: default subset of an ablation has every variant).
 DEFAULT_TRAINABLE = "semclip"
 
 _SUBSET_KEYS = {
@@ -201,9 +202,12 @@ def _choose(rows, subset: Subset, first_category: str | None) -> list[str]:
     methods = dict(zip(rows["variant"], rows["method"], strict=False))
     free = [v for v in variants if not method_class(methods[v]).trainable]
     trainable = [v for v in variants if method_class(methods[v]).trainable]
-    default_variants = free + (
-        [DEFAULT_TRAINABLE] if DEFAULT_TRAINABLE in trainable else trainable[:1]
-    )
+    if "kind" in rows and set(rows["kind"]) == {"ablation"}:
+        default_variants = variants  # an ablation's variants are what it compares: all of them
+    else:
+        default_variants = free + (
+            [DEFAULT_TRAINABLE] if DEFAULT_TRAINABLE in trainable else trainable[:1]
+        )
     chosen_categories = pick("categories", subset.categories, categories, categories[:1])
     chosen_shots = pick("shots", subset.shots, shots, list(DEFAULT_SHOTS))
     chosen_seeds = pick("seeds", subset.seeds, seeds, list(DEFAULT_SEEDS))

@@ -187,3 +187,29 @@ def test_the_subset_is_chosen_over_every_rank_of_a_run(committed: Path, tmp_path
     assert main(["verify", "--from", str(folder), "--subset", "methods=patchcore"]) == 0
     out = capsys.readouterr().out
     assert f"verify: 1 episodes of {folder} rerun from a clean cache on the CPU in fp32" in out
+
+
+def test_default_subset_of_an_ablation_has_every_variant() -> None:
+    import pandas as pd
+
+    from semclip_bench.runner.verify import _choose
+
+    variants = ["semclip", "semclip-single_path", "semclip-all"]
+    rows = pd.DataFrame(
+        [
+            dict(
+                episode_id=f"c/{v}/k10/s{seed}",
+                kind="ablation",
+                category="c",
+                variant=v,
+                method="semclip",
+                shots=10,
+                seed=seed,
+            )
+            for v in variants
+            for seed in (0, 1)
+        ]
+    )
+    assert sorted(_choose(rows, Subset(), "c")) == sorted(f"c/{v}/k10/s0" for v in variants)
+    rows["kind"] = "sweep"  # a sweep's default: the training-free methods and SEM-CLIP
+    assert _choose(rows, Subset(), "c") == ["c/semclip/k10/s0"]
