@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 
 from semclip_bench.errors import UserError
@@ -220,6 +221,20 @@ def expected_fit_warnings() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def deterministic_attention(device: torch.device) -> Iterator[None]:
+    """Training attention in its math form on CUDA, where the fused kernels' backward
+    (memory-efficient attention: AnomalyCLIP-style's text tower) adds with atomics in no fixed
+    order under the warn-only deterministic mode CUDA runs need (``runner/episode.py``); the
+    math form is plain matrix products, as in stacked fits (``models/together.py``). On the CPU
+    nothing changes: its fused kernel is deterministic, and the committed CPU rows use it."""
+    if device.type != "cuda":
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
 def fit_method(
     method: FewShotMethod,
     support: SupportSet,
@@ -243,7 +258,7 @@ def fit_method(
         return module
     device = next(iter(method.parameters()), torch.empty(0)).device
     loader = support_loader(support, config, seed)
-    with expected_fit_warnings():
+    with expected_fit_warnings(), deterministic_attention(device):
         support_trainer(config, **trainer_kwargs).fit(module, train_dataloaders=loader)
     # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to
     # the CPU unless FewShotModule.cpu keeps it; make sure it is where the caller had it, or

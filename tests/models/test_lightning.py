@@ -118,3 +118,27 @@ def test_training_is_seeded() -> None:
         weights.append(method.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], torch.zeros(3))
+
+
+def test_cuda_fits_train_attention_in_its_math_form(monkeypatch) -> None:
+    """On CUDA the fused attention kernels' backward is not deterministic under the warn-only
+    mode; fits there use the math form. The CPU keeps its (deterministic) fused kernel."""
+    from semclip_bench.models import lightning as module
+
+    flags = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled)
+    with module.deterministic_attention(torch.device("cuda")):
+        assert not any(f() for f in flags) and torch.backends.cuda.math_sdp_enabled()
+    assert all(f() for f in flags)  # restored
+    with module.deterministic_attention(torch.device("cpu")):
+        assert all(f() for f in flags)
+
+    seen = []
+    real = module.deterministic_attention
+
+    def recording(device):
+        seen.append(device)
+        return real(device)
+
+    monkeypatch.setattr(module, "deterministic_attention", recording)
+    fit_method(_Counting(), _support(4), TrainingConfig(epochs=1), seed=0)
+    assert seen == [torch.device("cpu")]  # the fit asks for the device its method is on
