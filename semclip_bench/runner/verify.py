@@ -239,7 +239,7 @@ def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
     the recorded ``--shard``, whichever rank ran them."""
     recorded = dict(record.get("config") or {})
     known = {k: v for k, v in recorded.items() if k in RunConfig.field_names()}
-    # fit the heads as the record says (the rerun is on the CPU, where "auto" means alone)
+    # fit the heads as the record says ("auto" means alone on the CPU, stacked on CUDA)
     mode = record.get("training")
     if mode is None:  # recorded before the field: the flag of that time, else alone
         mode = "stacked" if recorded.get("fit_together") else "alone"
