@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.episode import deterministic_setting
-    from semclip_bench.runner.features import HEAD_TRAINING_PRECISION
+    from semclip_bench.runner.episode import head_trainer_settings
     from semclip_bench.runner.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
@@ -127,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     backbone = build_backbone(BackboneSpec(args.backbone), device=device)
-    trainer = dict(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
-        deterministic=deterministic_setting(device),
-        precision=HEAD_TRAINING_PRECISION,
-    )
+    trainer = head_trainer_settings(device)
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"

@@ -134,12 +134,8 @@ def bench_method(
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.runner.config import method_config
-    from semclip_bench.runner.episode import deterministic_setting
-    from semclip_bench.runner.features import (
-        HEAD_TRAINING_PRECISION,
-        extract_features,
-        prediction_math,
-    )
+    from semclip_bench.runner.episode import head_trainer_settings
+    from semclip_bench.runner.features import extract_features, prediction_math
 
     options, training = method_config(name)
     if args.epochs is not None and "epochs" in training:
@@ -156,10 +152,7 @@ def bench_method(
             support,
             TrainingConfig(**training),
             seed=0,
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=[device.index or 0] if device.type == "cuda" else 1,
-            precision=HEAD_TRAINING_PRECISION,
-            deterministic=deterministic_setting(device),
+            **head_trainer_settings(device),
         )
         method.eval()
 

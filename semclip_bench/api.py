@@ -15,11 +15,10 @@ the command line prints.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,7 +244,7 @@ class Method:
         from semclip_bench.data.types import NORMAL_LABEL
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
-        from semclip_bench.runner.features import HEAD_TRAINING_PRECISION
+        from semclip_bench.runner.episode import deterministic_mode_kept, head_trainer_settings
 
         pictures = _image_list(images)
         names = _label_names(labels, class_names, len(pictures))
@@ -278,17 +277,13 @@ class Method:
                 dtype=torch.bool,
             ),
         )
-        on_gpu = self.device.type == "cuda"
-        with _torch_settings_kept():  # the Trainer turns deterministic algorithms on globally
+        with deterministic_mode_kept():  # the Trainer turns deterministic algorithms on globally
             fit_method(
                 module,
                 support,
                 TrainingConfig(**self.training),
                 seed=self.seed,
-                accelerator="gpu" if on_gpu else "cpu",
-                devices=[self.device.index or 0] if on_gpu else 1,
-                precision=HEAD_TRAINING_PRECISION,
-                deterministic="warn" if on_gpu else True,
+                **head_trainer_settings(self.device),
             )
         module.eval()
         self.module, self.class_names = module, class_names
@@ -357,19 +352,6 @@ class Method:
             for i in range(0, images.shape[0], self.batch_size)
         ]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-@contextlib.contextmanager
-def _torch_settings_kept() -> Iterator[None]:
-    """Restore torch's deterministic-algorithm settings afterwards (a notebook keeps its own)."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = torch.utils.deterministic.fill_uninitialized_memory
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def load_method(

@@ -153,12 +153,7 @@ def fit(
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import can_train_together, fit_methods_together
 
-    trainer = dict(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
-        precision=HEAD_TRAINING_PRECISION,
-        deterministic=deterministic_setting(device),
-    )
+    trainer = head_trainer_settings(device)
     start = time.perf_counter()
     methods = [m.method for m in members]
     supports = [m.support for m in members]
@@ -264,7 +259,7 @@ def no_uninitialized_fill() -> None:
 @contextlib.contextmanager
 def deterministic_kernels(device: torch.device) -> Iterator[None]:
     """Torch's deterministic-algorithm mode of :func:`deterministic_setting`, from a run's first
-    kernel to its end (the previous mode is restored afterwards).
+    kernel to its end (the previous settings are restored afterwards).
 
     Lightning turns the mode on at a process's first fit and leaves it on, so without this the
     work a process did before its first fit (feature extraction, text embeddings, the training-free
@@ -272,14 +267,39 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
     process's share of the run. Also sets ``CUBLAS_WORKSPACE_CONFIG`` (unless given) before the
     first cuBLAS call, as deterministic cuBLAS needs.
     """
+    with deterministic_mode_kept():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=deterministic_setting(device) == "warn")
+        yield
+
+
+@contextlib.contextmanager
+def deterministic_mode_kept() -> Iterator[None]:
+    """Restore torch's deterministic-algorithm settings afterwards (the mode, warn-only, and
+    the uninitialised-memory fill): Lightning's Trainer changes them process-wide, and a caller
+    (a notebook, the Python API's user) keeps its own."""
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=deterministic_setting(device) == "warn")
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def head_trainer_settings(device: torch.device) -> dict[str, Any]:
+    """Lightning Trainer arguments of a head's fit on ``device``: that device, IEEE float32
+    (:data:`~semclip_bench.runner.features.HEAD_TRAINING_PRECISION`) and
+    :func:`deterministic_setting`. The runner, the Python API and the benchmarks all fit with
+    these."""
+    on_gpu = device.type == "cuda"
+    return dict(
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=[device.index or 0] if on_gpu else 1,
+        precision=HEAD_TRAINING_PRECISION,
+        deterministic=deterministic_setting(device),
+    )
 
 
 def deterministic_setting(device: torch.device) -> bool | str:
