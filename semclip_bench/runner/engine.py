@@ -7,7 +7,7 @@ rerun, so an interrupted run loses at most the episode in flight.
 
 Precision: fp32 by default on every device. With ``--precision bf16``, ``extract`` runs under bf16
 autocast; features are kept as float32, and the heads' support preparation, training and
-``predict`` run in float32 (TF32 matmuls on CUDA for trained heads and prediction; see
+``predict`` run in float32 (training in IEEE float32; prediction's matmuls in TF32 on CUDA; see
 ``runner/features.py``).
 
 Several processes (``devices x procs_per_device > 1``): Lightning Fabric's DDP launcher starts
