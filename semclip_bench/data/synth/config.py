@@ -112,8 +112,8 @@ class SynthConfig:
 
     @property
     def extension(self) -> str:
-        """Image file extension: 8-bit PNG or 16-bit TIFF."""
-        return ".png" if self.bit_depth == 8 else ".tif"
+        """Image file extension: 8- and 16-bit images are both grayscale PNG."""
+        return ".png"
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Number of images per (split, label) in every category."""

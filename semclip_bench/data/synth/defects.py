@@ -13,10 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from semclip_bench.data.synth.fields import log_uniform, pixel_grid, smooth_noise, smoothstep
+from semclip_bench.data.synth.raster import (
+    dilate3,
+    f32,
+    nearest_zero,
+    polyline_pixels,
+    remap_bilinear,
+)
 from semclip_bench.data.synth.scene import Scene
 
 #: Smallest mask (pixels) a defect may have; smaller draws are redrawn.
@@ -74,7 +80,7 @@ def plan_defect(
         plan = drawer(scene, rng, d, contrast, rows, detector_azimuth)
         # Faint fringes (soft edges, lone fragments below the 0.5 cut) stay within a pixel of
         # the mask: nothing changes where the mask is not.
-        near = cv2.dilate(plan.mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        near = dilate3(plan.mask)
         plan.alpha = plan.alpha * near
         if plan.alpha[rows:].any():  # would reach under the data bar: draw again
             continue
@@ -132,11 +138,11 @@ def _polar_blob(
     """(signed distance inside an irregular round outline, normalised radius r / R) maps."""
     a, b = _rotated_frame(rng, size, cy, cx, 1.0 + 0.5 * wobble)
     dist = np.sqrt(a * a + b * b)
-    phi = np.arctan2(b, a)
+    phi = np.arctan2(b.astype(np.float64), a.astype(np.float64)).astype(np.float32)
     outline = np.ones_like(dist)
     for k in (2, 3, 5):
-        outline += np.float32(wobble * rng.uniform(0, 0.5) / k) * np.cos(
-            k * phi + np.float32(rng.uniform(0, 2 * np.pi))
+        outline += np.float32(wobble * rng.uniform(0, 0.5) / k) * f32(
+            np.cos, k * phi + np.float32(rng.uniform(0, 2 * np.pi))
         )
     r_out = np.float32(radius) * outline
     return r_out - dist, dist / np.maximum(r_out, 1e-3)
@@ -254,12 +260,8 @@ def _infilm(
     shrink = 1.0 - np.float32(contrast * rng.uniform(0.3, 0.55)) * bump
     map_x = (np.float32(cx) + dx * shrink).astype(np.float32)
     map_y = (np.float32(cy) + dy * shrink).astype(np.float32)
-    warped_h = cv2.remap(
-        scene.height, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-    )
-    warped_m = cv2.remap(
-        scene.material, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-    )
+    warped_h = remap_bilinear(scene.height, map_x, map_y)
+    warped_m = remap_bilinear(scene.material, map_x, map_y)
     sign = 1.0 if rng.random() < 0.6 else -1.0
     # Seen through more film: the pattern's contrast fades towards a brighter or darker haze
     # (the blob's own yield) that differs from the local mean, so the blob always shows.
@@ -304,19 +306,20 @@ def _scratch(
     t = np.linspace(0.0, 1.0, 96)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier (y, x)
     centre = np.ones((size, size), np.uint8)
-    pts = np.round(curve[:, ::-1]).astype(np.int32).reshape(-1, 1, 2)
-    cv2.polylines(centre, [pts], False, 0, 1)
-    dist, labels = cv2.distanceTransformWithLabels(
-        centre, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
-    )
-    # Position along the scratch of every pixel's nearest centre-line pixel (labels are the
-    # centre-line pixels in scan order), for the taper at both ends.
+    line = polyline_pixels(np.round(curve[:, ::-1]).astype(np.int64))
+    inside = (line[:, 0] >= 0) & (line[:, 0] < size) & (line[:, 1] >= 0) & (line[:, 1] < size)
+    centre[line[inside, 1], line[inside, 0]] = 0
+    dist, near_y, near_x = nearest_zero(centre)
+    # Position along the scratch of every pixel's nearest centre-line pixel, for the taper at
+    # both ends.
     ys, xs = np.nonzero(centre == 0)
     near = np.argmin(
         (ys[:, None] - curve[None, :, 0]) ** 2 + (xs[:, None] - curve[None, :, 1]) ** 2, 1
     )
-    pos = np.concatenate([[0.0], t[near, 0]]).astype(np.float32)[labels]
-    taper = np.sqrt(np.clip(np.sin(np.pi * pos), 0.0, 1.0)) * 0.7 + 0.3
+    along = np.zeros((size, size), np.float32)
+    along[ys, xs] = t[near, 0]
+    pos = along[near_y, near_x]
+    taper = np.sqrt(np.clip(f32(np.sin, np.pi * pos), 0.0, 1.0)) * 0.7 + 0.3
     half = np.float32(hw) * taper
     # Steep-walled groove: the walls light up (edge effect), the floor is dark.
     groove = smoothstep(half - dist, 1.0)
@@ -362,7 +365,7 @@ def _bridge(
     tt = np.clip((across - np.float32(u_a)) / np.float32(max(u_b - u_a, 1e-3)), 0.0, 1.0)
     neck = float(rng.uniform(0.0, 0.4))
     rough = 0.4 * smooth_noise(rng, size, 2.0)
-    half = np.float32(hw) * (1.0 - neck * np.sin(np.pi * tt)) + rough
+    half = np.float32(hw) * (1.0 - neck * f32(np.sin, np.pi * tt)) + rough
     dv = half - np.abs(along - np.float32(v0))
     alpha = smoothstep(np.minimum(du, dv), 0.8)
     # Only the filled part of the gap is defect; the features it joins are unchanged.

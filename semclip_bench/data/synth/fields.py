@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import cv2
 import numpy as np
+
+from semclip_bench.data.synth.raster import resize_cubic
 
 
 @lru_cache(maxsize=8)
@@ -21,15 +22,15 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 def _upsample_std(cells: int, size: int) -> float:
     """Std of a cubic-upsampled unit-normal lattice (fixed draws: a constant, not data)."""
     probe = np.random.default_rng(12345).standard_normal((8, cells, cells), dtype=np.float32)
-    ups = [cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in probe]
-    return float(np.std(ups))
+    ups = np.stack([resize_cubic(c, size) for c in probe])
+    return float(np.std(ups, dtype=np.float64))
 
 
 def smooth_noise(rng: np.random.Generator, size: int, corr_px: float) -> np.ndarray:
     """Zero-mean Gaussian random field (std about 1) with correlation length ``corr_px`` pixels.
 
-    Drawn on a coarse lattice and upsampled with cubic interpolation (one ``cv2.resize``), which
-    is far cheaper than filtering a full-resolution white noise image.
+    Drawn on a coarse lattice and upsampled with cubic interpolation (:func:`.raster.resize_cubic`),
+    which is far cheaper than filtering a full-resolution white noise image.
     """
     corr_px = max(float(corr_px), 1.0)
     if corr_px <= 1.0:
@@ -37,7 +38,7 @@ def smooth_noise(rng: np.random.Generator, size: int, corr_px: float) -> np.ndar
     cells = int(np.ceil(size / corr_px)) + 1
     coarse = rng.standard_normal((cells, cells), dtype=np.float32)
     coarse *= np.float32(1.0 / _upsample_std(cells, size))
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    return resize_cubic(coarse, size)
 
 
 @lru_cache(maxsize=1)

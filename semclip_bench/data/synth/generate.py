@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from semclip_bench import __version__
 from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.data.synth.config import SynthConfig
 from semclip_bench.data.synth.identity import checksum_lines, content_digest, generator_identity
+from semclip_bench.data.synth.raster import encode_png
 from semclip_bench.data.synth.render import SynthImage, render_image
 from semclip_bench.errors import UserError
 
@@ -74,11 +74,9 @@ def relative_paths(config: SynthConfig, task: Task) -> tuple[str, str | None]:
 
 
 def _encode(path: Path, image: np.ndarray) -> str:
-    """Write ``image`` in the format of ``path``'s suffix; returns the sha256 of the bytes."""
-    ok, buf = cv2.imencode(path.suffix, image)
-    if not ok:  # pragma: no cover - cv2 always encodes these dtypes
-        raise OSError(f"could not encode {path}")
-    data = buf.tobytes()
+    """Write ``image`` as PNG (the project's own encoder: the bytes depend on the pixels alone);
+    returns the sha256 of the bytes."""
+    data = encode_png(image)
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
@@ -101,10 +99,6 @@ def _write_batch(root: str, config: SynthConfig, tasks: list[Task]) -> Batch:
             hashes.append((mask_rel, _encode(Path(root) / mask_rel, mask)))
         records.append({"image": image_rel, "mask": mask_rel, **result.meta})
     return records, hashes
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core; no oversubscription
 
 
 def _batches(tasks: list[Task], size: int) -> Iterator[list[Task]]:
@@ -162,8 +156,8 @@ def generate(
                 progress(len(batch))
     else:
         batch_size = int(np.clip(len(tasks) // (workers * 4), 1, 32))
-        ctx = multiprocessing.get_context("spawn")  # safe next to torch / cv2 thread pools
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        ctx = multiprocessing.get_context("spawn")  # safe next to torch thread pools
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             pending = {
                 pool.submit(_write_batch, str(root), config, batch): len(batch)
                 for batch in _batches(tasks, batch_size)
@@ -211,6 +205,8 @@ def generate(
 
 
 def _to_bgr8(result: SynthImage) -> np.ndarray:
+    import cv2  # the contact sheet only: generated data never goes through OpenCV
+
     image = result.image
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
@@ -230,6 +226,8 @@ def write_preview(
     Mask outlines are drawn in colour (red; yellow for hard defects) and every cell is captioned
     with the defect's size and contrast so a person can judge the look.
     """
+    import cv2  # drawing the sheet's captions and outlines; it is a picture, not data
+
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"synth preview {path} must be a .png file")
@@ -265,5 +263,8 @@ def write_preview(
                     sheet, caption, (x0 + 3, y0 + cell + 11), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA
                 )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _encode(path, sheet)
+    ok, buf = cv2.imencode(".png", sheet)
+    if not ok:  # pragma: no cover - OpenCV always encodes 8-bit BGR
+        raise OSError(f"could not encode {path}")
+    path.write_bytes(buf.tobytes())
     return path

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from semclip_bench.data.synth.fields import log_uniform, smooth_noise, white_noise
+from semclip_bench.data.synth.font import GLYPH_ROWS, draw_text, text_width
+from semclip_bench.data.synth.raster import f32, gaussian_blur, sobel
 
 #: Reference display width used by SEM vendors to state magnification (Polaroid 4x5 inch).
 _DISPLAY_WIDTH_MM = 127.0
@@ -124,10 +125,10 @@ def form_image(
     z = white_noise(rng, size)
 
     # Topographic contrast: slope-dependent edge brightening, halo and detector shading.
-    gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
-    gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    gx = sobel(height, axis=1)
+    gy = sobel(height, axis=0)
     slope = np.minimum(np.sqrt(gx * gx + gy * gy), 1.4)
-    halo = cv2.GaussianBlur(slope, (0, 0), 1.6 * max(s, 0.5))
+    halo = gaussian_blur(slope, 1.6 * max(s, 0.5))
     az = imaging.detector_azimuth
     shade = gx * np.float32(np.cos(az)) + gy * np.float32(np.sin(az))
     signal = (
@@ -136,7 +137,7 @@ def form_image(
         + np.float32(imaging.halo_gain) * halo
         + np.float32(imaging.shading_gain) * shade
     )
-    signal = cv2.GaussianBlur(signal, (0, 0), imaging.blur_sigma)
+    signal = gaussian_blur(signal, imaging.blur_sigma)
 
     # Slow fields: charging ramp and blotches, bright first scan lines, brightness drift.
     axis = np.arange(size, dtype=np.float32) / np.float32(size)
@@ -147,7 +148,7 @@ def form_image(
     field += (1.0 + row_term)[:, None]
     signal = signal * field
     if top_amp > 0:
-        top = np.float32(top_amp) * np.exp(-axis * np.float32(size / top_len))
+        top = np.float32(top_amp) * f32(np.exp, -axis * np.float32(size / top_len))
         signal += top[:, None]
     np.maximum(signal, 0.0, out=signal)
 
@@ -199,23 +200,26 @@ def draw_databar(image: np.ndarray, imaging: Imaging, pixel_nm: float) -> None:
     bar_nm = _scale_bar_nm(pixel_nm * size)
     bar_px = max(round(bar_nm / pixel_nm), 2)
     label = _format_length(bar_nm)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    thick = 1
-    scale = rows / 44.0
-    label_w = cv2.getTextSize(label, font, scale, thick)[0][0]
+    # Font pixels: glyphs half the bar's height; the settings text shrinks to fit beside the
+    # scale bar and its label.
+    pixel = rows * 0.5 / GLYPH_ROWS
+    label_w = text_width(label, pixel)
     text_room = max(size - bar_px - label_w - 12, 8)
-    text_w = cv2.getTextSize(text, font, scale, thick)[0][0]
-    t_scale = scale * min(1.0, text_room / max(text_w, 1))
+    text_w = text_width(text, pixel)
+    t_pixel = pixel * min(1.0, text_room / max(text_w, 1))
     base_y = int(rows * 0.7)
-    cv2.putText(bar, text, (2, base_y), font, t_scale, fg, thick, cv2.LINE_AA)
+    draw_text(bar, text, 2, base_y, t_pixel, fg)
     x1 = size - 3
     x0 = x1 - bar_px
     yb = int(rows * 0.72)
-    cv2.line(bar, (x0, yb), (x1, yb), fg, max(rows // 10, 1))
+    thick = max(rows // 10, 1)
+    top = max(yb - thick // 2, 0)
+    bar[top : top + thick, max(x0, 0) : x1 + 1] = fg
     tick = max(rows // 5, 1)
     for x in (x0, x1):
-        cv2.line(bar, (x, yb - tick), (x, yb), fg, 1)
-    cv2.putText(bar, label, (x0 - label_w - 3, base_y), font, scale, fg, thick, cv2.LINE_AA)
+        if 0 <= x < size:
+            bar[max(yb - tick, 0) : yb + 1, x] = fg
+    draw_text(bar, label, int(np.floor(x0 - label_w - 3)), base_y, pixel, fg)
     if image.dtype == np.uint16:
         image[-rows:] = bar.astype(np.uint16) * 257
     else:
