@@ -27,7 +27,8 @@ ablate: $(STAMP)
 verify-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/sweep
 
-# The same check for the committed GPU rows, on a GPU of the model that wrote them (an H200).
+# The same check for the committed GPU rows (written on an H200), on this machine's GPU; on another
+# model, a difference is reported with both GPU names as its likely cause.
 verify-gpu-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/gpu/sweep
 	$(PY) -m semclip_bench verify --from results/gpu/ablation

@@ -14,8 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-from semclip_bench.runner.feature_store import features_root, folder_usage
-
 
 def add_parser(subparsers, formatter_class) -> None:
     cache = subparsers.add_parser(
@@ -98,6 +96,8 @@ def _size(n: int) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from semclip_bench.runner.feature_store import features_root, folder_usage  # imports torch
+
     base = cache_dir()
     print(f"cache folder: {base}" + ("" if base.is_dir() else " (does not exist)"))
     root = features_root()
@@ -132,6 +132,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
+    from semclip_bench.runner.feature_store import features_root  # imports torch
+
     base = cache_dir()
     targets: list[Path] = []
     if args.what in {"features", "all"}:

@@ -200,11 +200,12 @@ def add_parser(subparsers, formatter_class) -> None:
         description="Rerun a small deterministic subset of the episodes under --from with the "
         "settings in its provenance.json, from a fresh temporary SEMCLIP_BENCH_CACHE, in one "
         "process (rows computed on the CPU: on the CPU in fp32; rows computed on a GPU: on this "
-        "machine's first GPU, which must be the same model, in their precision), and compare "
-        "every metric column with the committed rows bit for bit (as written in the CSV). Exit 1 "
-        "with a table of the differences on any mismatch; refuse (exit 2) when the committed "
-        "rows' protocol, dataset digest or weights digest differ from the rerun's, when CPU rows "
-        "were not computed in fp32, or when this machine lacks the GPU model of GPU rows.",
+        "machine's first GPU, in their precision), and compare every metric column with the "
+        "committed rows bit for bit (as written in the CSV). GPU rows rerun on a GPU of another "
+        "model too: the summary names both GPUs, and a failure names them as the likely cause. "
+        "Exit 1 with a table of the differences on any mismatch; refuse (exit 2) when the "
+        "committed rows' protocol, dataset digest or weights digest differ from the rerun's, "
+        "when CPU rows were not computed in fp32, or when GPU rows meet a machine without a GPU.",
         formatter_class=formatter_class,
     )
     verify.add_argument(
@@ -345,8 +346,10 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     failed = len({m.episode_id for m in result.mismatches})
     print(mismatch_table(result.mismatches))
+    cause = result.likely_cause()
     print(
         f"verify: FAILED: {len(result.mismatches)} values in {failed} of {episodes} episodes of "
         f"{args.source} differ from the rerun ({result.seconds:.0f} s)"
+        + (f"; {cause}" if cause else "")
     )
     return 1

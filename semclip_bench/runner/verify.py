@@ -6,13 +6,17 @@ checked by rerunning a subset of their episodes. This module does that with the 
 (so the built-in data is regenerated from the code), with the settings recorded in the folder's
 ``provenance.json`` (data, backbone, weights, image size, batch size, method overrides, the run's
 shard of the work) in one process: rows computed on the CPU rerun on the CPU in fp32, rows
-computed on a GPU rerun on this machine's first GPU in their recorded precision, which must be a
-GPU of the same model (a run's rows do not depend on its process or GPU count: every kernel runs
-in torch's deterministic-algorithm mode, ``runner/episode.py``). Every metric column of each rerun
-row must equal the committed one as written in the CSV (the same text, hence the same float bits).
+computed on a GPU rerun on this machine's first GPU in their recorded precision (a run's rows do
+not depend on its process or GPU count: every kernel runs in torch's deterministic-algorithm mode,
+``runner/episode.py``). Every metric column of each rerun row must equal the committed one as
+written in the CSV (the same text, hence the same float bits).
+
+GPU rows are rerun on a GPU of another model too: two models may round alike (the committed H200
+rows reran bit for bit on an H100), and only a rerun can tell. The summary then names both GPUs,
+and where rows differ, the failure line names the two GPU models as the likely cause.
 
 Before any episode runs, it refuses (one error line naming what differs) when the committed rows
-were computed on the CPU in another precision than fp32 or on a GPU this machine does not have,
+were computed on the CPU in another precision than fp32 or on a GPU while this machine has none,
 were written under another protocol version, or carry a dataset or weights digest other than what
 the rerun sees. Rows written with another torch version are rerun, with a note saying so.
 
@@ -148,10 +152,25 @@ class VerifyResult:
     notes: list[str] = field(default_factory=list)
     #: Where the rerun ran ("on the CPU in fp32", "on NVIDIA H200 in fp32").
     where: str = ""
+    #: This machine's GPU, where GPU rows were rerun on it.
+    gpu: str | None = None
+    #: The GPU models of rows rerun on ``gpu`` although computed on another model.
+    other_gpus: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+    def likely_cause(self) -> str | None:
+        """For differing rows that were computed on another GPU model: the two models and the
+        differing columns, the likeliest explanation of the difference; else None."""
+        if self.ok or not self.other_gpus:
+            return None
+        columns = ", ".join(dict.fromkeys(m.column for m in self.mismatches))
+        return (
+            f"the rows were computed on {' and '.join(self.other_gpus)} and rerun on {self.gpu}: "
+            f"GPU models that round differently are the likely cause of the differing {columns}"
+        )
 
 
 def _raw_rows(folder: Path) -> dict[str, dict[str, str]]:
@@ -256,19 +275,29 @@ def _rerun_config(record: dict[str, Any], out: Path) -> RunConfig:
 
 def _refusals(record: dict[str, Any], folder: Path, gpu: str | None) -> list[str]:
     """Why rows of this record cannot be checked bit for bit here (``gpu``: this machine's GPU
-    name, None without one): CPU rows rerun on the CPU in fp32, GPU rows on a GPU of their model."""
+    name, None without one): CPU rows rerun on the CPU in fp32, GPU rows on a GPU (of any model:
+    a difference the rerun finds is then attributed to the models by :meth:`VerifyResult.
+    likely_cause`)."""
     device = str(record.get("device", ""))
-    rule = "CPU rows are checked on the CPU in fp32, GPU rows on a GPU of the same model"
+    rule = "CPU rows are checked on the CPU in fp32, GPU rows on a GPU"
     if on_cpu(record):
         if record.get("precision", "fp32") != "fp32":
             return [f"{folder}: they were computed in {record.get('precision')}; {rule}"]
         return []
     if not device:
         return [f"{folder}: their device is not recorded; {rule}"]
-    if device != gpu:
-        here = f"this machine's is {gpu}" if gpu else "this machine has none"
-        return [f"{folder}: they were computed on {device} and {here}; {rule}"]
+    if gpu is None:
+        return [f"{folder}: they were computed on {device} and this machine has none; {rule}"]
     return []
+
+
+def _where(record: dict[str, Any], gpu: str | None) -> str:
+    """Where rows of ``record`` rerun here, naming their own GPU where it is another model."""
+    if on_cpu(record):
+        return "on the CPU in fp32"
+    device = str(record.get("device", ""))
+    computed = "" if device == gpu else f" (rows computed on {device})"
+    return f"on {gpu} in {record.get('precision', 'fp32')}{computed}"
 
 
 @contextlib.contextmanager
@@ -359,13 +388,10 @@ def verify(
         raise UserError(f"--subset: no committed rows under {source} match the subset")
     gpu = None if all(on_cpu(record) for _, record, _ in plans) else local_gpu()
     problems = [p for folder, record, _ in plans for p in _refusals(record, folder, gpu)]
-    result.where = ", ".join(
-        sorted(
-            {
-                "on the CPU in fp32" if on_cpu(r) else f"on {gpu} in {r.get('precision', 'fp32')}"
-                for _, r, _ in plans
-            }
-        )
+    result.where = ", ".join(sorted({_where(r, gpu) for _, r, _ in plans}))
+    result.gpu = gpu
+    result.other_gpus = sorted(
+        {str(r.get("device")) for _, r, _ in plans if not on_cpu(r) and r.get("device") != gpu}
     )
     problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
     if problems:

@@ -110,13 +110,14 @@ def test_verify_refuses_rows_it_cannot_rerun(committed: Path, tmp_path: Path, ca
     assert len(err) == 1 and "computed on NVIDIA H200 and this machine has none" in err[0]
 
 
-def test_gpu_rows_rerun_on_a_gpu_of_their_model_in_their_precision(tmp_path: Path) -> None:
+def test_gpu_rows_rerun_on_any_gpu_in_their_precision(tmp_path: Path) -> None:
     from semclip_bench.runner.verify import _refusals, _rerun_config
 
     gpu_record = {"device": "NVIDIA H200", "precision": "bf16", "config": {"shots": [1]}}
     assert _refusals(gpu_record, tmp_path, gpu="NVIDIA H200") == []
-    (refusal,) = _refusals(gpu_record, tmp_path, gpu="NVIDIA A100-SXM4-80GB")
-    assert "computed on NVIDIA H200 and this machine's is NVIDIA A100" in refusal
+    assert _refusals(gpu_record, tmp_path, gpu="NVIDIA A100-SXM4-80GB") == []
+    (refusal,) = _refusals(gpu_record, tmp_path, gpu=None)
+    assert "computed on NVIDIA H200 and this machine has none" in refusal
     config = _rerun_config(gpu_record, tmp_path)
     assert (config.device, config.precision, config.devices, config.procs_per_device) == (
         "cuda",
@@ -126,6 +127,59 @@ def test_gpu_rows_rerun_on_a_gpu_of_their_model_in_their_precision(tmp_path: Pat
     )
     cpu = _rerun_config({"device": "CPU (x86_64, 2 threads)", "config": {}}, tmp_path)
     assert (cpu.device, cpu.precision) == ("cpu", "fp32")
+
+
+def _as_gpu_rows(folder: Path, monkeypatch, recorded: str, here: str) -> None:
+    """Fake GPU rows (provenance device ``recorded``) and a machine whose GPU is ``here``; the
+    rerun itself runs on the CPU, which computed the rows (no GPU in CI)."""
+    from semclip_bench.runner import verify as verify_module
+
+    record = json.loads((folder / "provenance.json").read_text())
+    record.update(device=recorded, precision="fp32")
+    (folder / "provenance.json").write_text(json.dumps(record))
+    real = verify_module._rerun_config
+
+    def on_the_cpu(record: dict, out: Path):
+        config = real(record, out)
+        assert config.device == "cuda"  # GPU rows rerun on the GPU ...
+        config.device = "cpu"  # ... which this test machine lacks
+        return config
+
+    monkeypatch.setattr(verify_module, "local_gpu", lambda: here)
+    monkeypatch.setattr(verify_module, "_rerun_config", on_the_cpu)
+
+
+def test_gpu_rows_verify_on_another_gpu_model(
+    committed: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "sweep"
+    shutil.copytree(committed, folder)
+    _as_gpu_rows(folder, monkeypatch, "NVIDIA H200", "NVIDIA H100 80GB HBM3")
+    args = ["verify", "--from", str(folder), "--subset", "shots=1", "methods=patchcore"]
+    assert main(args) == 0  # identical rows pass; the summary names both GPUs
+    (summary,) = [line for line in capsys.readouterr().out.splitlines() if "verify:" in line]
+    assert "on NVIDIA H100 80GB HBM3 in fp32 (rows computed on NVIDIA H200)" in summary
+    assert "identical" in summary
+
+    _edit(folder / "episodes.csv", "line_space/patchcore/k1/s0", "pAUROC")
+    assert main(args) == 1  # differing rows: one line names both GPUs and the metric
+    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1
+    assert "computed on NVIDIA H200 and rerun on NVIDIA H100 80GB HBM3" in failed[0]
+    assert "likely cause of the differing pAUROC" in failed[0]
+
+
+def test_gpu_rows_of_the_same_model_fail_without_a_gpu_cause(
+    committed: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "sweep"
+    shutil.copytree(committed, folder)
+    _as_gpu_rows(folder, monkeypatch, "NVIDIA H200", "NVIDIA H200")
+    _edit(folder / "episodes.csv", "line_space/patchcore/k1/s0", "pAUROC")
+    args = ["verify", "--from", str(folder), "--subset", "shots=1", "methods=patchcore"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: 1 values in 1 of 1 episodes" in out and "likely cause" not in out
 
 
 def test_subset_parsing_and_errors(committed: Path, capsys) -> None:
