@@ -195,3 +195,12 @@ def test_generator_code_imports_no_opencv_at_module_level() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n.split(".")[0] == "cv2" for n in names), path
+
+
+def test_percentile_linear_matches_the_linear_definition() -> None:
+    from semclip_bench.data.synth.raster import percentile_linear
+
+    values = np.random.default_rng(7).random((17, 13)).astype(np.float32)
+    for q in (0.0, 37.5, 99.0, 100.0):
+        ref = np.percentile(values.astype(np.float64), q, method="linear")
+        assert percentile_linear(values, q) == pytest.approx(float(ref), rel=0, abs=1e-15)

@@ -10,6 +10,7 @@ image with and without its defect.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +128,7 @@ def _rotated_frame(
     yy, xx = pixel_grid(size)
     aspect = float(rng.uniform(1.0, max_aspect))
     theta = float(rng.uniform(0, np.pi))
-    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    c, s = np.float32(math.cos(theta)), np.float32(math.sin(theta))
     dy, dx = yy - np.float32(cy), xx - np.float32(cx)
     return dx * c + dy * s, (-dx * s + dy * c) * np.float32(aspect)
 
@@ -171,7 +172,7 @@ def _particle(
     # Shadow: the particle blocks secondary electrons on the side away from the detector.
     yy, xx = pixel_grid(size)
     off = 0.5 * radius + 1.0
-    sy, sx = cy - off * np.sin(azimuth), cx - off * np.cos(azimuth)
+    sy, sx = cy - off * math.sin(azimuth), cx - off * math.cos(azimuth)
     ds = np.sqrt((yy - np.float32(sy)) ** 2 + (xx - np.float32(sx)) ** 2)
     shadow = smoothstep(np.float32(1.1 * radius + 0.5) - ds, 1.2)
     darken = 1.0 - contrast * float(rng.uniform(0.45, 0.7)) * shadow
@@ -293,7 +294,7 @@ def _scratch(
     for _ in range(32):
         p0 = np.array([rng.uniform(margin, rows - margin), rng.uniform(margin, size - margin)])
         ang = rng.uniform(0, 2 * np.pi)
-        p2 = p0 + length * np.array([np.sin(ang), np.cos(ang)])
+        p2 = p0 + length * np.array([math.sin(ang), math.cos(ang)])
         if margin <= p2[0] <= rows - margin and margin <= p2[1] <= size - margin:
             break
         length *= 0.9

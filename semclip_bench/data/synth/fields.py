@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -67,12 +68,12 @@ def smoothstep(signed_distance: np.ndarray, softness: float) -> np.ndarray:
 
 def rotate(yy: np.ndarray, xx: np.ndarray, degrees: float, cy: float, cx: float):
     """Coordinates (u across, v along) of a frame rotated by ``degrees`` about (cy, cx)."""
-    t = np.deg2rad(degrees)
-    c, s = np.float32(np.cos(t)), np.float32(np.sin(t))
+    t = math.radians(degrees)
+    c, s = np.float32(math.cos(t)), np.float32(math.sin(t))
     dx, dy = xx - np.float32(cx), yy - np.float32(cy)
     return dx * c + dy * s, -dx * s + dy * c
 
 
 def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     """One draw, uniform in log space between ``lo`` and ``hi``."""
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return math.exp(float(rng.uniform(math.log(lo), math.log(hi))))

@@ -14,6 +14,7 @@ only the pixels it covers: the same image without its defect is identical elsewh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,7 @@ def form_image(
     slope = np.minimum(np.sqrt(gx * gx + gy * gy), 1.4)
     halo = gaussian_blur(slope, 1.6 * max(s, 0.5))
     az = imaging.detector_azimuth
-    shade = gx * np.float32(np.cos(az)) + gy * np.float32(np.sin(az))
+    shade = gx * np.float32(math.cos(az)) + gy * np.float32(math.sin(az))
     signal = (
         material
         + np.float32(imaging.edge_gain) * slope
@@ -141,8 +142,8 @@ def form_image(
 
     # Slow fields: charging ramp and blotches, bright first scan lines, brightness drift.
     axis = np.arange(size, dtype=np.float32) / np.float32(size)
-    col_term = np.float32(ramp_amp * np.cos(ramp_dir)) * axis
-    row_term = np.float32(ramp_amp * np.sin(ramp_dir)) * axis + np.float32(drift) * (axis - 0.5)
+    col_term = np.float32(ramp_amp * math.cos(ramp_dir)) * axis
+    row_term = np.float32(ramp_amp * math.sin(ramp_dir)) * axis + np.float32(drift) * (axis - 0.5)
     field = np.float32(charge_amp) * charge
     field += col_term[None, :]
     field += (1.0 + row_term)[:, None]
@@ -172,7 +173,7 @@ def quantise(image: np.ndarray, bit_depth: int) -> np.ndarray:
 def _scale_bar_nm(fov_nm: float) -> int:
     target = 0.2 * fov_nm
     nice = [m * 10**e for e in range(0, 6) for m in (1, 2, 5)]
-    return int(min(nice, key=lambda n: abs(np.log(n / target))))
+    return int(min(nice, key=lambda n: abs(math.log(n / target))))
 
 
 def _format_length(nm: int) -> str:

@@ -28,6 +28,17 @@ def f32(function: Callable[[np.ndarray], np.ndarray], x: np.ndarray | float) -> 
     return function(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
+def percentile_linear(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``values`` by linear interpolation between order statistics,
+    in float64 (NumPy's ``percentile`` of float32 data rounds differently between versions)."""
+    ordered = np.sort(np.asarray(values, np.float64), axis=None)
+    position = (ordered.size - 1) * (q / 100.0)
+    low = math.floor(position)
+    high = min(low + 1, ordered.size - 1)
+    fraction = position - low
+    return float(ordered[low] + (ordered[high] - ordered[low]) * fraction)
+
+
 def _reflect101(index: np.ndarray, n: int) -> np.ndarray:
     """Indices mirrored at the borders without repeating the edge (``dcb|abcd|cba``)."""
     if n == 1:

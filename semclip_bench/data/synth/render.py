@@ -12,6 +12,7 @@ from semclip_bench.data.labels import DEFECT_TYPES, NORMAL_LABEL
 from semclip_bench.data.synth.config import FAMILIES, SynthConfig
 from semclip_bench.data.synth.defects import plan_defect
 from semclip_bench.data.synth.imaging import draw_databar, form_image, quantise, sample_imaging
+from semclip_bench.data.synth.raster import percentile_linear
 from semclip_bench.data.synth.scene import build_scene
 from semclip_bench.errors import UserError
 
@@ -98,7 +99,7 @@ def render_image(
         "bbox": None,
     }
     step = max(size // 64, 1)
-    bright_yield = float(np.percentile(scene.material[::step, ::step], 99))
+    bright_yield = percentile_linear(scene.material[::step, ::step], 99.0)
     mask = None
     if label != NORMAL_LABEL:
         s = size / 256.0
