@@ -51,7 +51,7 @@ def run_sweep(
     methods: Sequence[str] | str | None = None,
     shots: Sequence[int] | str | None = None,
     seeds: Sequence[int] | str | None = None,
-    out: str | Path = "results",
+    out: str | Path = "runs",
     config: str | Path | None = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -74,7 +74,7 @@ def run_ablation(
     ablations: Sequence[str] | str | None = None,
     shots: Sequence[int] | str | None = None,
     seeds: Sequence[int] | str | None = None,
-    out: str | Path = "results",
+    out: str | Path = "runs",
     config: str | Path | None = None,
     **options: Any,
 ) -> pd.DataFrame:

@@ -43,6 +43,9 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "linear_probe",
 )
 
+#: Default output folder of ``sweep``/``ablate``/``report`` (git-ignored; see RunConfig.out).
+DEFAULT_OUT = "runs"
+
 #: Keys a method/variant config file may hold.
 VARIANT_KEYS: tuple[str, ...] = ("method", "base", "description", "options", "training")
 
@@ -72,7 +75,10 @@ class RunConfig:
     pretrained: str | None = None  # None: the default backbone's weights
     image_size: int | None = None
     device: str = "auto"
-    out: Path = Path("results")
+    #: Where a run writes (``<out>/<kind>/`` and ``<out>/<kind>.md``): the git-ignored ``runs/``
+    #: by default, so a user's run never lands in, or resumes from, the committed ``results/``
+    #: (committed tables are made with an explicit ``--out results...``).
+    out: Path = Path(DEFAULT_OUT)
     wandb: str = "auto"  # auto | online | offline | disabled
     wandb_project: str = "semclip_bench"
     shard: tuple[int, int] = (0, 1)  # (i, n): this process runs episodes with index % n == i
