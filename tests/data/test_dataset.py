@@ -200,6 +200,34 @@ def test_csv_missing_column_and_empty(tmp_path: Path) -> None:
         load_dataset(path)
 
 
+def test_csv_unknown_column_names_the_known_one(handmade: Factory) -> None:
+    """'mask' instead of 'mask_path' used to load silently, its masks left out."""
+    root = handmade()
+    path = _manifest(root, _rows_of(root), header="image_path,category,split,label,mask")
+    with pytest.raises(UserError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: unknown column 'mask'")
+    assert "(did you mean 'mask_path'?)" in message
+    assert "known columns: image_path,category,split,label,mask_path" in message
+
+
+def test_csv_unknown_columns_all_named_and_missing_one_hinted(handmade: Factory) -> None:
+    root = handmade()
+    rows = [[*r, "x"] for r in _rows_of(root)]
+    path = _manifest(root, rows, header="image_path,category,split,label,mask_path,comment")
+    with pytest.raises(UserError, match=r"unknown column 'comment' \(known columns"):
+        load_dataset(path)
+    path = _manifest(root, _rows_of(root), header="image_path,category,splt,Label,mask_path")
+    with pytest.raises(UserError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "lacks column(s) split, label" in message
+    assert "unknown columns 'splt' (did you mean 'split'?), 'Label' (did you mean 'label'?)" in (
+        message
+    )
+
+
 # ---------------------------------------------------------------- generated data
 
 
