@@ -259,8 +259,14 @@ def _read_variant_file(name: str) -> tuple[Path, dict[str, Any]] | None:
     return path, content
 
 
-def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
+def load_variant(
+    name: str, overrides: dict[str, Any] | None = None, option: str = "--methods"
+) -> Variant:
     """The variant ``name``: configs/methods/<name>.yaml (after its ``base`` chain) + overrides.
+
+    The one resolution of a method name for ``--methods`` and the Python API's ``load_method``
+    (``option`` names the caller in the error for an unknown name, which lists every accepted
+    name: registered methods, plugins and variant files).
 
     A registered method without a file has empty options (its constructor defaults).
     ``overrides`` is RunConfig.method_overrides: ``overrides[method]`` then ``overrides[name]``.
@@ -274,7 +280,7 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
     if found is None:
         if name not in METHODS:
             raise UserError(
-                f"--methods: unknown method or variant '{name}' (no methods/{name}.yaml in "
+                f"{option}: unknown method or variant '{name}' (no methods/{name}.yaml in "
                 f"{', '.join(map(str, search_path()))}); "
                 f"choose from {', '.join(available_variants())}"
             )
