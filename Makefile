@@ -16,11 +16,20 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Your own run: into the git-ignored runs/ (runs/sweep.md, runs/sweep/), never the committed
+# results/. At the end it says how its rows compare with the committed reference of the same
+# command (results/sweep on the CPU in fp32, results/gpu/sweep on CUDA in fp32).
 sweep: $(STAMP)
 	$(PY) -m semclip_bench sweep --shots 1,5,10,20
 
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate
+
+# The commands that made the committed tables name their folder explicitly (each from a clean
+# cache, at the commit the table names; the exact command is in each table's provenance):
+#   results/sweep:        sweep --shots 1,5,10,20 --wandb disabled --out results       (2-core CPU)
+#   results/gpu/sweep:    sweep --shots 1,5,10,20 --wandb disabled --out results/gpu   (1 x H200)
+#   results/gpu/ablation: ablate --wandb disabled --devices 2 --out results/gpu        (2 x H200)
 
 # Rerun a few committed episodes of results/sweep from a clean cache on the CPU in fp32 and compare
 # their rows bit for bit (exit 1 on any difference).

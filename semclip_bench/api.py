@@ -51,7 +51,7 @@ def run_sweep(
     methods: Sequence[str] | str | None = None,
     shots: Sequence[int] | str | None = None,
     seeds: Sequence[int] | str | None = None,
-    out: str | Path = "results",
+    out: str | Path = "runs",
     config: str | Path | None = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -74,7 +74,7 @@ def run_ablation(
     ablations: Sequence[str] | str | None = None,
     shots: Sequence[int] | str | None = None,
     seeds: Sequence[int] | str | None = None,
-    out: str | Path = "results",
+    out: str | Path = "runs",
     config: str | Path | None = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -367,7 +367,9 @@ def load_method(
     seed: int = 0,
     **options: Any,
 ) -> Method:
-    """A method (built-in or plugin) on a backbone, ready to :meth:`Method.fit`.
+    """A method on a backbone, ready to :meth:`Method.fit`: any name ``--methods`` takes (a
+    built-in method, a named variant such as ``"semclip_plus"``, a plugin, a variant file of a
+    config folder), resolved by the same code (``runner.config.load_variant``).
 
     ``backbone``/``pretrained``/``image_size``/``device``/``precision`` as the sweep's flags
     (default: the shipped SEM backbone and its weights). Options and training settings come from
@@ -378,25 +380,28 @@ def load_method(
     """
     from semclip_bench.configs import check_config_dir, use_config_dir
     from semclip_bench.models import method_class
-    from semclip_bench.runner.config import Variant, method_config
+    from semclip_bench.runner.config import Variant, load_variant
     from semclip_bench.runner.features import resolve_precision
     from semclip_bench.runner.processes import resolve_device
     from semclip_bench.runner.validate import validate_variants
 
     folder = check_config_dir(config_dir, "load_method(config_dir=)")
-    cls = method_class(name)
-    with use_config_dir(folder):
-        method_options, method_training = method_config(
-            name, {"options": options, "training": training or {}}
+    with use_config_dir(folder):  # the names --methods takes, resolved by the same code
+        variant = load_variant(
+            name,
+            {name: {"options": options, "training": training or {}}},
+            option=f"load_method({name!r})",
         )
+    cls = method_class(variant.method)
+    method_options, method_training = dict(variant.options), dict(variant.training)
     torch_device = resolve_device(device)
     if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"load_method(precision={precision!r}): choose from auto, fp32, bf16")
     net = _build_backbone(backbone, pretrained, image_size, torch_device)
     with use_config_dir(folder):
         validate_variants(
-            [Variant(name, name, method_options, method_training)],
-            {name: cls},
+            [Variant(name, variant.method, method_options, method_training)],
+            {variant.method: cls},
             net,
             ("good", "defect"),
         )

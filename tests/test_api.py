@@ -228,3 +228,47 @@ def test_readme_example_runs(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert len(namespace["rows"]) == 2 and (tmp_path / "runs" / "mine" / "sweep.md").is_file()
     assert namespace["prediction"].scores.shape == (len(namespace["queries"]),)
     assert (tmp_path / "maps.png").stat().st_size > 0
+
+
+def test_load_method_takes_every_name_the_cli_takes(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named variants, plugins and variant files of a config folder, as --methods resolves them."""
+    from semclip_bench import models
+    from semclip_bench.runner.config import load_variant
+
+    plus = sb.load_method("semclip_plus", backbone="semclip-tiny", training={"epochs": 1})
+    assert plus.name == "semclip_plus" and plus.method_class.name == "semclip"
+    assert plus.options == load_variant("semclip_plus").options != load_variant("semclip").options
+    assert plus.training["epochs"] == 1
+    normal = sorted((data / "line_space" / "train" / "good").glob("*.png"))[:2]
+    bridges = sorted((data / "line_space" / "test" / "bridge").glob("*.png"))[:2]
+    plus.fit(normal + bridges, ["good", "good", "bridge", "bridge"])
+    assert plus.predict(bridges).scores.shape == (2,)
+
+    plugin = Path(__file__).parent / "plugins" / "semclip_bench_example_plugin"
+    monkeypatch.syspath_prepend(str(plugin))
+    target = "semclip_bench_example_plugin:MeanPatchDistance"
+    monkeypatch.setitem(models.PLUGINS, "mean_patch", (target, "test-dist"))
+    monkeypatch.setitem(models.METHODS, "mean_patch", target)
+    assert sb.load_method("mean_patch", backbone="semclip-tiny").method_class.name == "mean_patch"
+
+    folder = tmp_path / "configs"
+    (folder / "methods").mkdir(parents=True)
+    (folder / "methods" / "wide_patchcore.yaml").write_text(
+        "method: patchcore\nbase: patchcore\noptions: {num_neighbors: 3}\n"
+    )
+    mine = sb.load_method("wide_patchcore", backbone="semclip-tiny", config_dir=folder)
+    assert mine.method_class.name == "patchcore" and mine.options["num_neighbors"] == 3
+
+
+def test_load_method_unknown_name_lists_every_accepted_name() -> None:
+    from semclip_bench.runner.config import available_variants
+
+    with pytest.raises(UserError) as error:
+        sb.load_method("semclip_pluss", backbone="semclip-tiny")
+    message = str(error.value)
+    assert message.startswith("load_method('semclip_pluss'): unknown method or variant")
+    assert "--methods" not in message and "\n" not in message
+    listed = message.split("choose from ")[1].split(", ")
+    assert listed == available_variants() and "semclip_plus" in listed

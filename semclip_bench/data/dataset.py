@@ -12,7 +12,9 @@ Layouts (see ``PROTOCOL.md``):
   too, as some MVTec-style datasets name masks like their images). ``<root>`` may also be a single
   category folder (one that holds ``train/`` or ``test/``).
 * CSV manifest with the header ``image_path,category,split,label,mask_path``; relative paths are
-  resolved against the CSV file's folder; ``mask_path`` is empty for normal images.
+  resolved against the CSV file's folder; ``mask_path`` is empty for normal images. Any other
+  column is a problem naming it and the known column it may mean (``mask`` for ``mask_path``),
+  since its values would otherwise be ignored without a word.
 * ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder
   (:mod:`semclip_bench.data.synth_cache`); ``sem-synth:val`` is its validation split (the same
   generator on a disjoint seed), ``sem-synth:test`` the same as ``sem-synth``.
@@ -274,12 +276,15 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
             f"{path}: CSV manifest is empty (expected header {','.join(MANIFEST_COLUMNS)})"
         )
     header = [name.strip() for name in header]
+    unknown = unknown_columns_text(header)
     missing = [name for name in MANIFEST_COLUMNS[:4] if name not in header]
     if missing:
         raise UserError(
             f"{path}: CSV manifest lacks column(s) {', '.join(missing)} "
-            f"(expected header {','.join(MANIFEST_COLUMNS)})"
+            f"(expected header {','.join(MANIFEST_COLUMNS)})" + (f"; {unknown}" if unknown else "")
         )
+    if unknown:  # e.g. 'mask' for 'mask_path': its masks would be left out without a word
+        problems(f"{path}: {unknown} (known columns: {','.join(MANIFEST_COLUMNS)})")
     samples: list[Sample] = []
     seen: dict[Path, int] = {}
     unmasked: Counter[tuple[str, str]] = Counter()  # (category, defect type) -> images, no mask
@@ -328,6 +333,24 @@ def _read_manifest(path: Path, problems: _Problems) -> list[Sample]:
                 f"{path}: {n} defect image(s) without a mask_path: {which} ({_NO_MASK_EFFECT})"
             )
     return samples
+
+
+def unknown_columns_text(header: Sequence[str]) -> str | None:
+    """Names the columns of a manifest header that the reader does not know, each with the known
+    column it may mean (``difflib``); None when every column is known."""
+    import difflib
+
+    known = {name.lower(): name for name in MANIFEST_COLUMNS}
+    parts = []
+    for name in header:
+        if name in MANIFEST_COLUMNS:
+            continue
+        close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.5)
+        guess = f" (did you mean '{known[close[0]]}'?)" if close else ""
+        parts.append(f"'{name}'{guess}")
+    if not parts:
+        return None
+    return f"unknown column{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
 def missing_mask_types(samples: Iterable[Sample]) -> list[str]:

@@ -93,6 +93,34 @@ def image_info(path: str | Path) -> ImageInfo:
     )
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file read from its header only (Pillow opens files lazily), for the
+    check of a whole dataset before a run (:func:`semclip_bench.data.check.check_headers`).
+
+    Where Pillow is missing or cannot read the header (a format it lacks, a broken or empty file),
+    the file is decoded as :func:`read_raw` does, so a bad file raises the same :class:`UserError`
+    naming it as when a run reads it. A header that reads but whose pixel data is truncated is
+    found only by decoding (``data check``).
+    """
+    path = Path(path)
+    try:
+        import warnings
+
+        from PIL import Image
+    except ImportError:  # Pillow comes with torchvision and matplotlib; decode without it
+        raw = read_raw(path)
+        return int(raw.shape[0]), int(raw.shape[1])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. Pillow's warning about very large images
+            with Image.open(path) as image:
+                width, height = image.size
+        return int(height), int(width)
+    except Exception:  # any header Pillow cannot read: decode, which says why
+        raw = read_raw(path)
+        return int(raw.shape[0]), int(raw.shape[1])
+
+
 def to_float(raw: np.ndarray) -> np.ndarray:
     """Scale a raw uint8/uint16 image to float32 [0, 1] by its type's range; always (H, W, C)."""
     scale = float(np.iinfo(raw.dtype).max)

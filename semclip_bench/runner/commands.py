@@ -18,6 +18,7 @@ from typing import Any
 from semclip_bench.errors import UserError
 from semclip_bench.runner.config import (
     ABLATIONS,
+    DEFAULT_OUT,
     FIT_MODES,
     RunConfig,
     ablation_variants,
@@ -44,7 +45,13 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--pretrained", dict(help="open_clip pretrained tag or a local checkpoint file")),
     ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
     ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
-    ("--out", dict(help="output folder for tables, plots and episode rows")),
+    (
+        "--out",
+        dict(
+            help="output folder for tables, plots and episode rows (git-ignored runs/ by "
+            "default; the committed tables were made with --out results or --out results/gpu)"
+        ),
+    ),
     (
         "--config-dir",
         dict(
@@ -144,7 +151,7 @@ def _add_allow_mixed(parser: argparse.ArgumentParser, text: str) -> None:
 def add_parser(subparsers, formatter_class) -> None:
     sweep = subparsers.add_parser(
         "sweep",
-        help="run every method over shot counts and seeds; write results/sweep.md",
+        help=f"run every method over shot counts and seeds; write {DEFAULT_OUT}/sweep.md",
         description="Few-shot sweep: methods x shots x seeds x categories, one CSV row per "
         "episode (resumable), tables in <out>/sweep.md and plots <out>/sweep_<metric>.png.",
         formatter_class=formatter_class,
@@ -155,7 +162,7 @@ def add_parser(subparsers, formatter_class) -> None:
     ablate_defaults = RunConfig(kind="ablation", shots=[10], methods=["semclip"])
     ablate = subparsers.add_parser(
         "ablate",
-        help="SEM-CLIP and its ablations; write results/ablation.md",
+        help=f"SEM-CLIP and its ablations; write {DEFAULT_OUT}/ablation.md",
         description="SEM-CLIP full model against its ablations (no expert prompts, single path, "
         "no text guidance, and all three combined); tables in <out>/ablation.md.",
         formatter_class=formatter_class,
@@ -186,7 +193,13 @@ def add_parser(subparsers, formatter_class) -> None:
     report.add_argument(
         "--kind", choices=["sweep", "ablation"], default="sweep", help="which tables to build"
     )
-    report.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path(DEFAULT_OUT),
+        help=f"where to write <kind>.md and the plots (default: {DEFAULT_OUT}; committed tables "
+        "are rebuilt with --out results or --out results/gpu)",
+    )
     _add_allow_mixed(
         report,
         "merge rows that differ in dataset digest, weights digest or protocol version (refused "
@@ -275,9 +288,11 @@ def execute(
     tables say so) instead of refusing. ``startup``: gives the seconds since the process started,
     asked right before the run (after the runner's imports, which take seconds: Lightning) and
     recorded as its "startup" stage. Returns the engine's ``RunResult`` and the tables' path (None
-    on ranks other than 0).
+    on ranks other than 0). Rank 0 ends by printing how the rows compare with the committed
+    reference of the same command, where there is one (``runner/compare.py``).
     """
     from semclip_bench.configs import use_config_dir
+    from semclip_bench.runner.compare import reference_report
     from semclip_bench.runner.engine import run
     from semclip_bench.runner.report import write_report
 
@@ -303,6 +318,8 @@ def execute(
     t0 = time.perf_counter()
     path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
     print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
+    for line in reference_report(config.kind, result.folder):
+        print(line)
     return result, path
 
 

@@ -43,6 +43,9 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "linear_probe",
 )
 
+#: Default output folder of ``sweep``/``ablate``/``report`` (git-ignored; see RunConfig.out).
+DEFAULT_OUT = "runs"
+
 #: Keys a method/variant config file may hold.
 VARIANT_KEYS: tuple[str, ...] = ("method", "base", "description", "options", "training")
 
@@ -72,7 +75,10 @@ class RunConfig:
     pretrained: str | None = None  # None: the default backbone's weights
     image_size: int | None = None
     device: str = "auto"
-    out: Path = Path("results")
+    #: Where a run writes (``<out>/<kind>/`` and ``<out>/<kind>.md``): the git-ignored ``runs/``
+    #: by default, so a user's run never lands in, or resumes from, the committed ``results/``
+    #: (committed tables are made with an explicit ``--out results...``).
+    out: Path = Path(DEFAULT_OUT)
     wandb: str = "auto"  # auto | online | offline | disabled
     wandb_project: str = "semclip_bench"
     shard: tuple[int, int] = (0, 1)  # (i, n): this process runs episodes with index % n == i
@@ -253,8 +259,14 @@ def _read_variant_file(name: str) -> tuple[Path, dict[str, Any]] | None:
     return path, content
 
 
-def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
+def load_variant(
+    name: str, overrides: dict[str, Any] | None = None, option: str = "--methods"
+) -> Variant:
     """The variant ``name``: configs/methods/<name>.yaml (after its ``base`` chain) + overrides.
+
+    The one resolution of a method name for ``--methods`` and the Python API's ``load_method``
+    (``option`` names the caller in the error for an unknown name, which lists every accepted
+    name: registered methods, plugins and variant files).
 
     A registered method without a file has empty options (its constructor defaults).
     ``overrides`` is RunConfig.method_overrides: ``overrides[method]`` then ``overrides[name]``.
@@ -268,7 +280,7 @@ def load_variant(name: str, overrides: dict[str, Any] | None = None) -> Variant:
     if found is None:
         if name not in METHODS:
             raise UserError(
-                f"--methods: unknown method or variant '{name}' (no methods/{name}.yaml in "
+                f"{option}: unknown method or variant '{name}' (no methods/{name}.yaml in "
                 f"{', '.join(map(str, search_path()))}); "
                 f"choose from {', '.join(available_variants())}"
             )

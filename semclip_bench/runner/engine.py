@@ -195,6 +195,41 @@ def out_of_memory_message(exc: BaseException, config: RunConfig, fabric, device)
     )
 
 
+def check_whole_dataset(dataset, spec: str, fabric=None) -> None:
+    """Check the headers of every image and mask of the dataset (readable, mask size against its
+    image; ``data/check.py``) before the first episode, so a bad file that this run's episodes
+    would not read still fails now, not in a later run hours into its work.
+
+    Rank 0 checks and tells the other ranks; every rank then raises the same UserError naming the
+    first bad file (and how many more there are).
+    """
+    from semclip_bench.data.check import check_headers
+
+    problem: str | None = None
+    if fabric is None or fabric.global_rank == 0:
+        start = time.perf_counter()
+        try:
+            problems = check_headers(dataset)
+        except Exception as exc:  # the other ranks must hear of it too
+            problems = [f"cannot check {spec}: {type(exc).__name__}: {exc}"]
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            problem = (
+                f"--data {spec}: {problems[0]}{more}; `python -m semclip_bench data check {spec}` "
+                "lists every problem; no episode ran"
+            )
+        log.info(
+            "checked the headers of %d images of %s in %.2fs",
+            len(dataset.samples),
+            dataset.name,
+            time.perf_counter() - start,
+        )
+    if fabric is not None:
+        problem = fabric.broadcast(problem, src=0)
+    if problem is not None:
+        raise UserError(problem)
+
+
 def _rank_body(
     fabric, job: tuple, device: torch.device, start: float, stages: _Stages
 ) -> RunResult:
@@ -217,6 +252,9 @@ def _rank_body(
     else:
         dataset = load_dataset(config.data)
     stages.add("data", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    check_whole_dataset(dataset, config.data, fabric)  # every file, not only this run's
+    stages.add("data check", time.perf_counter() - t0)
     categories = _categories(config, dataset)
     classes = {v.method: method_class(v.method) for v in variants}
 

@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from semclip_bench.runner.provenance import provenance_block, read_provenance
-from semclip_bench.runner.store import IDENTITY_NAMES, METRIC_COLUMNS, check_identity, read_rows
+from semclip_bench.runner.store import (
+    IDENTITY_NAMES,
+    METRIC_COLUMNS,
+    check_identity,
+    drop_duplicate_episodes,
+    read_rows,
+)
 
 DETECTION = ("iAUROC", "iAP", "iF1max", "pAUROC", "pF1max", "AUPRO")
 CLASSIFICATION = ("cls_accuracy", "cls_precision", "cls_recall", "cls_f1")
@@ -371,9 +377,12 @@ def build_report(
     UserError naming both values and their folders) unless ``allow_mixed``; then the report
     starts with a warning listing the distinct values.
     """
-    rows = read_rows(folders)
+    # identities are checked on every row before duplicates go: the same episode of a run on
+    # other data must be refused (or named by the mixed banner) whichever folder comes first
+    rows = read_rows(folders, deduplicate=False)
     rows = rows[rows["kind"] == kind] if (rows["kind"] == kind).any() else rows
     mixed = check_identity(rows, allow_mixed, "report --from")
+    rows = drop_duplicate_episodes(rows)
     ok = rows[rows["status"] == "ok"]
     skipped = rows[rows["status"] != "ok"]
     order = list(dict.fromkeys(rows["variant"]))

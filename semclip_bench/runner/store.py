@@ -189,10 +189,15 @@ def _append_durably(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
+def read_rows(folders: Iterable[Path], deduplicate: bool = True) -> pd.DataFrame:
     """Rows of every ``episodes.csv`` under the given folders, merged; duplicates (same episode
     id, e.g. a shard run twice) keep the first occurrence. Column ``source`` names the folder of
-    each row's file; identity columns an older file lacks read ``unknown``."""
+    each row's file; identity columns an older file lacks read ``unknown``.
+
+    ``deduplicate=False`` keeps every row: a caller that checks identities must see them all,
+    since a duplicate of another identity (the same episode run on other data) would otherwise
+    vanish before the check (:func:`check_identity`).
+    """
     frames = []
     for folder in folders:
         folder = Path(folder)
@@ -219,8 +224,14 @@ def read_rows(folders: Iterable[Path]) -> pd.DataFrame:
         raise UserError(f"episode rows lack columns {sorted(missing)}: not written by this tool?")
     for column in (*METRIC_COLUMNS, "fit_seconds", "predict_seconds"):
         rows[column] = pd.to_numeric(rows[column], errors="coerce")
-    rows = rows.drop_duplicates(subset="episode_id", keep="first")
+    if deduplicate:
+        rows = drop_duplicate_episodes(rows)
     return rows.reset_index(drop=True)
+
+
+def drop_duplicate_episodes(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per episode id, the first occurrence (folder order, then file order)."""
+    return rows.drop_duplicates(subset="episode_id", keep="first").reset_index(drop=True)
 
 
 #: Columns read as text whatever they hold (a digest of digits only must not become a number).

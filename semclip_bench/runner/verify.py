@@ -30,7 +30,6 @@ store: its features are extracted afresh.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import shutil
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from semclip_bench.errors import UserError
+from semclip_bench.runner.compare import COMPARED, Mismatch, compare_row, raw_rows
 from semclip_bench.runner.config import (
     RunConfig,
     ablation_variants,
@@ -55,10 +55,8 @@ from semclip_bench.runner.provenance import (
     weights_identity,
 )
 from semclip_bench.runner.store import (
-    EPISODES_FILE,
     IDENTITY_COLUMNS,
     IDENTITY_NAMES,
-    METRIC_COLUMNS,
     PROTOCOL_VERSION,
     PROVENANCE_FILE,
     UNKNOWN,
@@ -66,17 +64,6 @@ from semclip_bench.runner.store import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Columns compared exactly (as CSV text) between a committed row and its rerun.
-COMPARED: tuple[str, ...] = (
-    "status",
-    "reason",
-    "n_query",
-    "n_query_normal",
-    "n_query_defect",
-    *METRIC_COLUMNS,
-    "per_type_auroc",
-)
 
 #: The default subset: the first category, these shot counts and seeds.
 DEFAULT_SHOTS: tuple[int, ...] = (1, 5)
@@ -135,14 +122,6 @@ def parse_subset(tokens: Sequence[str] | None) -> Subset:
 
 
 @dataclass
-class Mismatch:
-    episode_id: str
-    column: str
-    committed: str
-    rerun: str
-
-
-@dataclass
 class VerifyResult:
     """What was checked and what differed."""
 
@@ -171,17 +150,6 @@ class VerifyResult:
             f"the rows were computed on {' and '.join(self.other_gpus)} and rerun on {self.gpu}: "
             f"GPU models that round differently are the likely cause of the differing {columns}"
         )
-
-
-def _raw_rows(folder: Path) -> dict[str, dict[str, str]]:
-    """Every row under ``folder`` as CSV text, by episode id (first occurrence wins, as in
-    ``read_rows``)."""
-    rows: dict[str, dict[str, str]] = {}
-    for path in sorted(Path(folder).rglob(EPISODES_FILE)):
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                rows.setdefault(row["episode_id"], row)
-    return rows
 
 
 def _provenance_of(folder: Path) -> dict[str, Any]:
@@ -373,7 +341,7 @@ def verify(
         raise UserError(f"--from: folder not found: {source}")
     start = time.perf_counter()
     rows = read_rows([source])
-    raw = _raw_rows(source)
+    raw = raw_rows(source)
     result = VerifyResult()
     records = {folder: _provenance_of(Path(folder)) for folder in sorted(set(rows["source"]))}
     # the subset is chosen over every rank's rows together (one run), then rerun per rank folder
@@ -436,25 +404,15 @@ def verify(
                 )
                 log.info("verify: rerunning %d episodes of %s", len(ids), folder)
                 run(config, variants, command, select=set(ids))
-                rerun = _raw_rows(Path(config.out) / config.kind)
+                rerun = raw_rows(Path(config.out) / config.kind)
                 for episode in ids:
                     result.episodes.append(episode)
-                    result.mismatches += _compare(episode, raw[episode], rerun.get(episode))
+                    result.mismatches += compare_row(episode, raw[episode], rerun.get(episode))
     finally:
         if not keep:
             shutil.rmtree(out_root, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _compare(episode: str, committed: dict[str, str], rerun: dict[str, str] | None) -> list:
-    if rerun is None:
-        return [Mismatch(episode, "(row)", "present", "not produced by the rerun")]
-    return [
-        Mismatch(episode, column, committed.get(column, ""), rerun.get(column, ""))
-        for column in COMPARED
-        if committed.get(column, "") != rerun.get(column, "")
-    ]
 
 
 def mismatch_table(mismatches: Sequence[Mismatch]) -> str:

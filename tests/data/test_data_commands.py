@@ -41,6 +41,24 @@ def test_check_problems_exit_1(
     assert "FAILED: 2 problem(s) found" in out
 
 
+def test_check_names_an_unknown_manifest_column(
+    handmade: Callable[..., Path], capsys: pytest.CaptureFixture
+) -> None:
+    root = handmade()
+    lines = ["image_path,category,split,label,mask"]
+    for sample in load_dataset(root).samples:
+        mask = "" if sample.mask_path is None else str(sample.mask_path)
+        lines.append(f"{sample.image_path},{sample.category},{sample.split},{sample.label},{mask}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    assert main(["data", "check", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1
+    assert "unknown column 'mask' (did you mean 'mask_path'?)" in problems[0]
+    assert str(manifest) in problems[0] and "FAILED: 1 problem(s) found" in out
+
+
 def test_check_missing_path_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "check", str(tmp_path / "nope")]) == 1
     assert "nope: no such dataset folder" in capsys.readouterr().out

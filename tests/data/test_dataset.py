@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from semclip_bench.data import check_dataset, load_dataset, read_image, read_mask
+from semclip_bench.data.check import check_headers
 from semclip_bench.data.fixtures import tiny_synth_config
-from semclip_bench.data.images import image_info
+from semclip_bench.data.images import image_info, image_size
 from semclip_bench.errors import UserError
 
 Factory = Callable[..., Path]
@@ -200,6 +201,34 @@ def test_csv_missing_column_and_empty(tmp_path: Path) -> None:
         load_dataset(path)
 
 
+def test_csv_unknown_column_names_the_known_one(handmade: Factory) -> None:
+    """'mask' instead of 'mask_path' used to load silently, its masks left out."""
+    root = handmade()
+    path = _manifest(root, _rows_of(root), header="image_path,category,split,label,mask")
+    with pytest.raises(UserError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: unknown column 'mask'")
+    assert "(did you mean 'mask_path'?)" in message
+    assert "known columns: image_path,category,split,label,mask_path" in message
+
+
+def test_csv_unknown_columns_all_named_and_missing_one_hinted(handmade: Factory) -> None:
+    root = handmade()
+    rows = [[*r, "x"] for r in _rows_of(root)]
+    path = _manifest(root, rows, header="image_path,category,split,label,mask_path,comment")
+    with pytest.raises(UserError, match=r"unknown column 'comment' \(known columns"):
+        load_dataset(path)
+    path = _manifest(root, _rows_of(root), header="image_path,category,splt,Label,mask_path")
+    with pytest.raises(UserError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "lacks column(s) split, label" in message
+    assert "unknown columns 'splt' (did you mean 'split'?), 'Label' (did you mean 'label'?)" in (
+        message
+    )
+
+
 # ---------------------------------------------------------------- generated data
 
 
@@ -255,6 +284,44 @@ def test_check_warns_about_12_bit_data_in_16_bit_files(
     report = check_dataset(root)
     assert report.ok and report.max_values == {16: 4000}
     assert any("16-bit images use at most 12 bits (max value 4000)" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_header_check_finds_what_a_run_would_meet(
+    handmade: Factory, write_img: Callable, suffix: str
+) -> None:
+    """check_headers: the per-file problems of data check, from headers, with its messages."""
+    dtype = np.uint16 if suffix == ".tif" else np.uint8
+    root = handmade(size_hw=(24, 32), dtype=dtype, suffix=suffix)
+    assert check_headers(load_dataset(root)) == []
+    mask = root / "cat_a" / "ground_truth" / "bridge" / "001_mask.png"
+    write_img(mask, np.ones((17, 23), np.uint8))
+    empty = root / "cat_a" / "train" / "good" / f"002{suffix}"
+    empty.write_bytes(b"")
+    dataset = load_dataset(root)
+    problems = check_headers(dataset)
+    assert problems == check_dataset(dataset).problems  # the same messages, in the same order
+    image = root / "cat_a" / "test" / "bridge" / f"001{suffix}"
+    assert sorted(problems) == sorted(
+        [
+            f"{empty}: image file is empty",
+            f"{mask}: mask size 17x23 (HxW) differs from its image {image} (24x32)",
+        ]
+    )
+
+
+def test_image_size_reads_the_header(tmp_path: Path, write_img: Callable) -> None:
+    for name, image in [
+        ("a.png", np.zeros((5, 7), np.uint16)),
+        ("b.tif", np.zeros((6, 4, 3), np.uint8)),
+        ("c.bmp", np.zeros((3, 9, 3), np.uint8)),
+    ]:
+        assert image_size(write_img(tmp_path / name, image)) == image.shape[:2]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"bad\.png: cannot decode image"):
+        image_size(tmp_path / "bad.png")
+    with pytest.raises(UserError, match=r"gone\.png: image file not found"):
+        image_size(tmp_path / "gone.png")
 
 
 def test_check_finds_size_mismatch_and_truncation(handmade: Factory, write_img: Callable) -> None:

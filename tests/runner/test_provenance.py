@@ -146,6 +146,28 @@ def test_report_refuses_mixed_digests(small_run: Path, tmp_path: Path, capsys) -
     assert "Warning: mixed rows" in banner and original in banner and "f" * 64 in banner
 
 
+@pytest.mark.parametrize("other_first", [False, True])
+def test_report_refuses_the_same_episodes_on_other_data_in_either_order(
+    small_run: Path, tmp_path: Path, capsys, other_first: bool
+) -> None:
+    """The same episode ids run on other data: refused whichever folder comes first (the
+    duplicates used to be dropped before the check when the reference came first)."""
+    reference, other = tmp_path / "reference", tmp_path / "other"
+    shutil.copytree(small_run / "sweep", reference / "sweep")
+    shutil.copytree(small_run / "sweep", other / "sweep")
+    _rewrite(other / "sweep" / "episodes.csv", "dataset_digest", "e" * 64)
+    folders = [other, reference] if other_first else [reference, other]
+    args = ["report", "--from", *map(str, folders), "--out", str(tmp_path / "t")]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: report --from: rows differ in dataset")
+    assert "e" * 64 in err[0] and "--allow-mixed" in err[0]
+    assert not (tmp_path / "t" / "sweep.md").exists()
+    assert main([*args, "--allow-mixed"]) == 0
+    assert "Warning: mixed rows" in (tmp_path / "t" / "sweep.md").read_text()
+
+
 def test_sweep_refuses_to_resume_into_other_digest(
     small_run: Path, tiny_data: Path, fast_config: Path, tmp_path: Path, capsys
 ) -> None:
