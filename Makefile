@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install test sweep ablate lint verify-results verify-gpu-results
+.PHONY: install test sweep ablate lint verify-results verify-gpu-results elpv-sweep
 install: $(STAMP)
 
 test: $(STAMP)
@@ -18,6 +18,11 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m semclip_bench sweep --shots 1,5,10,20
+
+# Real solar-cell images (elpv-dataset, CC BY-NC-SA 4.0, a 90 MB optional extra), K = 0 to 20.
+elpv-sweep: $(STAMP)
+	$(PY) -m pip install -q -e ".[elpv]"
+	$(PY) -m semclip_bench sweep --data elpv --shots 0,1,5,10,20 --out results/elpv
 
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate

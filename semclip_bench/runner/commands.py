@@ -38,7 +38,13 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "or from installed plugins (docs/adding_a_method.md)"
         ),
     ),
-    ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
+    (
+        "--data",
+        dict(
+            help="'sem-synth' (built in), 'elpv' / 'elpv-soft' (real solar cells, the [elpv] "
+            "extra; ':val' for validation), an MVTec-layout folder or a CSV manifest"
+        ),
+    ),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
     ("--pretrained", dict(help="open_clip pretrained tag or a local checkpoint file")),
