@@ -47,7 +47,13 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
-    ("--pretrained", dict(help="open_clip pretrained tag or a local checkpoint file")),
+    (
+        "--pretrained",
+        dict(
+            help="open_clip pretrained tag or a local checkpoint file; 'none': the backbone "
+            "control, the architecture with its seeded random initialisation (no weights)"
+        ),
+    ),
     ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
     ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
     ("--out", dict(help="output folder for tables, plots and episode rows")),

@@ -313,6 +313,23 @@ def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(EXCLUDED_TYPES) if all(is_shipped(r) for r in records) else []
 
 
+def _random_init_banner(rows: pd.DataFrame) -> str:
+    """The warning of a run whose backbone had no pretrained weights (``--pretrained none``):
+    a control that shows what the methods do without the pretraining; empty otherwise."""
+    digests = [str(d) for d in rows.get("weights_digest", pd.Series(dtype=str)).unique()]
+    random_init = [d for d in digests if d.startswith("random-init")]
+    if not random_init:
+        return ""
+    which = ", ".join(f"`{d}`" for d in sorted(random_init))
+    scope = "Every row" if len(random_init) == len(digests) else "Some rows (see the warning below)"
+    return (
+        f"> **Control: randomly initialised backbone.** {scope} ran the backbone with its "
+        f"seeded random initialisation ({which}; `--pretrained none`), no pretrained weights: "
+        "compare with the same table made with the pretrained backbone to see what the "
+        "pretraining contributes.\n"
+    )
+
+
 def _mixed_banner(mixed: dict[str, list[str]], rows: pd.DataFrame) -> str:
     """The prominent warning of a report merged with ``--allow-mixed``."""
     lines = [
@@ -378,7 +395,11 @@ def build_report(
     skipped = rows[rows["status"] != "ok"]
     order = list(dict.fromkeys(rows["variant"]))
     title = "Sweep" if kind == "sweep" else "Ablation of SEM-CLIP"
+    control = _random_init_banner(rows)
+    title += " (CONTROL: randomly initialised backbone)" if control else ""
     parts = [f"# {title}: few-shot defect detection on SEM images\n"]
+    if control:
+        parts.append(control)
     if mixed:
         parts.append(_mixed_banner(mixed, rows))
     parts.append("## Provenance\n")
