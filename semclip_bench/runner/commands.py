@@ -100,6 +100,14 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     (
+        "--maps-shots",
+        dict(
+            type=int,
+            help="K whose anomaly maps are kept and drawn in <out>/maps/<category>.png "
+            "(default: the largest K of the run)",
+        ),
+    ),
+    (
         "--no-feature-cache",
         dict(
             dest="feature_cache",
@@ -199,6 +207,12 @@ def add_parser(subparsers, formatter_class) -> None:
         "--kind", choices=["sweep", "ablation"], default="sweep", help="which tables to build"
     )
     report.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    report.add_argument(
+        "--maps-shots",
+        type=int,
+        default=None,
+        help="K of the map pictures (<out>/maps/<category>.png; default: the largest K stored)",
+    )
     _add_allow_mixed(
         report,
         "merge rows that differ in dataset digest, weights digest or protocol version (refused "
@@ -292,6 +306,11 @@ def execute(
     from semclip_bench.runner.engine import run
     from semclip_bench.runner.report import write_report
 
+    if config.maps_shots is not None and config.maps_shots not in config.shots:
+        raise UserError(
+            f"--maps-shots {config.maps_shots}: not a shot count of this run "
+            f"({','.join(map(str, config.shots))})"
+        )
     with use_config_dir(config.config_dir):
         result = run(
             config,
@@ -312,7 +331,13 @@ def execute(
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
         return result, None
     t0 = time.perf_counter()
-    path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
+    path, _ = write_report(
+        [result.folder],
+        config.kind,
+        config.out,
+        allow_mixed=allow_mixed,
+        maps_shots=config.maps_shots,
+    )
     print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
     return result, path
 
@@ -336,7 +361,12 @@ def _report(args: argparse.Namespace) -> int:
         if not source.exists():
             raise UserError(f"--from: folder not found: {source}")
     path, rows = write_report(
-        args.sources, args.kind, args.out, _command_line(), allow_mixed=args.allow_mixed
+        args.sources,
+        args.kind,
+        args.out,
+        _command_line(),
+        allow_mixed=args.allow_mixed,
+        maps_shots=args.maps_shots,
     )
     print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
     return 0

@@ -505,14 +505,21 @@ def write_report(
     out_dir: Path,
     report_command: str | None = None,
     allow_mixed: bool = False,
+    maps_shots: int | None = None,
 ) -> tuple[Path, pd.DataFrame]:
-    """Write ``<out_dir>/<kind>.md`` (and plots for a sweep); returns the path and the rows."""
+    """Write ``<out_dir>/<kind>.md`` (and plots for a sweep, and the map pictures
+    ``maps/<category>.png`` at K = ``maps_shots`` from the maps the run stored, see
+    ``runner/maps.py``); returns the path and the rows."""
+    from semclip_bench.runner.maps import write_map_pictures
+
     text, rows = build_report(folders, kind, report_command, allow_mixed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, out_dir, kind) if kind == "sweep" else []
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    order = list(dict.fromkeys(rows["variant"])) if not rows.empty else []
+    text += write_map_pictures(folders, out_dir, kind, order, maps_shots)
     path = out_dir / f"{kind}.md"
     path.write_text(text)
     return path, rows
