@@ -313,6 +313,14 @@ def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(EXCLUDED_TYPES) if all(is_shipped(r) for r in records) else []
 
 
+def _images_text(rows: pd.DataFrame) -> str:
+    """What the tables' images are: real solar cells for ``elpv`` runs, else SEM images."""
+    datasets = {str(d) for d in rows.get("dataset", pd.Series(dtype=str)).unique()}
+    if datasets and all(d.startswith("elpv") for d in datasets):
+        return f"electroluminescence images of solar cells ({', '.join(sorted(datasets))})"
+    return "SEM images"
+
+
 def _random_init_banner(rows: pd.DataFrame) -> str:
     """The warning of a run whose backbone had no pretrained weights (``--pretrained none``):
     a control that shows what the methods do without the pretraining; empty otherwise."""
@@ -397,7 +405,7 @@ def build_report(
     title = "Sweep" if kind == "sweep" else "Ablation of SEM-CLIP"
     control = _random_init_banner(rows)
     title += " (CONTROL: randomly initialised backbone)" if control else ""
-    parts = [f"# {title}: few-shot defect detection on SEM images\n"]
+    parts = [f"# {title}: few-shot defect detection on {_images_text(rows)}\n"]
     if control:
         parts.append(control)
     if mixed:

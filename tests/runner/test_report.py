@@ -146,3 +146,12 @@ def test_pretrained_rows_have_no_control_banner(tmp_path: Path) -> None:
     store.append(_row("a", 0, iAUROC=0.7))
     text, _ = build_report([tmp_path / "sweep"], "sweep")
     assert "CONTROL" not in text and "randomly initialised" not in text
+
+
+def test_elpv_tables_say_what_the_images_are(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "sweep")
+    row = _row("a", 0, iAUROC=0.7)
+    row["dataset"] = "elpv-soft"
+    store.append(row)
+    text, _ = build_report([tmp_path / "sweep"], "sweep")
+    assert text.splitlines()[0].endswith("electroluminescence images of solar cells (elpv-soft)")
