@@ -166,7 +166,8 @@ def add_parser(subparsers, formatter_class) -> None:
         "sweep",
         help="run every method over shot counts and seeds; write results/sweep.md",
         description="Few-shot sweep: methods x shots x seeds x categories, one CSV row per "
-        "episode (resumable), tables in <out>/sweep.md and plots <out>/sweep_<metric>.png.",
+        "episode (resumable), tables in <out>/sweep.md, plots <out>/sweep_<metric>.png and "
+        "pictures of the anomaly maps <out>/maps/<category>.png.",
         formatter_class=formatter_class,
     )
     _add_run_flags(sweep, RunConfig())
