@@ -9,8 +9,9 @@ rerunning anything:
 * which episode: K = ``--maps-shots`` (default: the largest K of the run) and the run's lowest
   seed, one per (category, variant);
 * where: ``<run folder>/maps/<category>/<variant>-k<K>-s<seed>.npz`` (:func:`save_episode_maps`):
-  the maps (float16, at most :data:`MAP_SIDE` pixels a side), image scores, true labels,
-  predicted classes, and thumbnails of the images and masks, a few hundred KB at most.
+  the maps (float16, at most :data:`MAP_SIDE` pixels a side), image scores, true labels and
+  predicted classes (tens of KB); ``images.npz`` next to them holds the thumbnails of the images
+  and masks, once per category.
 
 :func:`write_map_pictures` draws one picture per category: a first row of images (ground-truth
 contours where masks exist), then one row per method with its maps on one colour scale shared by
@@ -39,6 +40,8 @@ MAP_SIDE = 64
 THUMB_SIDE = 160
 #: Folder of the stored maps inside a run folder, and of the pictures next to the tables.
 MAPS_DIR = "maps"
+#: File of a category's image and mask thumbnails, next to its variants' maps.
+IMAGES_FILE = "images.npz"
 #: Fixed seed of the image choice (changing it changes every picture's images).
 MAPS_SEED = 20_261_206
 
@@ -91,8 +94,6 @@ def save_episode_maps(
 ) -> Path:
     """Store the maps of :func:`chosen_indices` of ``episode``'s query (``outputs``: its
     :class:`~semclip_bench.models.base.MethodOutput`) under ``folder/maps/<category>/``."""
-    from semclip_bench.data.images import read_image, read_mask
-
     query = list(episode.query)
     chosen = chosen_indices(query)
     maps = outputs.anomaly_map[chosen].detach().float().cpu().numpy()
@@ -102,48 +103,63 @@ def save_episode_maps(
         if logits is not None
         else []
     )
-    images, masks = [], []
-    for i in chosen:
-        image = _shrink(read_image(query[i].image_path).astype(np.float32), THUMB_SIDE)
-        images.append((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
-        mask_path = query[i].mask_path
-        size = image.shape[:2]
-        if mask_path is None:
-            masks.append(np.full(size, 255, np.uint8))  # 255: no mask
-        else:
-            import cv2
-
-            mask = read_mask(mask_path).astype(np.uint8)
-            masks.append(cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST))
     target = Path(folder) / MAPS_DIR / _safe(episode.category)
     target.mkdir(parents=True, exist_ok=True)
+    if not (target / IMAGES_FILE).is_file():  # the same for every variant: stored once
+        _save_images(target / IMAGES_FILE, [query[i] for i in chosen])
     path = target / f"{_safe(variant)}-k{episode.shots}-s{episode.seed}.npz"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(
-        temporary,
+    _savez(
+        path,
         variant=variant,
         category=episode.category,
         shots=episode.shots,
         seed=episode.seed,
         produces_maps=produces_maps,
-        names=np.array([query[i].image_path.name for i in chosen]),
         labels=np.array([query[i].label for i in chosen]),
         scores=outputs.image_score[chosen].detach().float().cpu().numpy(),
         predicted=np.array(predicted, dtype=str),
         maps=np.stack([_shrink(m, MAP_SIDE) for m in maps]).astype(np.float16),
-        **{f"image_{i}": image for i, image in enumerate(images)},
-        **{f"mask_{i}": mask for i, mask in enumerate(masks)},
     )
-    os.replace(temporary, path)  # whole files only, even with several processes
     return path
 
 
+def _savez(path: Path, **arrays: Any) -> None:
+    """``np.savez_compressed`` into a temporary file renamed into place: readers (and other
+    processes writing the same file) only ever see whole files."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(temporary, **arrays)
+    os.replace(temporary, path)
+
+
+def _save_images(path: Path, samples: Sequence[Any]) -> None:
+    """Thumbnails (uint8, at most :data:`THUMB_SIDE` a side) of the chosen images and their
+    masks (255 everywhere: no mask), with the file names."""
+    import cv2
+
+    from semclip_bench.data.images import read_image, read_mask
+
+    arrays: dict[str, np.ndarray] = {"names": np.array([s.image_path.name for s in samples])}
+    for i, sample in enumerate(samples):
+        image = _shrink(read_image(sample.image_path).astype(np.float32), THUMB_SIDE)
+        arrays[f"image_{i}"] = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        size = image.shape[:2]
+        if sample.mask_path is None:
+            arrays[f"mask_{i}"] = np.full(size, 255, np.uint8)
+        else:
+            mask = read_mask(sample.mask_path).astype(np.uint8)
+            arrays[f"mask_{i}"] = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)
+    _savez(path, **arrays)
+
+
 def _load(path: Path) -> dict[str, Any]:
+    """One variant's stored maps, with the images and masks of its category."""
     with np.load(path, allow_pickle=False) as data:
         record = {key: data[key] for key in data.files}
-    n = len(record["labels"])
-    record["images"] = [record.pop(f"image_{i}") for i in range(n)]
-    record["masks"] = [record.pop(f"mask_{i}") for i in range(n)]
+    with np.load(path.parent / IMAGES_FILE, allow_pickle=False) as data:
+        n = len(data["names"])
+        record["names"] = data["names"]
+        record["images"] = [data[f"image_{i}"] for i in range(n)]
+        record["masks"] = [data[f"mask_{i}"] for i in range(n)]
     return record
 
 
@@ -152,8 +168,8 @@ def find_maps(folders: Sequence[Path], shots: int | None = None) -> dict[str, li
     stored), one record per variant (the lowest seed when several are stored)."""
     records: list[dict[str, Any]] = []
     for folder in folders:
-        for path in sorted(Path(folder).rglob(f"{MAPS_DIR}/*/*.npz")):
-            if not path.name.startswith("."):
+        for path in sorted(Path(folder).rglob(f"{MAPS_DIR}/*/*-k*-s*.npz")):
+            if not path.name.startswith(".") and (path.parent / IMAGES_FILE).is_file():
                 records.append(_load(path))
     if not records:
         return {}
@@ -270,6 +286,20 @@ def _picture(records: Sequence[dict[str, Any]], order: Sequence[str]) -> tuple[A
     return fig, left_out
 
 
+def _save_png(fig: Any, path: Path, dpi: int = 80) -> None:
+    """Save ``fig`` as a PNG of 256 colours: a third of the bytes of full colour for these
+    smooth maps, with no visible change (the pictures are committed next to the tables)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(256).save(path, optimize=True)
+
+
 def picture_name(category: str, kind: str) -> str:
     """``maps/<category>.png`` for a sweep, ``maps/<kind>_<category>.png`` otherwise."""
     stem = _safe(category) if kind == "sweep" else f"{kind}_{_safe(category)}"
@@ -296,7 +326,7 @@ def write_map_pictures(
         name = picture_name(category, kind)
         path = Path(out_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
+        _save_png(fig, path)
         note = f" ({', '.join(left_out)}: no maps, image-level only)" if left_out else ""
         lines.append(f"- [{category}]({name}){note}")
     k = int(next(iter(found.values()))[0]["shots"])

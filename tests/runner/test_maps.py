@@ -36,7 +36,7 @@ def test_sweep_and_report_draw_maps_of_the_largest_k(
 ) -> None:
     _sweep(str(tiny_data), fast_config, tmp_path / "run")
     stored = sorted(p.name for p in (tmp_path / "run" / "sweep" / "maps").rglob("*.npz"))
-    assert stored == [f"{v}-k2-s0.npz" for v in sorted(METHODS.split(","))]
+    assert stored == sorted([*(f"{v}-k2-s0.npz" for v in METHODS.split(",")), "images.npz"])
     picture = tmp_path / "run" / "maps" / "line_space.png"
     assert picture.stat().st_size > 0
     table = (tmp_path / "run" / "sweep.md").read_text()
