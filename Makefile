@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install test sweep ablate lint verify-results verify-gpu-results
+.PHONY: install test sweep ablate lint verify-results verify-gpu-results elpv-sweep controls
 install: $(STAMP)
 
 test: $(STAMP)
@@ -21,6 +21,18 @@ test: $(STAMP)
 # command (results/sweep on the CPU in fp32, results/gpu/sweep on CUDA in fp32).
 sweep: $(STAMP)
 	$(PY) -m semclip_bench sweep --shots 1,5,10,20
+
+# Real solar-cell images (elpv-dataset, CC BY-NC-SA 4.0, a 90 MB optional extra), K = 0 to 20.
+elpv-sweep: $(STAMP)
+	$(PY) -m pip install -q -e ".[elpv]"
+	$(PY) -m semclip_bench sweep --data elpv --shots 0,1,5,10,20 --out results/elpv
+
+# Backbone controls: the same sweeps with the default architecture randomly initialised
+# (--pretrained none, seeded); their tables say CONTROL in the title.
+controls: $(STAMP)
+	$(PY) -m pip install -q -e ".[elpv]"
+	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --pretrained none --out results/control
+	$(PY) -m semclip_bench sweep --data elpv --shots 0,1,5,10,20 --pretrained none --out results/elpv/control
 
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate

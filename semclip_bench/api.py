@@ -516,6 +516,7 @@ def plot_maps(
     prediction: Prediction | np.ndarray | Any,
     masks: Sequence[Any] | None = None,
     *,
+    labels: Sequence[str] | None = None,
     titles: Sequence[str] | None = None,
     columns: int = 4,
     alpha: float = 0.5,
@@ -524,13 +525,17 @@ def plot_maps(
 ) -> Figure:
     """A grid of ``images`` with their anomaly maps overlaid, ground-truth masks outlined.
 
-    ``prediction``: a :class:`Prediction` (titles then show score and predicted class) or maps
-    (N, h, w). Maps are resized to each image; one colour scale (the maps' minimum to maximum)
-    is shared by all panels, so panels compare. Returns a matplotlib ``Figure`` (Jupyter displays
-    it; ``fig.savefig(path)`` writes it) without touching pyplot's global state.
+    ``prediction``: a :class:`Prediction` or maps (N, h, w). Each panel is titled
+    ``[title | ]true <label> | pred <class> | score <s>``: ``labels`` are the true labels (if
+    known), ``pred`` the predicted class of a classifying :class:`Prediction`, so the prediction
+    never reads as the truth. Maps are resized to each image; one colour scale (the maps' minimum
+    to maximum) is shared by all panels, so panels compare. Returns a matplotlib ``Figure``
+    (Jupyter displays it; ``fig.savefig(path)`` writes it) without touching pyplot's state.
     """
-    import cv2
     from matplotlib.figure import Figure
+
+    from semclip_bench.data.images import as_mask
+    from semclip_bench.runner.maps import draw_panels
 
     pictures = _image_list(images)
     maps = prediction.maps if isinstance(prediction, Prediction) else np.asarray(prediction)
@@ -539,40 +544,41 @@ def plot_maps(
     mask_list = [None] * len(pictures) if masks is None else list(masks)
     if len(mask_list) != len(pictures):
         raise UserError(f"plot_maps: {len(mask_list)} masks for {len(pictures)} images")
-    low, high = float(maps.min()), float(maps.max())
+    if labels is not None and len(labels) != len(pictures):
+        raise UserError(f"plot_maps: {len(labels)} labels for {len(pictures)} images")
     columns = max(1, min(columns, len(pictures)))
     rows = -(-len(pictures) // columns)
     fig = Figure(figsize=(size * columns, size * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
-    image_artist = None
-    for i, ax in enumerate(axes.flat):
+    for ax in axes.flat[len(pictures) :]:
         ax.set_axis_off()
-        if i >= len(pictures):
-            continue
-        picture = pictures[i]
-        h, w = picture.shape[:2]
-        heat = cv2.resize(maps[i].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        ax.imshow(
-            picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1
-        )
-        image_artist = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=low, vmax=high)
-        if mask_list[i] is not None:
-            from semclip_bench.data.images import as_mask
-
-            ax.contour(as_mask(mask_list[i]).astype(float), levels=[0.5], colors="white")
-        ax.set_title(_panel_title(i, prediction, titles), fontsize=9)
+    image_artist = draw_panels(
+        list(axes.flat[: len(pictures)]),
+        pictures,
+        list(maps),
+        [None if m is None else as_mask(m) for m in mask_list],
+        [_panel_title(i, prediction, titles, labels) for i in range(len(pictures))],
+        scale=(float(maps.min()), float(maps.max())),
+        cmap=cmap,
+        alpha=alpha,
+    )
     if image_artist is not None:
         fig.colorbar(image_artist, ax=axes, shrink=0.8, label="anomaly map")
     return fig
 
 
-def _panel_title(i: int, prediction: Any, titles: Sequence[str] | None) -> str:
-    parts = [titles[i]] if titles is not None else []
+def _panel_title(
+    i: int, prediction: Any, titles: Sequence[str] | None, labels: Sequence[str] | None
+) -> str:
+    from semclip_bench.runner.maps import panel_title
+
+    predicted, score = None, None
     if isinstance(prediction, Prediction):
-        parts.append(f"score {prediction.scores[i]:.3g}")
+        score = float(prediction.scores[i])
         if prediction.predicted_class is not None:
-            parts.append(prediction.predicted_class[i])
-    return " | ".join(parts)
+            predicted = prediction.predicted_class[i]
+    text = panel_title(labels[i] if labels is not None else None, predicted, score)
+    return " | ".join(p for p in (titles[i] if titles is not None else "", text) if p)
 
 
 __all__ = [

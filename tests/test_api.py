@@ -196,6 +196,14 @@ def test_plot_maps_returns_a_figure(data: Path, tmp_path: Path) -> None:
     figure = sb.plot_maps(queries, prediction, masks=masks, columns=2)
     panels = [ax for ax in figure.axes if ax.get_title()]
     assert len(panels) == 3 and panels[0].get_title().startswith("score ")
+    # The true label and the predicted class are named apart, so a prediction never reads as
+    # the truth.
+    classifier = sb.load_method("linear_probe", backbone="semclip-tiny")
+    normal = sorted((folder / "train" / "good").glob("*.png"))
+    classifier.fit(normal + queries[:2], ["good"] * len(normal) + ["bridge"] * 2)
+    labelled = sb.plot_maps(queries, classifier.predict(queries), labels=["bridge"] * 3)
+    title = next(ax.get_title() for ax in labelled.axes if ax.get_title())
+    assert title.startswith("true bridge | pred ") and " | score " in title
     figure.savefig(tmp_path / "maps.png")
     assert (tmp_path / "maps.png").stat().st_size > 0
     with pytest.raises(UserError, match="3 images but maps of shape"):

@@ -52,14 +52,27 @@ def default_backbone_spec(warn: bool = True) -> BackboneSpec:
     return BackboneSpec(DEFAULT_MODEL, None)
 
 
+#: ``--pretrained`` values asking for the seeded random initialisation (the backbone control):
+#: the architecture's weights as built with ``clip.RANDOM_INIT_SEED``, no file, no tag.
+RANDOM_INIT_WORDS: tuple[str, ...] = ("none", "random")
+
+
+def is_random_init_request(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` asks for random weights (``none``/``random``, any case)."""
+    return isinstance(pretrained, str) and pretrained.strip().lower() in RANDOM_INIT_WORDS
+
+
 def requested_backbone_spec(
     name: str | None = None, pretrained: str | None = None, image_size: int | None = None
 ) -> BackboneSpec:
     """The backbone a run or an API call asks for: ``name`` (None: the default architecture)
     with ``pretrained`` weights; when no weights are given, the default architecture gets its
     shipped weights and any other architecture starts from random weights (the shipped file
-    only fits the architecture it was trained for)."""
+    only fits the architecture it was trained for). ``pretrained="none"`` (or ``"random"``) is
+    the control: this architecture, default included, with its seeded random initialisation."""
     default = default_backbone_spec()
+    if is_random_init_request(pretrained):
+        return BackboneSpec(name=name or default.name, pretrained=None, image_size=image_size)
     if pretrained is None and (not name or name == default.name):
         pretrained = default.pretrained
     return BackboneSpec(name=name or default.name, pretrained=pretrained, image_size=image_size)
@@ -94,6 +107,7 @@ __all__ = [
     "build_backbone",
     "count_parameters",
     "default_backbone_spec",
+    "is_random_init_request",
     "requested_backbone_spec",
     "token_volume",
 ]

@@ -18,6 +18,8 @@ Layouts (see ``PROTOCOL.md``):
 * ``sem-synth``: the built-in synthetic dataset, generated on first use into a cache folder
   (:mod:`semclip_bench.data.synth_cache`); ``sem-synth:val`` is its validation split (the same
   generator on a disjoint seed), ``sem-synth:test`` the same as ``sem-synth``.
+* ``elpv`` / ``elpv:val`` (and ``elpv-soft[:val]``): real solar-cell images read from the installed
+  ``elpv-dataset`` package (:mod:`semclip_bench.data.elpv`).
 
 
 Masks are optional (image-level labels only, e.g. review images sorted into class folders): a
@@ -38,6 +40,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from semclip_bench.data.elpv import elpv_dataset_name, elpv_root, elpv_samples, parse_elpv_spec
 from semclip_bench.data.images import is_image_file
 from semclip_bench.data.synth_cache import CACHE_ENV as CACHE_ENV
 from semclip_bench.data.synth_cache import SYNTH_NAME as SYNTH_NAME
@@ -90,8 +93,8 @@ class _Problems:
 
 
 def load_dataset(spec: str | Path, cache_dir: str | Path | None = None) -> DefectDataset:
-    """Load ``spec``: ``"sem-synth"`` (or ``"sem-synth:val"``, its validation split), an MVTec AD
-    layout folder, or a ``.csv`` manifest.
+    """Load ``spec``: ``"sem-synth"`` (or ``"sem-synth:val"``, its validation split), ``"elpv"``
+    (``"elpv:val"``, ``"elpv-soft[:val]"``), an MVTec AD layout folder, or a ``.csv`` manifest.
 
     ``cache_dir`` is where ``sem-synth`` is generated (default: ``$SEMCLIP_BENCH_CACHE`` or
     ``~/.cache/semclip_bench``). Raises :class:`UserError` on the first structural problem.
@@ -108,6 +111,11 @@ def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -
     if variant is not None:
         root = ensure_synth(cache_dir=cache_dir, variant=variant).resolve()
         return _finish(synth_dataset_name(variant), _scan_mvtec(root, problems), root, problems)
+    elpv = parse_elpv_spec(spec)
+    if elpv is not None:
+        root = elpv_root()
+        problems.note(f"{elpv_dataset_name(*elpv)}: no masks ({_NO_MASK_EFFECT})")
+        return _finish(elpv_dataset_name(*elpv), elpv_samples(root, *elpv), root, problems)
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
@@ -125,7 +133,8 @@ def _load(spec: str | Path, cache_dir: str | Path | None, problems: _Problems) -
         raise UserError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
     raise UserError(
         f"{path}: no such dataset folder or CSV manifest (or use '{SYNTH_NAME}' for the "
-        f"built-in synthetic dataset, '{SYNTH_NAME}:val' for its validation split)"
+        f"built-in synthetic dataset, '{SYNTH_NAME}:val' for its validation split, or 'elpv' "
+        "for the real solar-cell images)"
     )
 
 

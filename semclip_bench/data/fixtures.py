@@ -57,3 +57,48 @@ def write_tiny_mvtec(root: str | Path, **config: object) -> Path:
     root = Path(root)
     generate_into(root, tiny_synth_config(**config), workers=1)  # type: ignore[arg-type]
     return root
+
+
+#: Images per (cell type, probability) of :func:`write_tiny_elpv`: every split gets each class.
+TINY_ELPV_COUNTS: dict[tuple[str, str], int] = {
+    ("mono", "0.0"): 16,
+    ("mono", "1.0"): 9,
+    ("mono", "0.3333333333333333"): 6,
+    ("mono", "0.6666666666666666"): 6,
+    ("poly", "0.0"): 16,
+    ("poly", "1.0"): 9,
+    ("poly", "0.3333333333333333"): 6,
+    ("poly", "0.6666666666666666"): 6,
+}
+
+
+def write_tiny_elpv(
+    root: str | Path,
+    counts: dict[tuple[str, str], int] | None = None,
+    size: int = 32,
+) -> Path:
+    """Write a folder in the ``elpv-dataset`` package's data layout (``labels.csv`` and
+    ``images/cellNNNN.png``, 8-bit grey) with random images, and return it.
+
+    Point the loader at it with ``$SEMCLIP_BENCH_ELPV_ROOT``; tests need no 90 MB package.
+    Defect images get a bright stripe so that a method can tell them apart.
+    """
+    import cv2
+    import numpy as np
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    number = 0
+    for (cell_type, probability), n in (counts or TINY_ELPV_COUNTS).items():
+        for _ in range(n):
+            number += 1
+            image = rng.integers(60, 120, size=(size, size), dtype=np.uint8)
+            if float(probability) > 0:
+                image[size // 3 : size // 3 + 3, :] = 230
+            name = f"images/cell{number:04d}.png"
+            cv2.imwrite(str(root / name), image)
+            lines.append(f"{name}  {probability:<19} {cell_type}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root

@@ -39,10 +39,22 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             "or from installed plugins (docs/adding_a_method.md)"
         ),
     ),
-    ("--data", dict(help="'sem-synth' (built in), an MVTec-layout folder or a CSV manifest")),
+    (
+        "--data",
+        dict(
+            help="'sem-synth' (built in), 'elpv' / 'elpv-soft' (real solar cells, the [elpv] "
+            "extra; ':val' for validation), an MVTec-layout folder or a CSV manifest"
+        ),
+    ),
     ("--categories", dict(help="comma-separated categories (default: all in the data)")),
     ("--backbone", dict(help="open_clip model name (default: the packaged SEM backbone)")),
-    ("--pretrained", dict(help="open_clip pretrained tag or a local checkpoint file")),
+    (
+        "--pretrained",
+        dict(
+            help="open_clip pretrained tag or a local checkpoint file; 'none': the backbone "
+            "control, the architecture with its seeded random initialisation (no weights)"
+        ),
+    ),
     ("--image-size", dict(type=int, help="input size (default: the backbone's)")),
     ("--device", dict(choices=["auto", "cpu", "cuda"], help="where to run")),
     (
@@ -92,6 +104,14 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
             type=int,
             help="processes per device (0 = auto: several per GPU, whose head training is "
             "launch-bound; 1 on the CPU); the run has devices x procs-per-device processes",
+        ),
+    ),
+    (
+        "--maps-shots",
+        dict(
+            type=int,
+            help="K whose anomaly maps are kept and drawn in <out>/maps/<category>.png "
+            "(default: the largest K of the run)",
         ),
     ),
     (
@@ -153,7 +173,8 @@ def add_parser(subparsers, formatter_class) -> None:
         "sweep",
         help=f"run every method over shot counts and seeds; write {DEFAULT_OUT}/sweep.md",
         description="Few-shot sweep: methods x shots x seeds x categories, one CSV row per "
-        "episode (resumable), tables in <out>/sweep.md and plots <out>/sweep_<metric>.png.",
+        "episode (resumable), tables in <out>/sweep.md, plots <out>/sweep_<metric>.png and "
+        "pictures of the anomaly maps <out>/maps/<category>.png.",
         formatter_class=formatter_class,
     )
     _add_run_flags(sweep, RunConfig())
@@ -199,6 +220,12 @@ def add_parser(subparsers, formatter_class) -> None:
         default=Path(DEFAULT_OUT),
         help=f"where to write <kind>.md and the plots (default: {DEFAULT_OUT}; committed tables "
         "are rebuilt with --out results or --out results/gpu)",
+    )
+    report.add_argument(
+        "--maps-shots",
+        type=int,
+        default=None,
+        help="K of the map pictures (<out>/maps/<category>.png; default: the largest K stored)",
     )
     _add_allow_mixed(
         report,
@@ -296,6 +323,11 @@ def execute(
     from semclip_bench.runner.engine import run
     from semclip_bench.runner.report import write_report
 
+    if config.maps_shots is not None and config.maps_shots not in config.shots:
+        raise UserError(
+            f"--maps-shots {config.maps_shots}: not a shot count of this run "
+            f"({','.join(map(str, config.shots))})"
+        )
     with use_config_dir(config.config_dir):
         result = run(
             config,
@@ -316,7 +348,13 @@ def execute(
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
         return result, None
     t0 = time.perf_counter()
-    path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
+    path, _ = write_report(
+        [result.folder],
+        config.kind,
+        config.out,
+        allow_mixed=allow_mixed,
+        maps_shots=config.maps_shots,
+    )
     print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
     for line in reference_report(config.kind, result.folder):
         print(line)
@@ -342,7 +380,12 @@ def _report(args: argparse.Namespace) -> int:
         if not source.exists():
             raise UserError(f"--from: folder not found: {source}")
     path, rows = write_report(
-        args.sources, args.kind, args.out, _command_line(), allow_mixed=args.allow_mixed
+        args.sources,
+        args.kind,
+        args.out,
+        _command_line(),
+        allow_mixed=args.allow_mixed,
+        maps_shots=args.maps_shots,
     )
     print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
     return 0

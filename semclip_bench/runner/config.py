@@ -102,6 +102,8 @@ class RunConfig:
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]
     )
+    #: K of the map pictures (maps/<category>.png; runner/maps.py); None: the largest K of the run.
+    maps_shots: int | None = None
     #: Overrides over the config files, {name: {options:, training:}}: a method's name applies to
     #: every variant of that method, a variant's name (applied after it) to that variant only.
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -163,6 +165,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return parse_shard(value)
         if name in {"image_size", "batch_size"}:
             return None if value is None else int(value)
+        if name == "maps_shots":
+            if value is None:
+                return None
+            if int(value) < 0:
+                raise ValueError("must be >= 0")
+            return int(value)
         if name == "precision":
             if str(value) not in PRECISIONS:
                 raise ValueError(f"choose from {', '.join(PRECISIONS)}")

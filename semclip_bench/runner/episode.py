@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, supervision_text
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, FeatureCache, prediction_math
+from semclip_bench.runner.maps import map_shots, save_episode_maps
 from semclip_bench.runner.scoring import score_episode
 from semclip_bench.runner.store import METRIC_COLUMNS
 from semclip_bench.runner.tracking import Tracker, overlay
@@ -212,6 +214,12 @@ def finish(
     stages.add("predict", row["predict_seconds"])
 
     produces_maps = method.produces_maps
+    episode = prepared.episode
+    if episode.shots == map_shots(config.shots, config.maps_shots) and episode.seed == min(
+        config.seeds
+    ):  # the few maps of the picture maps/<category>.png (runner/maps.py)
+        folder = Path(config.out) / config.kind
+        save_episode_maps(folder, episode, prepared.variant.label, outputs, produces_maps)
     no_masks = masks_missing_reason(query)  # pixel metrics need every defect image's mask
     t0 = time.perf_counter()
     truth = None

@@ -319,6 +319,31 @@ def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(EXCLUDED_TYPES) if all(is_shipped(r) for r in records) else []
 
 
+def _images_text(rows: pd.DataFrame) -> str:
+    """What the tables' images are: real solar cells for ``elpv`` runs, else SEM images."""
+    datasets = {str(d) for d in rows.get("dataset", pd.Series(dtype=str)).unique()}
+    if datasets and all(d.startswith("elpv") for d in datasets):
+        return f"electroluminescence images of solar cells ({', '.join(sorted(datasets))})"
+    return "SEM images"
+
+
+def _random_init_banner(rows: pd.DataFrame) -> str:
+    """The warning of a run whose backbone had no pretrained weights (``--pretrained none``):
+    a control that shows what the methods do without the pretraining; empty otherwise."""
+    digests = [str(d) for d in rows.get("weights_digest", pd.Series(dtype=str)).unique()]
+    random_init = [d for d in digests if d.startswith("random-init")]
+    if not random_init:
+        return ""
+    which = ", ".join(f"`{d}`" for d in sorted(random_init))
+    scope = "Every row" if len(random_init) == len(digests) else "Some rows (see the warning below)"
+    return (
+        f"> **Control: randomly initialised backbone.** {scope} ran the backbone with its "
+        f"seeded random initialisation ({which}; `--pretrained none`), no pretrained weights: "
+        "compare with the same table made with the pretrained backbone to see what the "
+        "pretraining contributes.\n"
+    )
+
+
 def _mixed_banner(mixed: dict[str, list[str]], rows: pd.DataFrame) -> str:
     """The prominent warning of a report merged with ``--allow-mixed``."""
     lines = [
@@ -387,7 +412,11 @@ def build_report(
     skipped = rows[rows["status"] != "ok"]
     order = list(dict.fromkeys(rows["variant"]))
     title = "Sweep" if kind == "sweep" else "Ablation of SEM-CLIP"
-    parts = [f"# {title}: few-shot defect detection on SEM images\n"]
+    control = _random_init_banner(rows)
+    title += " (CONTROL: randomly initialised backbone)" if control else ""
+    parts = [f"# {title}: few-shot defect detection on {_images_text(rows)}\n"]
+    if control:
+        parts.append(control)
     if mixed:
         parts.append(_mixed_banner(mixed, rows))
     parts.append("## Provenance\n")
@@ -493,14 +522,21 @@ def write_report(
     out_dir: Path,
     report_command: str | None = None,
     allow_mixed: bool = False,
+    maps_shots: int | None = None,
 ) -> tuple[Path, pd.DataFrame]:
-    """Write ``<out_dir>/<kind>.md`` (and plots for a sweep); returns the path and the rows."""
+    """Write ``<out_dir>/<kind>.md`` (and plots for a sweep, and the map pictures
+    ``maps/<category>.png`` at K = ``maps_shots`` from the maps the run stored, see
+    ``runner/maps.py``); returns the path and the rows."""
+    from semclip_bench.runner.maps import write_map_pictures
+
     text, rows = build_report(folders, kind, report_command, allow_mixed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, out_dir, kind) if kind == "sweep" else []
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    order = list(dict.fromkeys(rows["variant"])) if not rows.empty else []
+    text += write_map_pictures(folders, out_dir, kind, order, maps_shots)
     path = out_dir / f"{kind}.md"
     path.write_text(text)
     return path, rows

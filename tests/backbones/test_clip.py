@@ -124,6 +124,19 @@ def test_requested_spec_gives_shipped_weights_to_the_default_architecture_only(
     assert requested_backbone_spec(None, "other.pt").pretrained == "other.pt"
 
 
+def test_pretrained_none_is_the_seeded_random_init_control(monkeypatch, tmp_path) -> None:
+    shipped = tmp_path / "semclip-vit-m16.pt"
+    shipped.write_bytes(b"weights")
+    monkeypatch.setattr(backbones_pkg, "DEFAULT_WEIGHTS", shipped)
+    assert requested_backbone_spec(None, "none") == BackboneSpec("semclip-vit-m16", None)
+    assert requested_backbone_spec(None, "Random").pretrained is None
+    tiny = requested_backbone_spec("semclip-tiny", "none")
+    assert tiny == BackboneSpec("semclip-tiny", None)
+    first, second = build_backbone(tiny), build_backbone(tiny)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # seeded: the same weights in every build
+
+
 def test_key_follows_file_content(tmp_path) -> None:
     path = tmp_path / "w.pt"
     path.write_bytes(b"first")

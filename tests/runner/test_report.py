@@ -126,3 +126,32 @@ def test_best_value_at_chance_is_not_bold() -> None:
     ]
     table = metric_table(_frame(rows), ("iAUROC",), ["a", "b"], chance=True)
     assert "**" not in table
+
+
+def test_random_init_control_is_named_in_title_and_banner(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "sweep")
+    for seed in (0, 1):
+        row = _row("a", seed, iAUROC=0.5)
+        row["weights_digest"] = "random-init:semclip-vit-m16:seed0"
+        store.append(row)
+    text, _ = build_report([tmp_path / "sweep"], "sweep")
+    first_line = text.splitlines()[0]
+    assert "CONTROL: randomly initialised backbone" in first_line
+    assert "`random-init:semclip-vit-m16:seed0`" in text
+    assert "`--pretrained none`" in text
+
+
+def test_pretrained_rows_have_no_control_banner(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "sweep")
+    store.append(_row("a", 0, iAUROC=0.7))
+    text, _ = build_report([tmp_path / "sweep"], "sweep")
+    assert "CONTROL" not in text and "randomly initialised" not in text
+
+
+def test_elpv_tables_say_what_the_images_are(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "sweep")
+    row = _row("a", 0, iAUROC=0.7)
+    row["dataset"] = "elpv-soft"
+    store.append(row)
+    text, _ = build_report([tmp_path / "sweep"], "sweep")
+    assert text.splitlines()[0].endswith("electroluminescence images of solar cells (elpv-soft)")
