@@ -347,6 +347,6 @@ def _verify(args: argparse.Namespace) -> int:
     print(mismatch_table(result.mismatches))
     print(
         f"verify: FAILED: {len(result.mismatches)} values in {failed} of {episodes} episodes of "
-        f"{args.source} differ from the rerun ({result.seconds:.0f} s)"
+        f"{args.source} differ from the rerun ({result.seconds:.0f} s); {result.versions}"
     )
     return 1
