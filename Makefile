@@ -1,14 +1,47 @@
 # Each target sets up .venv on first use, so a fresh clone needs nothing installed by hand.
+# The venv is built from the lock of the running Python (requirements/lock-py3.X.txt: exact
+# versions and sha256 hashes of every package, docs/environment.md); `make lock` regenerates it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCK := requirements/lock-py$(PYVER).txt
+# The Pythons `make lock` writes a lock for (requires-python >= 3.10).
+LOCK_PYTHONS := 3.10 3.11 3.12 3.13 3.14
+LOCK_PLATFORM := x86_64-manylinux_2_28
+UV_VERSION := 0.13.9
+LOCK_TOOLS := .venv-lock
+# `make lock LOCK_FLAGS=--upgrade` moves every package to its newest allowed release; without it
+# uv keeps the pins already in the lock files wherever pyproject.toml still allows them.
+LOCK_FLAGS ?=
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) requirements/pip.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r requirements/pip.txt
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# No lock for this Python: say so in one line rather than resolve something unlocked.
+requirements/lock-py%.txt:
+	@echo "error: no lock for Python $* ($(LOCK) missing; locked: $(LOCK_PYTHONS)): use one of those Pythons (make PYTHON=python3.11 ...) or add $* to LOCK_PYTHONS and run make lock" >&2; exit 1
+
+# Regenerate the locks with uv (pinned), from pyproject.toml's ranges and requirements/constraints.txt.
+# Updating a lock may move numbers: regenerate the committed tables in the same change.
+.PHONY: lock
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
+	for v in $(LOCK_PYTHONS); do \
+		$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
+			--python-version $$v --python-platform $(LOCK_PLATFORM) \
+			--constraint requirements/constraints.txt --custom-compile-command "make lock" \
+			--quiet $(LOCK_FLAGS) -o requirements/lock-py$$v.txt || exit 1; \
+	done
+	$(LOCK_TOOLS)/bin/uv pip compile requirements/pip.in --generate-hashes \
+		--python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
+		--quiet $(LOCK_FLAGS) -o requirements/pip.txt
 
 .PHONY: install test sweep ablate lint verify-results verify-gpu-results elpv-sweep controls
 install: $(STAMP)

@@ -411,5 +411,6 @@ def _verify(args: argparse.Namespace) -> int:
         f"verify: FAILED: {len(result.mismatches)} values in {failed} of {episodes} episodes of "
         f"{args.source} differ from the rerun ({result.seconds:.0f} s)"
         + (f"; {cause}" if cause else "")
+        + (f"; {result.versions}" if result.versions else "")
     )
     return 1

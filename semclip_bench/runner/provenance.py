@@ -34,6 +34,11 @@ from semclip_bench.runner.store import (
     PROVENANCE_FILE,
     UNKNOWN,
 )
+from semclip_bench.runner.versions import (
+    environment_record,
+    record_versions_note,
+    versions_text,
+)
 
 #: Where the shipped default weights live, relative to the repository (how tables name them).
 SHIPPED_LABEL = "semclip_bench/weights/{name} (shipped default)"
@@ -135,7 +140,8 @@ def check_resume(folder: Path, identity: dict[str, str], allow_mixed: bool) -> N
                     raise UserError(
                         f"--out: {path.parent} already holds rows of {IDENTITY_NAMES[column]} "
                         f"{value}, this run has {identity[column]}; resuming would mix them: "
-                        "use another --out, or pass --allow-mixed"
+                        "use another --out, or pass --allow-mixed; "
+                        + record_versions_note(path.parent)
                     )
 
 
@@ -204,11 +210,16 @@ def write_provenance(
         "episodes_written": result.written,
         "episodes_resumed": result.already_done,
         "config": json.loads(json.dumps(asdict(config), default=str)),
+        # versions on the numbers' path and the lock's digest (runner/versions.py)
+        **environment_record(),
     }
     if previous and result.already_done:
         record["earlier_invocations"] = [
             *previous.get("earlier_invocations", []),
-            {k: previous.get(k) for k in ("date", "git_commit", "wall_seconds", "device")},
+            {
+                k: previous.get(k)
+                for k in ("date", "git_commit", "wall_seconds", "device", "versions")
+            },
         ]
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -275,7 +286,8 @@ def _part_lines(part: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         f"- Command: `{first.get('command', '?')}`",
         f"- Package: semclip_bench {first.get('package_version')} at git commit "
-        f"`{first.get('git_commit')}`; torch {first.get('torch')}, Python {first.get('python')}",
+        f"`{first.get('git_commit')}`",
+        f"- Versions: {versions_text(first)}",
         f"- Date: {first.get('date')}",
         f"- Protocol: {first.get('protocol', 'unknown (not recorded: older than v2)')}",
         _dataset_line(first),

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from semclip_bench.errors import UserError
+from semclip_bench.runner.versions import between_note
 
 #: Version of PROTOCOL.md the runner implements (fixed query per category, validation split,
 #: balanced sem-synth query, content digests in the provenance).
@@ -270,7 +271,8 @@ def check_identity(rows: pd.DataFrame, allow_mixed: bool, context: str) -> dict[
                 f"{context}: rows differ in {IDENTITY_NAMES[column]}: {first} "
                 f"({', '.join(here)}) vs {second} ({', '.join(there)}); they were not produced on "
                 "the same data/weights/protocol, so they cannot be merged; pass --allow-mixed to "
-                "merge them anyway (the tables then say so)"
+                "merge them anyway (the tables then say so); "
+                + between_note(Path(here[0]), Path(there[0]))
             )
     return mixed
 

@@ -62,6 +62,7 @@ from semclip_bench.runner.store import (
     UNKNOWN,
     read_rows,
 )
+from semclip_bench.runner.versions import installed_versions, version_differences, versions_note
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class VerifyResult:
     gpu: str | None = None
     #: The GPU models of rows rerun on ``gpu`` although computed on another model.
     other_gpus: list[str] = field(default_factory=list)
+    #: Which recorded package versions differ from this environment (the clause a failure's
+    #: line ends with: ``runner/versions.versions_note``).
+    versions: str = ""
 
     @property
     def ok(self) -> bool:
@@ -362,8 +366,9 @@ def verify(
         {str(r.get("device")) for _, r, _ in plans if not on_cpu(r) and r.get("device") != gpu}
     )
     problems += [p for folder, _, ids in plans for p in _protocol_problems(raw, ids, folder)]
+    result.versions = _versions_clause([(folder, record) for folder, record, _ in plans])
     if problems:
-        raise UserError("verify refused: " + "; ".join(problems))
+        raise UserError("verify refused: " + "; ".join([*problems, result.versions]))
     import torch
 
     here = git_commit()
@@ -372,7 +377,10 @@ def verify(
             result.notes.append(
                 f"{folder}: rows written at git commit {record.get('git_commit')}, rerun at {here}"
             )
-        if record.get("torch") and record.get("torch") != torch.__version__:
+        if record.get("versions"):
+            if version_differences(record["versions"], installed_versions()):
+                result.notes.append(f"{folder}: {versions_note(record)}")
+        elif record.get("torch") and record.get("torch") != torch.__version__:
             result.notes.append(
                 f"{folder}: rows written with torch {record.get('torch')}, rerun with "
                 f"{torch.__version__} (kernels may differ between versions)"
@@ -395,7 +403,7 @@ def verify(
                 problems += _identity_problems(committed, seen, folder)
                 configs.append(config)
             if problems:
-                raise UserError("verify refused: " + "; ".join(problems))
+                raise UserError("verify refused: " + "; ".join([*problems, result.versions]))
             for config, (folder, _, ids) in zip(configs, plans, strict=True):
                 variants = (
                     ablation_variants(config)
@@ -413,6 +421,17 @@ def verify(
             shutil.rmtree(out_root, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _versions_clause(records: Sequence[tuple[Path, dict[str, Any]]]) -> str:
+    """The versions clause of the committed folders' records: one clause when they agree, else
+    one per folder (rows written in several environments)."""
+    notes: dict[str, list[str]] = {}
+    for folder, record in records:
+        notes.setdefault(versions_note(record), []).append(str(folder))
+    if len(notes) == 1:
+        return next(iter(notes))
+    return "; ".join(f"{', '.join(folders)}: {note}" for note, folders in notes.items())
 
 
 def mismatch_table(mismatches: Sequence[Mismatch]) -> str:

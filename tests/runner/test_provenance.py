@@ -21,6 +21,7 @@ from semclip_bench.runner.store import (
     EpisodeStore,
     read_rows,
 )
+from semclip_bench.runner.versions import TRACKED, installed_versions
 
 
 def _sweep(data: Path, config: Path, out: Path, *extra: str) -> int:
@@ -83,6 +84,22 @@ def test_identity_in_rows_provenance_and_header(small_run: Path, tiny_data: Path
     assert f"content sha256 `{digest}`" in text
     assert "random init (seeded, no weights file)" in text
     assert "precision: fp32" in text and "Wall-clock:" in text and "seeds: [0]" in text
+    # issue 22: the versions on the numbers' path and the lock, recorded and printed in one line
+    assert record["versions"] == installed_versions()
+    assert set(record["versions"]) == {"python", "cuda", *TRACKED}
+    assert set(record["lock"]) == {"file", "sha256", "matches", "differences"}
+    line = next(x for x in text.splitlines() if x.startswith("- Versions: "))
+    assert f"opencv {record['versions']['opencv']}" in line and "numpy " in line
+
+
+def _fake_version(folder: Path, package: str = "opencv", version: str = "0.0.1") -> str:
+    """Record a version no environment has in ``folder``'s provenance.json; returns the real one."""
+    path = folder / "provenance.json"
+    record = json.loads(path.read_text())
+    real = record["versions"][package]
+    record["versions"][package] = version
+    path.write_text(json.dumps(record))
+    return real
 
 
 def test_weights_digest_of_a_file(tmp_path: Path) -> None:
@@ -127,6 +144,7 @@ def test_report_refuses_mixed_digests(small_run: Path, tmp_path: Path, capsys) -
     shutil.copytree(small_run / "sweep", a / "sweep")
     shutil.copytree(small_run / "sweep", b / "sweep")
     _rewrite(b / "sweep" / "episodes.csv", "dataset_digest", "f" * 64)
+    real = _fake_version(b / "sweep")
     (b / "sweep" / "episodes.csv").write_text(
         (b / "sweep" / "episodes.csv").read_text().replace("/k1/", "/k1b/")  # distinct ids
     )
@@ -138,6 +156,7 @@ def test_report_refuses_mixed_digests(small_run: Path, tmp_path: Path, capsys) -
     assert "dataset digest" in err[0] and original in err[0] and "f" * 64 in err[0]
     assert str(a / "sweep") in err[0] and str(b / "sweep") in err[0]
     assert "--allow-mixed" in err[0]
+    assert err[0].endswith(f"; recorded versions differ: opencv {real} -> 0.0.1")
     assert not (tmp_path / "t" / "sweep.md").exists()
 
     assert main([*args, "--allow-mixed"]) == 0
@@ -175,11 +194,13 @@ def test_sweep_refuses_to_resume_into_other_digest(
     path = tmp_path / "sweep" / "episodes.csv"
     _rewrite(path, "weights_digest", "0" * 64, slice(0, 1))
     _rewrite(path, "episode_id", "line_space/patchcore/k1/s9", slice(0, 1))  # one unit left to do
+    real = _fake_version(tmp_path / "sweep")
     before = path.read_bytes()
     assert _sweep(tiny_data, fast_config, tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights digest" in err[0] and "0" * 64 in err[0]
     assert "another --out" in err[0] and "--allow-mixed" in err[0]
+    assert err[0].endswith(f"from this environment: opencv 0.0.1 -> {real}")
     assert path.read_bytes() == before, "no episode ran"
     assert _sweep(tiny_data, fast_config, tmp_path, "--allow-mixed") == 0
     assert len(read_rows([tmp_path / "sweep"])) == 3

@@ -72,6 +72,7 @@ def test_verify_passes_then_names_an_altered_value(committed: Path, tmp_path: Pa
     lines = [line for line in out.splitlines() if line.startswith(episode + "  ")]  # diff rows
     assert len(lines) == 1 and "pAUROC" in lines[0] and altered in lines[0]
     assert "FAILED: 1 values in 1 of 1 episodes" in out
+    assert out.splitlines()[-1].endswith("; recorded versions equal this environment's")
 
 
 @pytest.mark.parametrize(
@@ -84,9 +85,16 @@ def test_verify_refuses_other_digests(
     folder = tmp_path / "sweep"
     shutil.copytree(committed, folder)
     _edit(folder / "episodes.csv", "*", column, "9" * 64)
+    record = json.loads((folder / "provenance.json").read_text())
+    real = record["versions"]["opencv"]
+    record["versions"]["opencv"] = "0.0.1"  # issue 22: the line names the differing version
+    (folder / "provenance.json").write_text(json.dumps(record))
     assert main(["verify", "--from", str(folder), "--subset", "shots=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "9" * 64 in err[0]
+    assert err[0].endswith(
+        f"; recorded versions differ from this environment: opencv 0.0.1 -> {real}"
+    )
 
 
 def test_verify_refuses_rows_it_cannot_rerun(committed: Path, tmp_path: Path, capsys) -> None:
