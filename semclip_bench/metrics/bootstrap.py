@@ -341,8 +341,9 @@ def defect_type_predictions(stats: EpisodeScores, normal: str = "good") -> tuple
 def classification_replicates(
     target: np.ndarray, pred: np.ndarray, n_classes: int, weights: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Accuracy and macro-F1 (over the classes present in target or prediction, as the exact
-    functions do) of each resample; ``weights`` (R, n) over these images."""
+    """Accuracy and macro precision, recall and F1 (over the classes present in target or
+    prediction, as the exact functions do) of each resample; ``weights`` (R, n) over these
+    images."""
     onehot = np.zeros((target.size, n_classes * n_classes))
     onehot[np.arange(target.size), target * n_classes + pred] = 1
     confusion = (weights @ onehot).reshape(-1, n_classes, n_classes)
@@ -353,9 +354,13 @@ def classification_replicates(
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
         present = (predicted > 0) | (actual > 0)
-        macro = (f1 * present).sum(1) / present.sum(1)
-        accuracy = tp.sum(1) / weights.sum(1)
-    return {"type_accuracy": accuracy, "type_f1": macro}
+        count = present.sum(1)
+        return {
+            "type_accuracy": tp.sum(1) / weights.sum(1),
+            "type_precision": (precision * present).sum(1) / count,
+            "type_recall": (recall * present).sum(1) / count,
+            "type_f1": (f1 * present).sum(1) / count,
+        }
 
 
 def chance_classification(target: np.ndarray, n_classes: int, weights: np.ndarray) -> dict:
