@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 sweep: $(STAMP)
-	$(PY) -m semclip_bench sweep --shots 1,5,10,20
+	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20
 
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate

@@ -89,8 +89,10 @@ def type_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[
     t = torch.as_tensor(np.asarray(target, dtype=np.int64))
     if p.numel() == 0:
         return {"accuracy": NotAvailable("empty input"), "f1": NotAvailable("empty input")}
+    n = max(num_classes, 2)  # torchmetrics needs two classes; an absent one is left out anyway
+    confusion = multiclass_confusion_matrix(p, t, num_classes=n).numpy()
     return {
-        "accuracy": float(multiclass_accuracy(p, t, num_classes=num_classes, average="micro")),
-        "f1": float(multiclass_f1_score(p, t, num_classes=num_classes, average="macro")),
-        "confusion": multiclass_confusion_matrix(p, t, num_classes=num_classes).numpy(),
+        "accuracy": float(multiclass_accuracy(p, t, num_classes=n, average="micro")),
+        "f1": float(multiclass_f1_score(p, t, num_classes=n, average="macro")),
+        "confusion": confusion[:num_classes, :num_classes],
     }

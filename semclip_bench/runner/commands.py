@@ -62,6 +62,15 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--shard", dict(help="i/n: run only episodes with index %% n == i (job arrays, GPUs)")),
     ("--batch-size", dict(type=int, help="images per batch for feature extraction/inference")),
     (
+        "--bootstrap",
+        dict(
+            type=int,
+            metavar="N",
+            help="bootstrap resamples of the tables' 95%% intervals (query images and seeds, "
+            "paired across methods); 0 disables them",
+        ),
+    ),
+    (
         "--precision",
         dict(
             choices=["auto", "fp32", "bf16"],
@@ -187,6 +196,14 @@ def add_parser(subparsers, formatter_class) -> None:
         "--kind", choices=["sweep", "ablation"], default="sweep", help="which tables to build"
     )
     report.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    report.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the 95%% intervals, recomputed from the stored per-image "
+        "scores without rerunning (default: 1000; 0 disables them)",
+    )
     _add_allow_mixed(
         report,
         "merge rows that differ in dataset digest, weights digest or protocol version (refused "
@@ -300,7 +317,13 @@ def execute(
     if not result.is_main:  # rank 0 writes the tables once every rank has finished
         return result, None
     t0 = time.perf_counter()
-    path, _ = write_report([result.folder], config.kind, config.out, allow_mixed=allow_mixed)
+    path, _ = write_report(
+        [result.folder],
+        config.kind,
+        config.out,
+        allow_mixed=allow_mixed,
+        resamples=config.bootstrap,
+    )
     print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
     return result, path
 
@@ -324,7 +347,12 @@ def _report(args: argparse.Namespace) -> int:
         if not source.exists():
             raise UserError(f"--from: folder not found: {source}")
     path, rows = write_report(
-        args.sources, args.kind, args.out, _command_line(), allow_mixed=args.allow_mixed
+        args.sources,
+        args.kind,
+        args.out,
+        _command_line(),
+        allow_mixed=args.allow_mixed,
+        resamples=max(0, args.bootstrap),
     )
     print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
     return 0

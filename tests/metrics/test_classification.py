@@ -59,10 +59,11 @@ def test_torchmetrics_type_scores_match_the_exact_functions() -> None:
     from semclip_bench.metrics.classification import classification_metrics, type_scores
 
     rng = np.random.default_rng(7)
-    for n_classes in (2, 4, 6):
+    for n_classes in (1, 2, 4, 6):
         target = rng.integers(0, n_classes, 50)
         pred = np.where(rng.random(50) < 0.4, target, rng.integers(0, n_classes, 50))
-        pred[pred == n_classes - 1] = 0  # a class never predicted
+        if n_classes > 1:
+            pred[pred == n_classes - 1] = 0  # a class never predicted
         scores = type_scores(pred, target, n_classes)
         exact = classification_metrics(pred, target, n_classes)
         assert abs(scores["accuracy"] - exact["accuracy"]) < 1e-6
