@@ -185,13 +185,23 @@ def _chance_row(
             mean = float(values.mean()) * 100
         elif source is not None:
             mean = reps.point(source, column) * 100
+        elif metric not in {"pF1max", "AUPRO"}:
+            cells.append(Cell("—"))
+            continue
         else:
-            reason = "no per-image scores" if metric in {"pF1max", "AUPRO"} else "—"
-            cells.append(Cell(reason if reason == "—" else f"n/a ({reason})"))
+            stored = reps is not None and any(
+                reps.values.get(_row_key(r)) for _, r in frame.iterrows()
+            )
+            reason = _reason(frame, metric) if stored else "no per-image scores"
+            cells.append(Cell(f"n/a ({reason})"))
             continue
         text = interval_text(mean, replicates) if replicates is not None else f"{mean:.1f}"
         cells.append(Cell(text, mean, 0.0, replicates))
     return cells
+
+
+def _row_key(row) -> tuple:
+    return (row["category"], row["variant"], int(row["shots"]), int(row["seed"]))
 
 
 def _episodes_with(frame: pd.DataFrame, key: str, reps: Replicates | None) -> pd.DataFrame | None:
