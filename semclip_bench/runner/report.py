@@ -26,6 +26,8 @@ from semclip_bench.runner.tables import (
     CLASSIFICATION,
     DETECTION,
     HEADINGS,
+    NO_SCORES,
+    NO_SCORES_NOTE,
     Tally,
     defect_type_table,
     markdown,
@@ -108,9 +110,9 @@ LEGEND = (
     "resamples for every method of a category. Bold: the best row of a column within a shot "
     "count, only where the paired interval of its difference with every other row, the "
     "constant-score row included, excludes 0. Rows without stored per-image scores show the seed "
-    "std instead (labelled so) and use the older rule (best mean, more than a seed std above "
-    "chance). F1-max values are maxima over all thresholds (an oracle threshold, not a deployable "
-    "operating point). '{chance}' rows: what a constant score achieves on the same queries: "
+    "std instead, labelled '(seed std)'. F1-max values are maxima over all thresholds (an "
+    "oracle threshold, not a deployable operating point). '{chance}' rows: what a constant "
+    "score achieves on the same queries: "
     "AUROC 50, iAP = the query's defect fraction p, iF1-max = 2p / (1 + p), pF1-max = 2q / (1 + "
     "q) with q the defect-pixel fraction, AUPRO of a constant map, computed from the stored "
     "per-image statistics. 'gain vs own K = 0': a few-shot row minus its own method's zero-shot "
@@ -192,6 +194,8 @@ def build_report(
             )
             parts.append(tally_table(tally, order) + "\n")
         parts.append("## Detection\n")
+        if f"({NO_SCORES})" in detection or "(no interval)" in detection:
+            parts.append(NO_SCORES_NOTE)
         parts.append(detection + "\n")
         parts.append("## Defect type on defect images: which type is it?\n")
         if classifiers:

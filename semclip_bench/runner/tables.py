@@ -47,8 +47,16 @@ HEADINGS = {
 }
 #: Label of the chance-level row of a detection table.
 CHANCE_LABEL = "_constant score_"
-#: Cell of a row whose episodes have no stored per-image statistics (rows of older versions).
-NO_SCORES = "seed std; no per-image scores"
+#: Label of a cell without an interval (rows of older versions without stored per-image
+#: statistics, or ``--bootstrap 0``): its ± is the seed std; the report says so once.
+NO_SCORES = "seed std"
+#: The report's note on such cells.
+NO_SCORES_NOTE = (
+    "Cells marked '(seed std)' or '(no interval)' have no bootstrap interval: their episodes "
+    "have no stored per-image scores (rows written before they were kept) or the report ran with "
+    "`--bootstrap 0`; their ± is the sample std over seeds, which leaves out query sampling, and "
+    "their bold follows the older rule (best mean, more than a seed std above chance).\n"
+)
 
 #: Tally of the paired decisions: variant -> Counter(win=, tie=, loss=).
 Tally = dict[str, Counter]
@@ -104,7 +112,7 @@ def make_cell(values: np.ndarray, reason: str | None, reps: np.ndarray | None) -
         return Cell(interval_text(mean, reps), mean, std, reps)
     if len(values) > 1:
         return Cell(f"{mean:.1f} ± {std:.1f} ({NO_SCORES})", mean, std)
-    return Cell(f"{mean:.1f} (no interval: {NO_SCORES.split('; ')[1]})", mean, 0.0)
+    return Cell(f"{mean:.1f} (no interval)", mean, 0.0)
 
 
 def frame_cells(frame: pd.DataFrame, metrics: Sequence[str], reps: Replicates | None) -> list[Cell]:

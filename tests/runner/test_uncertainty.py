@@ -145,7 +145,9 @@ def test_defect_type_table_and_chance_rows(run: Path) -> None:
 
 def test_without_resamples_the_seed_std_is_labelled(run: Path) -> None:
     text, _ = build_report([run], "sweep", resamples=0)
-    assert "seed std; no per-image scores" in _line(text, "Detection", "strong", "1")[3]
+    assert "± " in _line(text, "Detection", "strong", "1")[3]
+    assert _line(text, "Detection", "strong", "1")[3].strip("*").endswith("(seed std)")
+    assert "have no bootstrap interval" in text
 
 
 def test_intervals_are_paired_across_methods(run: Path) -> None:
