@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from semclip_bench.metrics.bootstrap import DEFAULT_RESAMPLES
+from semclip_bench.metrics.bootstrap import DEFAULT_RESAMPLES, percentile_interval
 from semclip_bench.runner.provenance import provenance_block, read_provenance
 from semclip_bench.runner.store import IDENTITY_NAMES, METRIC_COLUMNS, check_identity, read_rows
 from semclip_bench.runner.tables import (
@@ -129,6 +129,19 @@ def build_report(
     resamples: int = DEFAULT_RESAMPLES,
     out_dir: Path | None = None,
 ) -> tuple[str, pd.DataFrame]:
+    """The markdown report of a run and its rows (:func:`_build` without the replicates)."""
+    text, rows, _ = _build(folders, kind, report_command, allow_mixed, resamples, out_dir)
+    return text, rows
+
+
+def _build(
+    folders: Sequence[Path],
+    kind: str,
+    report_command: str | None = None,
+    allow_mixed: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
+    out_dir: Path | None = None,
+) -> tuple[str, pd.DataFrame, Replicates | None]:
     """The markdown report of a run (sweep or ablation) and the rows it was built from.
 
     Rows that differ in protocol version, dataset digest or weights digest are refused (a
@@ -248,11 +261,14 @@ def build_report(
             )
             + "\n"
         )
-    return "\n".join(parts), rows
+    return "\n".join(parts), rows, reps
 
 
-def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
-    """``<kind>_<metric>.png``: metric versus shots per variant with std error bars."""
+def write_plots(
+    rows: pd.DataFrame, out_dir: Path, kind: str, reps: Replicates | None = None
+) -> list[Path]:
+    """``<kind>_<metric>.png``: metric versus shots per variant with error bars: the 95%
+    bootstrap interval where the episodes' per-image scores are stored, else the seed std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,21 +282,36 @@ def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
         if ok[metric].isna().all():
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+        intervals = seed_std = False
         for variant in dict.fromkeys(ok["variant"]):
             part = ok[ok["variant"] == variant]
-            xs, ys, es = [], [], []
+            xs, ys, lows, highs = [], [], [], []
             for shots in sorted(part["shots"].unique()):
-                values, reason = seed_values(part[part["shots"] == shots], metric)
+                frame = part[part["shots"] == shots]
+                values, reason = seed_values(frame, metric)
                 if reason is None:
+                    mean = values.mean() * 100
+                    spread = values.std(ddof=1) * 100 if len(values) > 1 else 0.0
+                    low, high = mean - spread, mean + spread
+                    replicates = reps.cell(frame, metric) if reps is not None else None
+                    if replicates is not None:
+                        low, high = (100 * v for v in percentile_interval(replicates))
+                        intervals = True
+                    else:
+                        seed_std = True
                     xs.append(shots)
-                    ys.append(values.mean() * 100)
-                    es.append(values.std(ddof=1) * 100 if len(values) > 1 else 0.0)
+                    ys.append(mean)
+                    lows.append(max(mean - low, 0.0))
+                    highs.append(max(high - mean, 0.0))
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=variant)
+                ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=variant)
         ax.set_xticks([int(k) for k in sorted(ok["shots"].unique())])
         ax.set_xlabel("shots (K)")
         ax.set_ylabel(f"{HEADINGS[metric]} (%)")
-        ax.set_title(f"{HEADINGS[metric]} vs shots (mean ± std over seeds)")
+        bars = " / ".join(
+            text for text, used in (("95% interval", intervals), ("seed std", seed_std)) if used
+        )
+        ax.set_title(f"{HEADINGS[metric]} vs shots (mean, bars: {bars or 'none'})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -362,8 +393,8 @@ def write_report(
     """Write ``<out_dir>/<kind>.md`` (and plots for a sweep); returns the path and the rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text, rows = build_report(folders, kind, report_command, allow_mixed, resamples, out_dir)
-    plots = write_plots(rows, out_dir, kind) if kind == "sweep" else []
+    text, rows, reps = _build(folders, kind, report_command, allow_mixed, resamples, out_dir)
+    plots = write_plots(rows, out_dir, kind, reps) if kind == "sweep" else []
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     path = out_dir / f"{kind}.md"

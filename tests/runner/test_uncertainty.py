@@ -163,3 +163,13 @@ def test_intervals_are_paired_across_methods(run: Path) -> None:
         rows[(rows.variant == "strong") & (rows.shots == 1)], "iAUROC"
     )
     assert np.array_equal(a, again)  # fixed protocol seed: the same intervals every time
+
+
+def test_write_report_links_confusion_matrices(run: Path, tmp_path: Path) -> None:
+    from semclip_bench.runner.report import write_report
+
+    path, _ = write_report([run], "sweep", tmp_path, resamples=100)
+    text = path.read_text()
+    assert (tmp_path / "sweep_confusion_strong.png").stat().st_size > 0
+    assert "[K = 1](sweep_confusion_strong.png)" in text
+    assert (tmp_path / "sweep_iAUROC.png").stat().st_size > 0
