@@ -145,20 +145,20 @@ def pixel_statistics(
     if edges.numel() < 2:  # a constant map: one bin
         edges = torch.cat([edges, edges + 1.0])
     n_bins = edges.numel() - 1
-    index = torch.bucketize(flat.double(), edges, right=True) - 1
-    index = index.clamp_(0, n_bins - 1).to(torch.int16).cpu().numpy().astype(np.int64)
+    # float32 comparisons are exact here: every edge is one of the float32 scores
+    index = torch.bucketize(flat, edges.float(), right=True).sub_(1).clamp_(0, n_bins - 1)
     sizes = np.array([h * w for h, w in truth.shapes], dtype=np.int64)
-    image = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-    defect = truth.defect
-    normal_hist = np.bincount(
-        image[~defect] * n_bins + index[~defect], minlength=len(sizes) * n_bins
-    ).reshape(len(sizes), n_bins)
-    regions = truth.regions[defect].astype(np.int64)
-    region_hist = np.bincount(
-        regions * n_bins + index[defect], minlength=(truth.n_regions + 1) * n_bins
-    ).reshape(truth.n_regions + 1, n_bins)[1:]
+    n = len(sizes)
+    # One key per pixel: image i's normal pixels -> row i, region r's pixels -> row n + r - 1.
+    rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    regions = truth.regions.astype(np.int64, copy=False)
+    rows = np.where(truth.defect, n - 1 + regions, rows)
+    keys = torch.from_numpy(rows).to(index.device).mul_(n_bins).add_(index)
+    counts = torch.bincount(keys, minlength=(n + truth.n_regions) * n_bins).cpu().numpy()
+    counts = counts.reshape(n + truth.n_regions, n_bins)
+    normal_hist, region_hist = counts[:n], counts[n:]
     region_image = np.zeros(truth.n_regions + 1, dtype=np.int32)
-    region_image[regions] = image[defect]
+    region_image[regions] = np.repeat(np.arange(n, dtype=np.int32), sizes)
     return (
         edges.cpu().numpy(),
         normal_hist.astype(np.uint32),

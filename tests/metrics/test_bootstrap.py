@@ -152,3 +152,24 @@ def test_classification_replicates_match_the_exact_functions() -> None:
     chance = chance_classification(np.repeat(np.arange(4), 5), 4, np.ones((1, 20)))
     assert chance["uniform"]["type_accuracy"][0] == pytest.approx(0.25)
     assert chance["majority"]["type_accuracy"][0] == pytest.approx(0.25)
+
+
+def test_pixel_statistics_of_a_tensor_equal_those_of_an_array() -> None:
+    import torch
+
+    maps, masks, _, _ = _query(seed=4)
+    truth = pixel_truth(masks, [m.shape for m in maps])
+    from_array = pixel_statistics(maps, truth)
+    from_tensor = pixel_statistics(torch.from_numpy(maps), truth)
+    assert all(np.array_equal(a, b) for a, b in zip(from_array, from_tensor, strict=True))
+    assert from_array[1].sum() + from_array[2].sum() == maps.size  # every pixel counted once
+
+
+def test_scores_round_trip(tmp_path) -> None:
+    maps, masks, labels, scores = _query()
+    stats = _stats(maps, masks, labels, scores)
+    stats.save(tmp_path / "s.npz")
+    back = EpisodeScores.load(tmp_path / "s.npz")
+    assert np.array_equal(back.image_score, stats.image_score)
+    assert np.array_equal(back.region_hist, stats.region_hist)
+    assert back.class_names == stats.class_names and back.class_logits is None
