@@ -32,6 +32,7 @@ from semclip_bench.runner.tables import (
     defect_type_table,
     markdown,
     metric_table,
+    paired_table,
     per_category_table,
     per_type_table,
     seed_values,
@@ -210,6 +211,16 @@ def _build(
         if f"({NO_SCORES})" in detection or "(no interval)" in detection:
             parts.append(NO_SCORES_NOTE)
         parts.append(detection + "\n")
+        paired = paired_table(ok, DETECTION, order, reps)
+        if paired:
+            parts.append("## Paired differences with the best (detection)\n")
+            parts.append(
+                "Per shot count and column: the column's best row minus each row, in points, "
+                "with its paired 95% interval and the share of resamples in which the best is "
+                "ahead ('best': the column's best; a bold cell above needs every interval of its "
+                "column to exclude 0, the constant-score row included).\n"
+            )
+            parts.append(paired + "\n")
         parts.append("## Defect type on defect images: which type is it?\n")
         if classifiers:
             parts.append(

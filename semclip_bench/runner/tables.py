@@ -432,3 +432,43 @@ def defect_type_table(
             rows.append(Row([label, str(shots)], shots, cells, [""]))
     _bold(rows, None, tally)
     return markdown(header, [r.prefix + [c.text for c in r.cells] + r.extra for r in rows])
+
+
+def paired_table(
+    ok: pd.DataFrame, metrics: Sequence[str], order: Sequence[str], reps: Replicates | None
+) -> str | None:
+    """Per shot count and metric, each method against the column's best (highest exact mean):
+    the paired difference best - method in points, its 95% interval and the share of resamples
+    in which the best is ahead. None without replicates."""
+    if reps is None or reps.resamples == 0:
+        return None
+    header = ["Method", "Shots", *(HEADINGS[m] for m in metrics)]
+    body = []
+    for shots in sorted(ok["shots"].unique()):
+        frames = {
+            v: ok[(ok["variant"] == v) & (ok["shots"] == shots)]
+            for v in order
+            if not ok[(ok["variant"] == v) & (ok["shots"] == shots)].empty
+        }
+        cells = {v: frame_cells(frames[v], metrics, reps) for v in frames}
+        rows = {v: [v, str(shots)] for v in frames}
+        for col in range(len(metrics)):
+            usable = [
+                v
+                for v in frames
+                if cells[v][col].reps is not None and math.isfinite(cells[v][col].mean)
+            ]
+            best = max(usable, key=lambda v: cells[v][col].mean) if usable else None
+            for v in frames:
+                if v == best:
+                    rows[v].append("best")
+                elif best is None or v not in usable:
+                    rows[v].append("—")
+                else:
+                    c = compare(cells[best][col].reps, cells[v][col].reps)
+                    exact = cells[best][col].mean - cells[v][col].mean  # the point, not a mean
+                    rows[v].append(
+                        f"{exact:+.1f} [{c.low:+.1f}, {c.high:+.1f}], {c.share_ahead:.0%}"
+                    )
+        body += list(rows.values())
+    return markdown(header, body) if body else None

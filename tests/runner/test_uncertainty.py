@@ -173,3 +173,12 @@ def test_write_report_links_confusion_matrices(run: Path, tmp_path: Path) -> Non
     assert (tmp_path / "sweep_confusion_strong.png").stat().st_size > 0
     assert "[K = 1](sweep_confusion_strong.png)" in text
     assert (tmp_path / "sweep_iAUROC.png").stat().st_size > 0
+
+
+def test_paired_differences_with_the_best(run: Path) -> None:
+    text, _ = build_report([run], "sweep", resamples=200)
+    section = "Paired differences with the best (detection)"
+    assert _line(text, section, "strong", "1")[2] == "best"  # iAUROC
+    weak = _line(text, section, "weak", "1")[2]
+    difference, share = weak.split("], ")
+    assert difference.startswith("+") and share == "100%"
