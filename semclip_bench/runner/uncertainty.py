@@ -105,21 +105,22 @@ def episode_replicates(ok: pd.DataFrame, resamples: int) -> Replicates:
     result = Replicates(resamples)
     if resamples <= 0:
         return result
-    loaded: dict[tuple, EpisodeScores] = {}
+    paths: dict[tuple, Path] = {}
+    names = set()
     for _, row in ok.iterrows():
         path = scores_path(Path(row["source"]), row["episode_id"])
         if not path.exists():
             result.missing.add((row["variant"], int(row["shots"])))
             continue
-        loaded[_key(row)] = EpisodeScores.load(path)
-    names = set()
-    for stats in loaded.values():
-        if stats.class_logits is not None:
-            names.update(c for c in stats.class_names if c != "good")
+        paths[_key(row)] = path
+        with np.load(path, allow_pickle=False) as data:  # lazy: reads these two arrays only
+            if "class_logits" in data.files:
+                names.update(str(c) for c in data["class_names"] if c != "good")
     result.type_names = sorted(names)
     weights_cache: dict[tuple, np.ndarray] = {}
     exact = {_key(r): r for _, r in ok.iterrows()}
-    for key, stats in loaded.items():
+    for key, path in paths.items():  # one episode's statistics in memory at a time
+        stats = EpisodeScores.load(path)
         category = key[0]
         label_key = (category, stats.label.tobytes())
         if label_key not in weights_cache:
@@ -187,7 +188,10 @@ def _classification(
 
 
 def interval_text(mean: float, replicates: np.ndarray | None, scale: float = 100.0) -> str:
-    """'mean [low, high]' in percent (the mean is the exact point estimate)."""
+    """'mean [low, high]' in percent (the mean is the exact point estimate); the mean alone
+    without replicates."""
+    if replicates is None:
+        return f"{mean:.1f}"
     low, high = percentile_interval(replicates)
     if math.isnan(low):
         return f"{mean:.1f} [n/a]"
