@@ -53,7 +53,7 @@ test: $(STAMP)
 # results/. At the end it says how its rows compare with the committed reference of the same
 # command (results/sweep on the CPU in fp32, results/gpu/sweep on CUDA in fp32).
 sweep: $(STAMP)
-	$(PY) -m semclip_bench sweep --shots 1,5,10,20
+	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20
 
 # Real solar-cell images (elpv-dataset, CC BY-NC-SA 4.0, a 90 MB optional extra), K = 0 to 20.
 elpv-sweep: $(STAMP)

@@ -1,6 +1,6 @@
 """Wall-clock of a whole ``sweep``/``ablate`` command, process start included, per stage.
 
-Run: ``python -m benchmarks.sweep_bench [options] -- sweep --shots 1,5,10,20 --wandb disabled``.
+Run: ``python -m benchmarks.sweep_bench [options] -- sweep --shots 0,1,5,10,20 --wandb disabled``.
 Everything after ``--`` is the ``python -m semclip_bench`` command line (default: the default
 sweep without W&B). It runs in a fresh child process (interpreter start, imports, backbone build,
 data loading: everything a user waits for), timed from the parent; the run's own stage seconds
@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks._sections import write_section
 
-DEFAULT_COMMAND = ("sweep", "--shots", "1,5,10,20", "--wandb", "disabled")
+DEFAULT_COMMAND = ("sweep", "--shots", "0,1,5,10,20", "--wandb", "disabled")
 MODES = ("cold", "warm", "off", "as-is")
 KINDS = {"sweep": "sweep", "ablate": "ablation"}
 

@@ -1,4 +1,4 @@
-"""Does sem-synth's content depend on library versions? Generate it in side environments and compare.
+"""Does sem-synth's content depend on library versions? Generate it in side environments, compare.
 
 Each environment is a fresh virtual environment with only the libraries the generator's package
 imports (NumPy, SciPy, OpenCV; Pillow too, as a user's environment would have it) at the versions

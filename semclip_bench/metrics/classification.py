@@ -16,7 +16,7 @@ import numpy as np
 
 from semclip_bench.metrics.base import NotAvailable, is_batch_list, to_numpy
 
-__all__ = ["classification_metrics"]
+__all__ = ["classification_metrics", "type_scores"]
 
 _KEYS = ("accuracy", "precision", "recall", "f1")
 
@@ -71,4 +71,28 @@ def classification_metrics(pred: Any, target: Any, num_classes: int) -> dict[str
         "precision": float(precision[present].mean()),
         "recall": float(recall[present].mean()),
         "f1": float(f1[present].mean()),
+    }
+
+
+def type_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1 and the confusion matrix (rows: true, columns: predicted) by
+    torchmetrics; its macro average leaves out classes neither true nor predicted, as
+    :func:`classification_metrics` does (tests check both agree)."""
+    import torch
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+    )
+
+    p = torch.as_tensor(np.asarray(pred, dtype=np.int64))
+    t = torch.as_tensor(np.asarray(target, dtype=np.int64))
+    if p.numel() == 0:
+        return {"accuracy": NotAvailable("empty input"), "f1": NotAvailable("empty input")}
+    n = max(num_classes, 2)  # torchmetrics needs two classes; an absent one is left out anyway
+    confusion = multiclass_confusion_matrix(p, t, num_classes=n).numpy()
+    return {
+        "accuracy": float(multiclass_accuracy(p, t, num_classes=n, average="micro")),
+        "f1": float(multiclass_f1_score(p, t, num_classes=n, average="macro")),
+        "confusion": confusion[:num_classes, :num_classes],
     }

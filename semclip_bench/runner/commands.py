@@ -81,6 +81,15 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--shard", dict(help="i/n: run only episodes with index %% n == i (job arrays, GPUs)")),
     ("--batch-size", dict(type=int, help="images per batch for feature extraction/inference")),
     (
+        "--bootstrap",
+        dict(
+            type=int,
+            metavar="N",
+            help="bootstrap resamples of the tables' 95%% intervals (query images and seeds, "
+            "paired across methods); 0 disables them",
+        ),
+    ),
+    (
         "--precision",
         dict(
             choices=["auto", "fp32", "bf16"],
@@ -227,6 +236,14 @@ def add_parser(subparsers, formatter_class) -> None:
         default=None,
         help="K of the map pictures (<out>/maps/<category>.png; default: the largest K stored)",
     )
+    report.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the 95%% intervals, recomputed from the stored per-image "
+        "scores without rerunning (default: 1000; 0 disables them)",
+    )
     _add_allow_mixed(
         report,
         "merge rows that differ in dataset digest, weights digest or protocol version (refused "
@@ -354,6 +371,7 @@ def execute(
         config.out,
         allow_mixed=allow_mixed,
         maps_shots=config.maps_shots,
+        resamples=config.bootstrap,
     )
     print(f"tables: {path} ({time.perf_counter() - t0:.1f}s)")
     for line in reference_report(config.kind, result.folder):
@@ -386,6 +404,7 @@ def _report(args: argparse.Namespace) -> int:
         _command_line(),
         allow_mixed=args.allow_mixed,
         maps_shots=args.maps_shots,
+        resamples=max(0, args.bootstrap),
     )
     print(f"{args.kind}: {len(rows)} episode rows from {len(args.sources)} folder(s) -> {path}")
     return 0

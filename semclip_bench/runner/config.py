@@ -65,7 +65,8 @@ class RunConfig:
     """Everything a sweep or an ablation needs; field names match the CLI flags."""
 
     kind: str = "sweep"  # "sweep" or "ablation": names the output files
-    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    #: K = 0 runs the zero-shot methods (others are skipped with the reason).
+    shots: list[int] = field(default_factory=lambda: [0, 1, 5, 10, 20])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     #: Registered methods or named variants (configs/methods/<name>.yaml).
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -83,6 +84,8 @@ class RunConfig:
     wandb_project: str = "semclip_bench"
     shard: tuple[int, int] = (0, 1)  # (i, n): this process runs episodes with index % n == i
     batch_size: int = 32
+    #: Bootstrap resamples of the tables' intervals (0: none; metrics/bootstrap.py).
+    bootstrap: int = 1000
     #: Inference precision of extract/predict (and of head training): "auto" = fp32 everywhere
     #: (bf16 misses the protocol's 0.5-point tolerance; see features.resolve_precision); "bf16"
     #: on CPU uses CPU autocast (slow on most CPUs; for checks only).
@@ -171,6 +174,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if int(value) < 0:
                 raise ValueError("must be >= 0")
             return int(value)
+        if name == "bootstrap":
+            number = int(value)
+            if number < 0:
+                raise ValueError("bootstrap must be >= 0 (0 disables the intervals)")
+            return number
         if name == "precision":
             if str(value) not in PRECISIONS:
                 raise ValueError(f"choose from {', '.join(PRECISIONS)}")

@@ -1,22 +1,16 @@
-"""Markdown tables and plots from episode rows (``results/<kind>.md``, ``results/sweep_<m>.png``).
+"""Markdown reports and plots from episode rows (``results/<kind>.md``, ``results/sweep_<m>.png``).
 
-Aggregation: for each (variant, shots, seed) the metric is averaged over categories, then the table
-shows mean ± std (sample std, ddof 1) over seeds. Metrics are percentages. A value undefined for
-any category of an aggregate is "n/a (reason)".
-
-Chance levels: each shot count of the detection table has a "constant score" row, what flagging
-every query image achieves (iAUROC and pAUROC 50, iAP = the query's defect fraction, iF1-max = the
-F1 of flagging every image, 2p / (1 + p)), aggregated like the methods' values. The best mean per
-column is bold within each shot count, but in a column with a chance level only if it exceeds that
-level by more than its seed standard deviation: a column whose methods are all within one std of
-chance (not separated from chance) has no bold, nor has a best value that is itself at chance.
+The tables themselves (cells, intervals, chance rows, the paired bold rule) are built by
+``runner/tables.py`` from the replicates of ``runner/uncertainty.py``; this module assembles them
+with the provenance, the legend, the notes and skips, and writes the plots: metric vs shots and,
+for the classifying methods, a defect-type confusion matrix at the largest K of the run.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from semclip_bench.metrics.bootstrap import DEFAULT_RESAMPLES, percentile_interval
 from semclip_bench.runner.provenance import provenance_block, read_provenance
 from semclip_bench.runner.store import (
     IDENTITY_NAMES,
@@ -32,272 +27,37 @@ from semclip_bench.runner.store import (
     drop_duplicate_episodes,
     read_rows,
 )
+from semclip_bench.runner.tables import (
+    CHANCE_LABEL,
+    CLASSIFICATION,
+    DETECTION,
+    HEADINGS,
+    NO_SCORES,
+    NO_SCORES_NOTE,
+    Tally,
+    defect_type_table,
+    markdown,
+    metric_table,
+    paired_table,
+    per_category_table,
+    per_type_table,
+    seed_values,
+    tally_table,
+)
+from semclip_bench.runner.uncertainty import Replicates, episode_replicates
 
-DETECTION = ("iAUROC", "iAP", "iF1max", "pAUROC", "pF1max", "AUPRO")
-CLASSIFICATION = ("cls_accuracy", "cls_precision", "cls_recall", "cls_f1")
-DELTA_METRICS = ("iAUROC", "pAUROC", "pF1max", "AUPRO")
+__all__ = [
+    "DETECTION",
+    "METRIC_COLUMNS",
+    "build_report",
+    "metric_table",
+    "per_category_table",
+    "per_type_table",
+    "write_plots",
+    "write_report",
+]
+
 PLOTTED = ("iAUROC", "pAUROC", "pF1max", "AUPRO", "cls_accuracy")
-HEADINGS = {
-    "iAUROC": "iAUROC",
-    "iAP": "iAP",
-    "iF1max": "iF1-max",
-    "pAUROC": "pAUROC",
-    "pF1max": "pF1-max",
-    "AUPRO": "AUPRO@0.3",
-    "cls_accuracy": "Accuracy",
-    "cls_precision": "Macro P",
-    "cls_recall": "Macro R",
-    "cls_f1": "Macro F1",
-}
-
-
-def _reason(frame: pd.DataFrame, metric: str) -> str:
-    reasons = Counter()
-    for text in frame["na_reasons"]:
-        try:
-            value = json.loads(text) if isinstance(text, str) and text else {}
-        except json.JSONDecodeError:
-            value = {}
-        if metric in value:
-            reasons[value[metric]] += 1
-    return reasons.most_common(1)[0][0] if reasons else "undefined"
-
-
-def _seed_values(frame: pd.DataFrame, metric: str) -> tuple[np.ndarray, str | None]:
-    """Per-seed category means of ``metric``; NaN-containing seeds make the cell n/a."""
-    per_seed = frame.groupby("seed")[metric].agg(lambda s: s.mean(skipna=False))
-    values = per_seed.to_numpy(dtype=float)
-    if len(values) == 0 or np.isnan(values).any():
-        return values, _reason(frame, metric)
-    return values, None
-
-
-def _cell(values: np.ndarray, reason: str | None) -> tuple[str, float, float]:
-    """'mean ± std' in percent, the mean (NaN when n/a) for ranking and the seed std (0 for a
-    single seed)."""
-    if reason is not None:
-        return f"n/a ({reason})", math.nan, math.nan
-    mean = float(values.mean()) * 100
-    if len(values) > 1:
-        std = float(values.std(ddof=1)) * 100
-        return f"{mean:.1f} ± {std:.1f}", mean, std
-    return f"{mean:.1f}", mean, 0.0
-
-
-def _cells(
-    frame: pd.DataFrame, metrics: Sequence[str]
-) -> tuple[list[str], list[float], list[float]]:
-    """Table cells, their means (for bolding) and seed stds of ``metrics`` over a group of rows."""
-    triples = [_cell(*_seed_values(frame, metric)) for metric in metrics]
-    return [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
-
-
-#: Chance level of a metric: what a constant score achieves (AUROC 50; AP the defect fraction;
-#: F1-max the F1 of flagging every image). Computed per row by :func:`_chance_rows`.
-CHANCE_COLUMNS = {"iAUROC": "chance_auroc", "pAUROC": "chance_auroc"}
-CHANCE_COLUMNS.update(iAP="chance_iAP", iF1max="chance_iF1max")
-
-
-def _chance_rows(ok: pd.DataFrame) -> pd.DataFrame:
-    """One row per (category, shots, seed) query with the chance levels of that query."""
-    queries = ok.drop_duplicates(subset=["category", "shots", "seed"]).copy()
-    fraction = queries["n_query_defect"].astype(float) / queries["n_query"].astype(float)
-    queries["chance_auroc"] = 0.5
-    queries["chance_iAP"] = fraction
-    queries["chance_iF1max"] = 2 * fraction / (1 + fraction)
-    queries["na_reasons"] = ""
-    return queries
-
-
-def _chance_cells(
-    queries: pd.DataFrame, metrics: Sequence[str]
-) -> tuple[list[str], dict[str, float]]:
-    """The constant-score row's cells ('—' where no chance level is defined) and its means."""
-    cells, levels = [], {}
-    for metric in metrics:
-        column = CHANCE_COLUMNS.get(metric)
-        if column is None:
-            cells.append("—")
-            continue
-        values, reason = _seed_values(queries, column)
-        text, mean, std = _cell(values, reason)
-        cells.append(text if std else text.split(" ± ")[0])
-        levels[metric] = mean
-    return cells, levels
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _bold_best(
-    cells: list[list[str]],
-    means: list[list[float]],
-    groups: list[Any],
-    stds: list[list[float]] | None = None,
-    chance: Sequence[dict[Any, float] | float | None] | None = None,
-) -> None:
-    """Bold the highest mean per column within each group (shot count). Where the column has a
-    chance level (``chance[col]``: one level for every group, or a level per group), only a best
-    mean more than one seed std above it is bold; so a column whose methods are all within one
-    std of chance has no bold."""
-    if not cells:
-        return
-    for col in range(len(means[0])):
-        levels = chance[col] if chance is not None else None
-        for group in set(groups):
-            idx = [i for i, g in enumerate(groups) if g == group and not math.isnan(means[i][col])]
-            if len(idx) < 2:
-                continue
-            level = levels.get(group) if isinstance(levels, dict) else levels
-            best = max(means[i][col] for i in idx)
-            for i in idx:
-                if means[i][col] != best:
-                    continue
-                spread = 0.0 if stds is None or math.isnan(stds[i][col]) else stds[i][col]
-                if level is None or best - level > spread:
-                    cells[i][col] = f"**{cells[i][col]}**"
-
-
-#: Label of the chance-level row of a detection table.
-CHANCE_LABEL = "_constant score_"
-
-
-def metric_table(
-    ok: pd.DataFrame,
-    metrics: Sequence[str],
-    order: Sequence[str],
-    with_supervision: bool = True,
-    delta_to: str | None = None,
-    chance: bool = False,
-) -> str:
-    """Variant x shots table of mean ± std over seeds (category means per seed); with
-    ``chance``, a constant-score row per shot count and the chance-aware bold rule."""
-    header = ["Method", "Shots"] + (["Supervision"] if with_supervision else [])
-    header += [HEADINGS[m] for m in metrics]
-    deltas = [m for m in DELTA_METRICS if m in metrics] if delta_to else []
-    header += [f"Δ {HEADINGS[m]} vs {delta_to}" for m in deltas]
-    body, means, stds, groups = [], [], [], []
-    levels: list[dict[Any, float]] = [{} for _ in metrics]
-    queries = _chance_rows(ok) if chance else None
-    for shots in sorted(ok["shots"].unique()):
-        for variant in order:
-            frame = ok[(ok["variant"] == variant) & (ok["shots"] == shots)]
-            if frame.empty:
-                continue
-            cells, row_means, row_stds = _cells(frame, metrics)
-            extra = []
-            if delta_to:
-                ref = ok[(ok["variant"] == delta_to) & (ok["shots"] == shots)]
-                for metric in deltas:
-                    mine, _ = _seed_values(frame, metric)
-                    theirs, _ = _seed_values(ref, metric)
-                    if variant == delta_to or len(mine) == 0 or len(theirs) == 0:
-                        extra.append("—")
-                    else:
-                        delta = (np.nanmean(mine) - np.nanmean(theirs)) * 100
-                        extra.append("n/a" if math.isnan(delta) else f"{delta:+.1f}")
-            prefix = [variant, str(shots)]
-            if with_supervision:
-                prefix.append(frame["supervision"].iloc[0])
-            body.append((prefix, cells, extra))
-            means.append(row_means)
-            stds.append(row_stds)
-            groups.append(shots)
-        if queries is not None:
-            cells, group_levels = _chance_cells(queries[queries["shots"] == shots], metrics)
-            for col, metric in enumerate(metrics):
-                if metric in group_levels:
-                    levels[col][shots] = group_levels[metric]
-            prefix = [CHANCE_LABEL, str(shots)] + (
-                ["none (chance level)"] if with_supervision else []
-            )
-            body.append((prefix, cells, ["—"] * len(deltas)))
-            means.append([math.nan] * len(metrics))  # never bold
-            stds.append([math.nan] * len(metrics))
-            groups.append(shots)
-    cell_grid = [cells for _, cells, _ in body]
-    _bold_best(cell_grid, means, groups, stds, levels if chance else None)
-    rows = [
-        prefix + cells + extra for (prefix, _, extra), cells in zip(body, cell_grid, strict=False)
-    ]
-    return _markdown(header, rows)
-
-
-def per_category_table(ok: pd.DataFrame, order: Sequence[str], metrics: Sequence[str]) -> str:
-    """Category x variant x shots table; AUROC columns use the chance-aware bold rule (50)."""
-    header = ["Category", "Method", "Shots"] + [HEADINGS[m] for m in metrics]
-    rows, means, stds, groups = [], [], [], []
-    for category in sorted(ok["category"].unique()):
-        for shots in sorted(ok["shots"].unique()):
-            for variant in order:
-                frame = ok[
-                    (ok["category"] == category)
-                    & (ok["variant"] == variant)
-                    & (ok["shots"] == shots)
-                ]
-                if frame.empty:
-                    continue
-                cells, row_means, row_stds = _cells(frame, metrics)
-                rows.append([category, variant, str(shots), *cells])
-                means.append(row_means)
-                stds.append(row_stds)
-                groups.append((category, shots))
-    grid = [r[3:] for r in rows]
-    chance = [50.0 if m in {"iAUROC", "pAUROC"} else None for m in metrics]
-    _bold_best(grid, means, groups, stds, chance)
-    return _markdown(header, [r[:3] + g for r, g in zip(rows, grid, strict=False)])
-
-
-def per_type_table(ok: pd.DataFrame, order: Sequence[str], unseen: Sequence[str] = ()) -> str:
-    """iAUROC of each defect type's images against the normal query images; ``unseen`` types
-    (held out of the backbone's pretraining) are marked in the header."""
-    records = []
-    for _, row in ok.iterrows():
-        try:
-            per_type = json.loads(row["per_type_auroc"]) if row["per_type_auroc"] else {}
-        except json.JSONDecodeError:
-            per_type = {}
-        for defect, value in per_type.items():
-            records.append(
-                dict(
-                    variant=row["variant"],
-                    shots=row["shots"],
-                    seed=row["seed"],
-                    category=row["category"],
-                    type=defect,
-                    value=math.nan if value is None else float(value),
-                )
-            )
-    if not records:
-        return "_No per-type values._"
-    frame = pd.DataFrame(records)
-    types = sorted(frame["type"].unique())
-    header = ["Method", "Shots", *(f"{t} (unseen)" if t in unseen else t for t in types)]
-    rows, means, stds, groups = [], [], [], []
-    for shots in sorted(frame["shots"].unique()):
-        for variant in order:
-            part = frame[(frame["variant"] == variant) & (frame["shots"] == shots)]
-            if part.empty:
-                continue
-            cells, row_means, row_stds = [], [], []
-            for defect in types:
-                sub = part[part["type"] == defect]
-                per_seed = sub.groupby("seed")["value"].mean().to_numpy(dtype=float)
-                reason = None if len(per_seed) and not np.isnan(per_seed).any() else "undefined"
-                text, mean, std = _cell(per_seed, reason)
-                cells.append(text)
-                row_means.append(mean)
-                row_stds.append(std)
-            rows.append([variant, str(shots), *cells])
-            means.append(row_means)
-            stds.append(row_stds)
-            groups.append(shots)
-    grid = [r[2:] for r in rows]
-    _bold_best(grid, means, groups, stds, [50.0] * len(types))
-    return _markdown(header, [r[:2] + g for r, g in zip(rows, grid, strict=False)])
 
 
 def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -376,16 +136,19 @@ def _plural(count: int, one: str, many: str) -> str:
 
 LEGEND = (
     "Metrics in percent, exact on the concatenated query set of each episode (PROTOCOL.md). Each "
-    "cell: mean ± sample std over seeds of the mean over categories ({categories}, "
-    "seeds {seeds}). F1-max values are maxima over all thresholds (an oracle threshold, not a "
-    "deployable operating point). '{chance}' rows: chance levels, what a constant score (flagging "
-    "every query image) achieves on the same queries: iAUROC and pAUROC 50, iAP = the query's "
-    "defect fraction p, iF1-max = the F1 of flagging every image, 2p / (1 + p). Bold: the best "
-    "mean per column within a shot count (per category and shot count in the per-category "
-    "table); in a column with a chance level (AUROC columns: 50; iAP: p; iF1-max: 2p / (1 + p)) "
-    "only if it exceeds that level by more than its seed standard deviation, so a column where "
-    "every method is within one std of chance, which does not tell the methods apart from "
-    "chance, has nothing bold. 'n/a (reason)': the metric is undefined for that method or "
+    "cell: the mean over seeds of the mean over categories ({categories}, seeds {seeds}) and, in "
+    "brackets, its 95% interval from {resamples} bootstrap resamples of the query images "
+    "(stratified by label, whole images also for pixel metrics) and of the seeds, the same "
+    "resamples for every method of a category. Bold: the best row of a column within a shot "
+    "count, only where the paired interval of its difference with every other row, the "
+    "constant-score row included, excludes 0. Rows without stored per-image scores show the seed "
+    "std instead, labelled '(seed std)'. F1-max values are maxima over all thresholds (an "
+    "oracle threshold, not a deployable operating point). '{chance}' rows: what a constant "
+    "score achieves on the same queries: "
+    "AUROC 50, iAP = the query's defect fraction p, iF1-max = 2p / (1 + p), pF1-max = 2q / (1 + "
+    "q) with q the defect-pixel fraction, AUPRO of a constant map, computed from the stored "
+    "per-image statistics. 'gain vs own K = 0': a few-shot row minus its own method's zero-shot "
+    "row, with the paired interval. 'n/a (reason)': the metric is undefined for that method or "
     "query set.\n"
 )
 
@@ -395,12 +158,29 @@ def build_report(
     kind: str,
     report_command: str | None = None,
     allow_mixed: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
+    out_dir: Path | None = None,
 ) -> tuple[str, pd.DataFrame]:
+    """The markdown report of a run and its rows (:func:`_build` without the replicates)."""
+    text, rows, _ = _build(folders, kind, report_command, allow_mixed, resamples, out_dir)
+    return text, rows
+
+
+def _build(
+    folders: Sequence[Path],
+    kind: str,
+    report_command: str | None = None,
+    allow_mixed: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
+    out_dir: Path | None = None,
+) -> tuple[str, pd.DataFrame, Replicates | None]:
     """The markdown report of a run (sweep or ablation) and the rows it was built from.
 
     Rows that differ in protocol version, dataset digest or weights digest are refused (a
     UserError naming both values and their folders) unless ``allow_mixed``; then the report
-    starts with a warning listing the distinct values.
+    starts with a warning listing the distinct values. ``resamples``: bootstrap replicates of the
+    intervals (0: none, the seed std is shown). ``out_dir``: where the confusion-matrix plots go
+    (none without it).
     """
     # identities are checked on every row before duplicates go: the same episode of a run on
     # other data must be refused (or named by the mixed banner) whichever folder comes first
@@ -422,24 +202,81 @@ def build_report(
     parts.append("## Provenance\n")
     records = read_provenance(folders)
     parts.append(provenance_block(records, report_command))
+    t0 = time.perf_counter()
+    reps = episode_replicates(ok, resamples) if not ok.empty else None
+    seconds = time.perf_counter() - t0
     parts.append(
         LEGEND.format(
             categories=_plural(ok["category"].nunique(), "category", "categories"),
             seeds=sorted(int(x) for x in ok["seed"].unique()),
             chance=CHANCE_LABEL.strip("_"),
+            resamples=resamples,
         )
     )
     if ok.empty:
         parts.append("_No finished episodes._\n")
     else:
+        tally: Tally = defaultdict(Counter)
         delta = "semclip" if kind == "ablation" and "semclip" in order else None
-        parts.append("## Detection\n")
-        parts.append(metric_table(ok, DETECTION, order, delta_to=delta, chance=True) + "\n")
+        zero = kind == "sweep" and (ok["shots"] == 0).any() and ok["shots"].nunique() > 1
+        detection = metric_table(
+            ok,
+            DETECTION,
+            order,
+            delta_to=delta,
+            chance=True,
+            reps=reps,
+            gain_over_zero=zero,
+            tally=tally,
+        )
         classifiers = [v for v in order if ok[ok["variant"] == v]["cls_accuracy"].notna().any()]
-        parts.append("## Defect-type classification (N-way: normal + defect types)\n")
+        types = ""
+        if classifiers:
+            links = write_confusion(reps, ok, classifiers, out_dir, kind) if out_dir else {}
+            types = defect_type_table(
+                ok[ok["variant"].isin(classifiers)], classifiers, reps, tally, links
+            )
+        if any(tally.values()):
+            parts.append("## Wins / ties / losses\n")
+            parts.append(
+                "Per method, over the K x metric cells of the detection and defect-type tables: "
+                "a win where it is bold (its paired interval against every other row excludes "
+                "0), a loss where the best row's paired interval against it excludes 0, a tie "
+                f"otherwise. Intervals: {resamples} resamples, computed in {seconds:.1f} s.\n"
+            )
+            parts.append(tally_table(tally, order) + "\n")
+        parts.append("## Detection\n")
+        if f"({NO_SCORES})" in detection or "(no interval)" in detection:
+            parts.append(NO_SCORES_NOTE)
+        parts.append(detection + "\n")
+        paired = paired_table(ok, DETECTION, order, reps)
+        if paired:
+            parts.append("## Paired differences with the best (detection)\n")
+            parts.append(
+                "Per shot count and column: the column's best row minus each row, in points, "
+                "with its paired 95% interval and the share of resamples in which the best is "
+                "ahead ('best': the column's best; a bold cell above needs every interval of its "
+                "column to exclude 0, the constant-score row included).\n"
+            )
+            parts.append(paired + "\n")
+        parts.append("## Defect type on defect images: which type is it?\n")
         if classifiers:
             parts.append(
-                metric_table(ok[ok["variant"].isin(classifiers)], CLASSIFICATION, classifiers)
+                "Defect query images only; the predicted type is the arg-max over the defect "
+                "types' logits (the normal/defect decision is the detection table's). Chance "
+                "rows: always the query's most frequent type, and a uniform random guess "
+                "(expected confusion matrix).\n"
+            )
+            parts.append(types + "\n")
+            parts.append("## Defect-type classification (N-way: normal + defect types)\n")
+            parts.append(
+                "All query images, half of them normal (the support is 1/7 normal: "
+                "PROTOCOL.md, prior shift).\n"
+            )
+            parts.append(
+                metric_table(
+                    ok[ok["variant"].isin(classifiers)], CLASSIFICATION, classifiers, reps=reps
+                )
                 + "\n"
             )
         else:
@@ -452,14 +289,14 @@ def build_report(
                 "pretraining, neither in images nor in captions (see its model card); the other "
                 "types did, on images disjoint from these.\n"
             )
-        parts.append(per_type_table(ok, order, unseen) + "\n")
+        parts.append(per_type_table(ok, order, unseen, reps) + "\n")
         parts.append("## Per category\n")
-        parts.append(per_category_table(ok, order, ("iAUROC", "pAUROC", "pF1max")) + "\n")
+        parts.append(per_category_table(ok, order, ("iAUROC", "pAUROC", "pF1max"), reps) + "\n")
     notes = _notes(rows)
     if notes:
         parts.append("## Notes on the episodes\n")
         parts.append(
-            _markdown(["Note", "Episodes"], [[note, count] for note, count in notes]) + "\n"
+            markdown(["Note", "Episodes"], [[note, count] for note, count in notes]) + "\n"
         )
     parts.append("## Skipped episodes\n")
     if skipped.empty:
@@ -467,17 +304,20 @@ def build_report(
     else:
         reasons = skipped.groupby(["variant", "shots", "reason"]).size().reset_index(name="count")
         parts.append(
-            _markdown(
+            markdown(
                 ["Method", "Shots", "Reason", "Episodes"],
                 [[r.variant, r.shots, r.reason, r["count"]] for _, r in reasons.iterrows()],
             )
             + "\n"
         )
-    return "\n".join(parts), rows
+    return "\n".join(parts), rows, reps
 
 
-def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
-    """``<kind>_<metric>.png``: metric versus shots per variant with std error bars."""
+def write_plots(
+    rows: pd.DataFrame, out_dir: Path, kind: str, reps: Replicates | None = None
+) -> list[Path]:
+    """``<kind>_<metric>.png``: metric versus shots per variant with error bars: the 95%
+    bootstrap interval where the episodes' per-image scores are stored, else the seed std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,21 +331,36 @@ def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
         if ok[metric].isna().all():
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+        intervals = seed_std = False
         for variant in dict.fromkeys(ok["variant"]):
             part = ok[ok["variant"] == variant]
-            xs, ys, es = [], [], []
+            xs, ys, lows, highs = [], [], [], []
             for shots in sorted(part["shots"].unique()):
-                values, reason = _seed_values(part[part["shots"] == shots], metric)
+                frame = part[part["shots"] == shots]
+                values, reason = seed_values(frame, metric)
                 if reason is None:
+                    mean = values.mean() * 100
+                    spread = values.std(ddof=1) * 100 if len(values) > 1 else 0.0
+                    low, high = mean - spread, mean + spread
+                    replicates = reps.cell(frame, metric) if reps is not None else None
+                    if replicates is not None:
+                        low, high = (100 * v for v in percentile_interval(replicates))
+                        intervals = True
+                    else:
+                        seed_std = True
                     xs.append(shots)
-                    ys.append(values.mean() * 100)
-                    es.append(values.std(ddof=1) * 100 if len(values) > 1 else 0.0)
+                    ys.append(mean)
+                    lows.append(max(mean - low, 0.0))
+                    highs.append(max(high - mean, 0.0))
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=variant)
+                ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=variant)
         ax.set_xticks([int(k) for k in sorted(ok["shots"].unique())])
         ax.set_xlabel("shots (K)")
         ax.set_ylabel(f"{HEADINGS[metric]} (%)")
-        ax.set_title(f"{HEADINGS[metric]} vs shots (mean ± std over seeds)")
+        bars = " / ".join(
+            text for text, used in (("95% interval", intervals), ("seed std", seed_std)) if used
+        )
+        ax.set_title(f"{HEADINGS[metric]} vs shots (mean, bars: {bars or 'none'})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -516,6 +371,66 @@ def write_plots(rows: pd.DataFrame, out_dir: Path, kind: str) -> list[Path]:
     return paths
 
 
+def write_confusion(
+    reps: Replicates | None,
+    ok: pd.DataFrame,
+    classifiers: Sequence[str],
+    out_dir: Path,
+    kind: str,
+) -> dict[str, str]:
+    """``<kind>_confusion_<variant>.png`` per classifying variant at the largest K of the run:
+    defect-type confusion matrix (torchmetrics) summed over categories and seeds, rows
+    normalised. Returns markdown links keyed ``variant/K``."""
+    if reps is None or not reps.types:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semclip_bench.metrics.classification import type_scores
+
+    shots = int(ok["shots"].max())
+    names = reps.type_names
+    links = {}
+    for variant in classifiers:
+        pairs = [v for k, v in reps.types.items() if k[1] == variant and k[2] == shots]
+        if not pairs:
+            continue
+        target = np.concatenate([p[0] for p in pairs])
+        pred = np.concatenate([p[1] for p in pairs])
+        confusion = type_scores(pred, target, len(names))["confusion"].astype(float)
+        share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=120)
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    f"{int(confusion[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("predicted type")
+        ax.set_ylabel("true type")
+        ax.set_title(
+            f"{variant}, K = {shots}: defect images (counts, colour = row share)", fontsize=8
+        )
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        path = Path(out_dir) / f"{kind}_confusion_{variant}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        links[f"{variant}/{shots}"] = f"[K = {shots}]({path.name})"
+    return links
+
+
 def write_report(
     folders: Sequence[Path],
     kind: str,
@@ -523,16 +438,17 @@ def write_report(
     report_command: str | None = None,
     allow_mixed: bool = False,
     maps_shots: int | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> tuple[Path, pd.DataFrame]:
     """Write ``<out_dir>/<kind>.md`` (and plots for a sweep, and the map pictures
     ``maps/<category>.png`` at K = ``maps_shots`` from the maps the run stored, see
     ``runner/maps.py``); returns the path and the rows."""
     from semclip_bench.runner.maps import write_map_pictures
 
-    text, rows = build_report(folders, kind, report_command, allow_mixed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(rows, out_dir, kind) if kind == "sweep" else []
+    text, rows, reps = _build(folders, kind, report_command, allow_mixed, resamples, out_dir)
+    plots = write_plots(rows, out_dir, kind, reps) if kind == "sweep" else []
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     order = list(dict.fromkeys(rows["variant"])) if not rows.empty else []
@@ -540,6 +456,3 @@ def write_report(
     path = out_dir / f"{kind}.md"
     path.write_text(text)
     return path, rows
-
-
-__all__ = ["METRIC_COLUMNS", "build_report", "write_plots", "write_report"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from semclip_bench.models.base import MethodOutput
-from semclip_bench.runner.store import METRIC_COLUMNS
+from semclip_bench.runner.store import METRIC_COLUMNS, SCORES_KEY
 
 #: Score an episode (exact metrics) on a background thread while the next episode fits and
 #: predicts. Rows are still appended in episode order, each once its metrics are done.
@@ -106,6 +106,7 @@ def score_episode(
         pixel_truth=truth,
         masks_reason=masks_reason,
     )
+    row[SCORES_KEY] = episode_scores(outputs, query, labels, truth, maps, class_index)
     stages.add("metrics", time.perf_counter() - t0)
 
     reasons: dict[str, str] = {}
@@ -131,3 +132,31 @@ def score_episode(
         na_reasons=reasons,
     )
     return row
+
+
+def episode_scores(
+    outputs: MethodOutput,
+    query: Sequence,
+    labels: np.ndarray,
+    truth,
+    maps,
+    class_index: dict[str, int],
+):
+    """The per-image statistics of an episode that ``report`` bootstraps (``scores/*.npz``):
+    image scores, labels, types, class logits and, with maps and masks, the pixel histograms."""
+    from semclip_bench.metrics.bootstrap import EpisodeScores, pixel_statistics
+
+    stats = EpisodeScores(
+        image_score=outputs.image_score.numpy().astype(np.float64),
+        label=labels.astype(np.int8),
+        types=np.array([s.label for s in query], dtype=str),
+        class_names=list(class_index),
+        class_logits=None
+        if outputs.class_logits is None
+        else outputs.class_logits.numpy().astype(np.float32),
+    )
+    if maps is not None and truth is not None and truth.regions is not None:
+        stats.edges, stats.normal_hist, stats.region_hist, stats.region_image = pixel_statistics(
+            maps, truth
+        )
+    return stats

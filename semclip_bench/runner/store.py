@@ -3,6 +3,8 @@
 Layout of a run folder ``<out>/<kind>/``:
 - ``episodes.csv``: one row per (category, variant, shots, seed), fixed columns (``COLUMNS``).
   Per-defect-type AUROCs and the reasons of undefined metrics are JSON columns.
+- ``scores/<episode>.npz``: per-image scores, labels, types, class logits and pixel-score
+  histograms of each finished episode (``metrics/bootstrap.EpisodeScores``), for the intervals.
 - ``supports.jsonl``: the support files chosen for each (category, shots, seed) episode.
 - ``provenance.json``: what produced the rows (command, version, commit, device, timings).
 
@@ -88,12 +90,21 @@ COLUMNS: tuple[str, ...] = (
 OPTIONAL_COLUMNS: dict[str, str] = {**{c: UNKNOWN for c in IDENTITY_COLUMNS}, "notes": ""}
 
 EPISODES_FILE = "episodes.csv"
+#: Folder (next to ``episodes.csv``) of the per-episode image statistics the intervals use.
+SCORES_DIR = "scores"
+#: Key of a scored row that holds its ``EpisodeScores`` until the row is written.
+SCORES_KEY = "_scores"
 SUPPORTS_FILE = "supports.jsonl"
 PROVENANCE_FILE = "provenance.json"
 
 
 def episode_id(category: str, variant: str, shots: int, seed: int) -> str:
     return f"{category}/{variant}/k{shots}/s{seed}"
+
+
+def scores_path(folder: Path, episode: str) -> Path:
+    """Where the per-image statistics of an episode (by its id) live in a run folder."""
+    return Path(folder) / SCORES_DIR / (episode.replace("/", "__") + ".npz")
 
 
 class EpisodeStore:
@@ -135,7 +146,12 @@ class EpisodeStore:
             return {json.loads(line)["episode"] for line in handle if line.strip()}
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row and flush it to disk before returning."""
+        """Write one row and flush it to disk before returning; its per-image statistics (the
+        ``SCORES_KEY`` entry, if any) go to ``scores/<episode>.npz`` first."""
+        row = dict(row)
+        stats = row.pop(SCORES_KEY, None)
+        if stats is not None:
+            stats.save(scores_path(self.folder, row["episode_id"]))
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown columns {sorted(unknown)}")

@@ -50,3 +50,26 @@ def test_empty_and_invalid() -> None:
         classification_metrics([0, 3], [0, 1], num_classes=3)
     with pytest.raises(ValueError, match="differ in length"):
         classification_metrics([0, 1], [0], num_classes=3)
+
+
+def test_torchmetrics_type_scores_match_the_exact_functions() -> None:
+    import numpy as np
+
+    from semclip_bench.metrics.bootstrap import classification_replicates
+    from semclip_bench.metrics.classification import classification_metrics, type_scores
+
+    rng = np.random.default_rng(7)
+    for n_classes in (1, 2, 4, 6):
+        target = rng.integers(0, n_classes, 50)
+        pred = np.where(rng.random(50) < 0.4, target, rng.integers(0, n_classes, 50))
+        if n_classes > 1:
+            pred[pred == n_classes - 1] = 0  # a class never predicted
+        scores = type_scores(pred, target, n_classes)
+        exact = classification_metrics(pred, target, n_classes)
+        assert abs(scores["accuracy"] - exact["accuracy"]) < 1e-6
+        assert abs(scores["f1"] - exact["f1"]) < 1e-6
+        confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(confusion, (target, pred), 1)
+        assert (scores["confusion"] == confusion).all()
+        unit = classification_replicates(target, pred, n_classes, np.ones((1, 50)))
+        assert abs(unit["type_f1"][0] - exact["f1"]) < 1e-12
