@@ -148,6 +148,15 @@ class FewShotMethod(nn.Module, ABC):
     def setup_support(self, support: SupportSet) -> None:
         """Prepare from the support set without gradients. Default: nothing to prepare."""
 
+    def training_features(self, support: SupportSet) -> Features:
+        """The features a fit's support batches carry (called after ``setup_support``).
+
+        Default: the support's own. A method may replace frozen per-image work of every step by
+        tensors computed here once per fit (batch-first, one row per support image), as long as a
+        batch of their rows holds exactly what the step would have computed from its features.
+        """
+        return support.features
+
     @abstractmethod
     def predict(self, features: Features) -> MethodOutput:
         """Scores, maps (and logits) from extracted features."""

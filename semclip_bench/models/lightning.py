@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from collections.abc import Iterator
@@ -257,7 +258,10 @@ def fit_method(
     if not method.trainable or config.epochs <= 0 or len(support.labels) == 0:
         return module
     device = next(iter(method.parameters()), torch.empty(0)).device
-    loader = support_loader(support, config, seed)
+    # The method's per-fit features (frozen per-image work done once, not every step); the
+    # batches, their order and the loss are those of the support's own features.
+    batches = dataclasses.replace(support, features=method.training_features(support))
+    loader = support_loader(batches, config, seed)
     with expected_fit_warnings(), deterministic_attention(device):
         support_trainer(config, **trainer_kwargs).fit(module, train_dataloaders=loader)
     # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to

@@ -121,6 +121,11 @@ log = logging.getLogger(__name__)
 
 Paths = Literal["dual", "vanilla"]
 
+#: Feature-name prefixes of the Transformation Layers' inputs a fit computes once
+#: (:meth:`SemClip.training_features`): ``LN(x)`` and its standardisation ``z``, per layer module.
+_NORMALISED_Y = "transform_ln_"
+_NORMALISED_Z = "transform_z_"
+
 #: Text embeddings already computed, keyed by (backbone weights, bank content, class names).
 _TEXT_CACHE: dict[tuple, Tensor] = {}
 
@@ -399,21 +404,63 @@ class SemClip(FewShotMethod):
             raise KeyError("semclip with paths=dual needs the 'patches_vv' feature")
         return torch.cat([patches, features["patches_vv"].to(patches.dtype)], dim=1)
 
-    def _tokens_in_text_space(self, features: Features) -> Tensor:
-        """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
+    def _normalised_tokens(self, features: Features) -> list[tuple[Tensor, Tensor]]:
+        """``(LN(x), z)`` per Transformation Layer module (one, or F then V when separate).
+
+        Taken from the features when a fit put them there (:meth:`training_features`), else
+        computed from the raw tokens (the same ops on the same rows: the same values).
+        """
+        if _NORMALISED_Z + "0" in features:
+            return [
+                (
+                    features.get(f"{_NORMALISED_Y}{i}", features[f"{_NORMALISED_Z}{i}"]),
+                    features[f"{_NORMALISED_Z}{i}"],
+                )
+                for i in range(1 if self.transforms_vv is None else 2)
+            ]
+        assert self.transforms is not None
         tokens = self._raw_tokens(features)
-        if self.transforms is None or not bool(self.transform_active):
-            # No text guidance, or zero-shot (nothing trained): frozen ln_post + projection.
-            return self.backbone.project_tokens(tokens).to(tokens.dtype)
         mean, std = self.token_mean.to(tokens.dtype), self.token_std.to(tokens.dtype)
         if self.transforms_vv is None:
-            return self.transforms(tokens, self.map_levels, mean, std)
+            return [self.transforms.normalise(tokens, mean, std)]
         n = len(self.taps)
+        return [
+            self.transforms.normalise(tokens[:, :n], mean[:n], std[:n]),
+            self.transforms_vv.normalise(tokens[:, n:], mean[n:], std[n:]),
+        ]
+
+    def training_features(self, support: SupportSet) -> Features:
+        """The support features with the Transformation Layers' frozen inputs computed once.
+
+        ``LN(x)`` and its support standardisation ``z`` depend on the frozen tokens and the
+        support statistics only, yet the step recomputed them for every batch; here they are
+        computed once per fit for every support image (a batch gathers its rows). The raw patch
+        tokens are then not needed by the step and are left out. ``LN(x)`` is kept only where a
+        frozen projection base uses it (``transform_init="projection"``).
+        """
+        features = support.features
+        if self.transforms is None or not bool(self.transform_active) or not features:
+            return features
+        with torch.no_grad():
+            parts = self._normalised_tokens(features)
+        out = {k: v for k, v in features.items() if k not in ("patches", "patches_vv")}
+        for i, (y, z) in enumerate(parts):
+            out[f"{_NORMALISED_Z}{i}"] = z
+            if self.transforms.has_base and z is not y:
+                out[f"{_NORMALISED_Y}{i}"] = y
+        return out
+
+    def _tokens_in_text_space(self, features: Features) -> Tensor:
+        """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
+        if self.transforms is None or not bool(self.transform_active):
+            # No text guidance, or zero-shot (nothing trained): frozen ln_post + projection.
+            tokens = self._raw_tokens(features)
+            return self.backbone.project_tokens(tokens).to(tokens.dtype)
+        parts = self._normalised_tokens(features)
+        if self.transforms_vv is None:
+            return self.transforms.on_normalised(*parts[0], self.map_levels)
         return torch.cat(
-            [
-                self.transforms(tokens[:, :n], None, mean[:n], std[:n]),
-                self.transforms_vv(tokens[:, n:], None, mean[n:], std[n:]),
-            ],
+            [self.transforms.on_normalised(*parts[0]), self.transforms_vv.on_normalised(*parts[1])],
             dim=1,
         )
 

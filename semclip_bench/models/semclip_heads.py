@@ -48,6 +48,21 @@ class TransformationLayers(nn.Module):
         self.register_buffer("base_weight", base_weight.detach().clone().float())
         self.register_buffer("base_bias", base_bias.detach().clone().float())
 
+    def normalise(
+        self, tokens: Tensor, mean: Tensor | None = None, std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(LN(x), z)`` of raw tokens (B, M, L, width): the frozen inputs of :meth:`forward`.
+
+        ``z = (LN(x) - mean_m) / std_m`` with per-map statistics (M, width), else ``LN(x)``.
+        Both depend on the frozen tokens and statistics only, so a fit may compute them once for
+        its whole support set and pass them to :meth:`on_normalised` per step: each is an
+        elementwise or per-row op, so a row's values do not depend on the rows it is computed
+        with.
+        """
+        y = F.layer_norm(tokens, (self.width,), eps=self.eps)
+        z = y if mean is None or std is None else (y - mean[:, None, :]) / std[:, None, :]
+        return y, z
+
     def forward(
         self,
         tokens: Tensor,
@@ -60,13 +75,16 @@ class TransformationLayers(nn.Module):
         The base acts on ``LN(x)``; the trainable part on ``(LN(x) - mean_m) / std_m`` when the
         per-map statistics ``mean``, ``std`` (M, width) are given (well-conditioned steps).
         """
+        y, z = self.normalise(tokens, mean, std)
+        return self.on_normalised(y, z, levels)
+
+    def on_normalised(self, y: Tensor, z: Tensor, levels: Tensor | None = None) -> Tensor:
+        """The layers on already normalised tokens ``y = LN(x)``, ``z`` (see :meth:`normalise`)."""
         weight, bias = self.weight, self.bias  # (n, D, W), (n, D)
         if levels is not None:  # select by a one-hot matmul: deterministic backward on CUDA
             sel = F.one_hot(levels, weight.shape[0]).to(weight.dtype)  # (M, n)
             weight = (sel @ weight.flatten(1)).view(len(levels), *weight.shape[1:])
             bias = sel @ bias
-        y = F.layer_norm(tokens, (self.width,), eps=self.eps)
-        z = y if mean is None or std is None else (y - mean[:, None, :]) / std[:, None, :]
         out = torch.einsum("bmlw,mdw->bmld", z, weight) + bias[None, :, None, :]
         if self.has_base:
             out = out + F.linear(y, self.base_weight, self.base_bias)

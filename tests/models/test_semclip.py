@@ -448,3 +448,74 @@ def test_checkpoint_round_trip_reproduces_outputs(
 def test_bad_options_are_user_errors(backbone, options) -> None:
     with pytest.raises(UserError, match="semclip option"):
         make(backbone, **options)
+
+
+# --------------------------------------------------------------------------------- per-fit cache
+CACHED_FORMS = [
+    {},
+    {"transform_init": "projection", "text_centering": True},
+    {"transform": "separate"},
+    {"paths": "vanilla"},
+]
+
+
+@pytest.mark.parametrize("options", CACHED_FORMS)
+def test_training_features_give_the_same_loss_and_gradients(
+    backbone, images, labels, masks, options
+) -> None:
+    """A batch of rows of the per-fit features gives exactly (torch.equal) the loss terms and
+    gradients the step computes from the raw features' rows."""
+    method = make(backbone, **options)
+    support = support_of(method, images, labels, masks)
+    method.setup_support(support)
+    cached = method.training_features(support)
+    assert "patches" not in cached and any(k.startswith("transform_z_") for k in cached)
+    rows = torch.tensor([4, 1, 5, 2])
+
+    def loss_and_grads(features) -> tuple[dict, list]:
+        method.zero_grad()
+        batch = {k: v[rows] for k, v in features.items()}
+        terms = method.training_loss(batch, labels[rows], masks[rows])
+        terms["loss"].backward()
+        return terms, [p.grad.clone() for p in method.trainable_parameters()]
+
+    terms_raw, grads_raw = loss_and_grads(support.features)
+    terms_cached, grads_cached = loss_and_grads(cached)
+    assert terms_raw.keys() == terms_cached.keys()
+    for name in terms_raw:
+        assert torch.equal(terms_raw[name], terms_cached[name]), name
+    for a, b in zip(grads_raw, grads_cached, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_normalise_of_a_batch_equals_normalise_of_the_whole_set(backbone, images) -> None:
+    """LN and the standardisation are per row: the rows of the whole set's result equal the
+    result on those rows alone (what lets a fit compute them once)."""
+    method = make(backbone)
+    tokens = method._raw_tokens(method.extract(images))
+    gen = torch.Generator().manual_seed(3)
+    mean = torch.randn(tokens.shape[1], tokens.shape[-1], generator=gen)
+    std = torch.rand(tokens.shape[1], tokens.shape[-1], generator=gen) + 0.5
+    assert method.transforms is not None
+    y_all, z_all = method.transforms.normalise(tokens, mean, std)
+    rows = torch.tensor([5, 0, 3])
+    y, z = method.transforms.normalise(tokens[rows], mean, std)
+    assert torch.equal(y, y_all[rows]) and torch.equal(z, z_all[rows])
+
+
+@pytest.mark.parametrize("options", CACHED_FORMS[:2])
+def test_fit_with_per_fit_features_equals_fit_without(
+    backbone, images, labels, masks, options, monkeypatch
+) -> None:
+    """A whole fit trains to the same parameters (torch.equal) with the per-fit features as with
+    the step computing everything from the raw features."""
+    config = TrainingConfig(epochs=3, lr=1e-2, batch_size=4)  # batches of 4 and 2 rows
+    cached = make(backbone, **options)
+    fit_method(cached, support_of(cached, images, labels, masks), config, seed=1)
+    monkeypatch.setattr(SemClip, "training_features", lambda self, support: support.features)
+    plain = make(backbone, **options)
+    fit_method(plain, support_of(plain, images, labels, masks), config, seed=1)
+    a, b = cached.head_state_dict(), plain.head_state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
