@@ -53,7 +53,7 @@ BOOTSTRAP_SEED = 20240
 #: Replicates of a table's intervals unless ``--bootstrap N`` says otherwise.
 DEFAULT_RESAMPLES = 1000
 #: Histogram bins of the pixel scores per episode.
-DEFAULT_BINS = 512
+DEFAULT_BINS = 128
 
 
 @dataclass
@@ -89,6 +89,8 @@ class EpisodeScores:
         )
         for name in ("class_logits", "edges", "normal_hist", "region_hist", "region_image"):
             value = getattr(self, name)
+            if value is not None and name.endswith("_hist") and value.size and value.max() < 65536:
+                value = value.astype(np.uint16)  # counts of one image's pixels: half the bytes
             if value is not None:
                 arrays[name] = value
         path = Path(path)
@@ -109,10 +111,26 @@ class EpisodeScores:
             class_names=[str(x) for x in get.get("class_names", np.zeros(0, dtype=str))],
             class_logits=get.get("class_logits"),
             edges=get.get("edges"),
-            normal_hist=get.get("normal_hist"),
-            region_hist=get.get("region_hist"),
+            normal_hist=_counts_array(get.get("normal_hist")),
+            region_hist=_counts_array(get.get("region_hist")),
             region_image=get.get("region_image"),
         )
+
+
+def _counts_array(value: np.ndarray | None) -> np.ndarray | None:
+    """Stored histogram counts (uint16 where they fit) as uint32, as they were computed."""
+    return None if value is None else value.astype(np.uint32)
+
+
+def _quantiles(values: Any, count: int) -> Any:
+    """``count + 1`` evenly spaced order statistics (float64) of at most ~1M evenly strided
+    ``values``: each is one of the float32 scores."""
+    import torch
+
+    stride = max(1, values.numel() // (1 << 20))
+    sample = values[::stride].double().sort().values
+    levels = torch.linspace(0, 1, count + 1, dtype=torch.float64, device=sample.device)
+    return sample[(levels * (sample.numel() - 1)).round().long()]
 
 
 def pixel_statistics(
@@ -122,9 +140,10 @@ def pixel_statistics(
 
     ``maps``: (n, H, W) numpy array or tensor (a CUDA tensor is binned on its GPU);
     ``truth``: the query's :class:`~semclip_bench.metrics.pixel.PixelTruth` with regions. Edges
-    are quantiles of the pooled scores (from at most ~1M evenly strided pixels) plus the min and
-    max, so bins hold similar pixel counts; a pixel is in bin b when edges[b] <= s < edges[b+1]
-    (the last bin also holds the max), so "score >= edges[b]" is "bin >= b".
+    are quantiles of the pooled scores for half the bins and of the defect pixels' scores for
+    the other half (from at most ~1M evenly strided pixels each), plus the min and max. A pixel
+    is in bin b when edges[b] <= s < edges[b+1] (the last bin also holds the max), so
+    "score >= edges[b]" is "bin >= b".
     """
     import torch
 
@@ -134,13 +153,17 @@ def pixel_statistics(
         else torch.from_numpy(np.ascontiguousarray(maps).reshape(-1))
     )
     flat = flat.float()
-    stride = max(1, flat.numel() // (1 << 20))
-    sample = flat[::stride].double().sort().values
-    levels = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=sample.device)
-    positions = (levels * (sample.numel() - 1)).round().long()
-    edges = sample[positions]
+    defect = torch.from_numpy(np.asarray(truth.defect, dtype=bool)).to(flat.device)
+    defect_scores = flat[defect]
+    # Half the edges follow the pooled scores, half the defect pixels' scores: defect pixels are
+    # a few percent of all, and pF1-max and AUPRO are decided in their score range.
+    pooled_bins = bins if defect_scores.numel() == 0 else bins - bins // 2
+    parts = [_quantiles(flat, pooled_bins)]
+    if defect_scores.numel():
+        parts.append(_quantiles(defect_scores, bins // 2))
+    edges = torch.cat(parts)
     edges[0] = flat.min().double()
-    edges[-1] = flat.max().double()
+    edges = torch.cat([edges, flat.max().double().reshape(1)])
     edges = torch.unique(edges)  # sorted, distinct
     if edges.numel() < 2:  # a constant map: one bin
         edges = torch.cat([edges, edges + 1.0])

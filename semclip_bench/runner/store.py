@@ -31,7 +31,7 @@ from semclip_bench.runner.versions import between_note
 
 #: Version of PROTOCOL.md the runner implements (fixed query per category, validation split,
 #: balanced sem-synth query, content digests in the provenance).
-PROTOCOL_VERSION = "v2"
+PROTOCOL_VERSION = "v3"
 
 #: Value of an identity column that a row does not record (written by an older version).
 UNKNOWN = "unknown"

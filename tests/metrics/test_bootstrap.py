@@ -29,8 +29,8 @@ from semclip_bench.metrics.bootstrap import (
     seed_weights,
 )
 
-#: Stated bounds of the binned pixel metrics against the exact values (512 quantile bins, on
-#: the synthetic maps below; docs/PROTOCOL.md quotes them).
+#: Stated bounds of the binned pixel metrics against the exact values (128 bins: quantiles of
+#: the pooled and of the defect pixels' scores; on the synthetic maps below; PROTOCOL.md).
 PAUROC_BOUND = 0.002
 PF1_BOUND = 0.01
 AUPRO_BOUND = 0.01

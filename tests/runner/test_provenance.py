@@ -68,7 +68,7 @@ def _rewrite(path: Path, column: str, value: str, rows: slice = slice(None)) -> 
 def test_identity_in_rows_provenance_and_header(small_run: Path, tiny_data: Path) -> None:
     digest = dataset_digest(load_dataset(tiny_data))
     record = json.loads((small_run / "sweep" / "provenance.json").read_text())
-    assert record["protocol"] == PROTOCOL_VERSION == "v2"
+    assert record["protocol"] == PROTOCOL_VERSION == "v3"
     assert record["dataset_digest"] == digest and len(digest) == 64
     assert record["weights"] == "random init"
     assert record["weights_digest"].startswith("random-init:semclip-tiny:")
@@ -76,7 +76,7 @@ def test_identity_in_rows_provenance_and_header(small_run: Path, tiny_data: Path
     assert (record["rank"], record["ranks"], record["shard"]) == (0, 1, "0/1")
     assert record["episodes_assigned"] == 2
     rows = read_rows([small_run / "sweep"])
-    assert set(rows["protocol"]) == {"v2"}
+    assert set(rows["protocol"]) == {"v3"}
     assert set(rows["dataset_digest"]) == {digest}
     assert set(rows["weights_digest"]) == {record["weights_digest"]}
     text = (small_run / "sweep.md").read_text()
