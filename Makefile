@@ -70,22 +70,30 @@ controls: $(STAMP)
 ablate: $(STAMP)
 	$(PY) -m semclip_bench ablate
 
-# The commands that made the committed tables name their folder explicitly (each from a clean
-# cache, at the commit the table names; the exact command is in each table's provenance):
-#   results/sweep:        sweep --shots 1,5,10,20 --wandb disabled --out results       (2-core CPU)
-#   results/gpu/sweep:    sweep --shots 1,5,10,20 --wandb disabled --out results/gpu   (1 x H200)
-#   results/gpu/ablation: ablate --wandb disabled --devices 2 --out results/gpu        (2 x H200)
+# The committed tables, each from a clean cache at the commit it names, under the lock (the exact
+# command is in each table's provenance). `make results` on a 2-core CPU; `make gpu-results` on
+# one GPU (the committed ones: 1 x H100, fp32).
+.PHONY: results gpu-results
+results: $(STAMP)
+	SEMCLIP_BENCH_CACHE=$$(mktemp -d) $(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --wandb disabled --out results
+
+gpu-results: $(STAMP)
+	export SEMCLIP_BENCH_CACHE=$$(mktemp -d); \
+	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --wandb disabled --out results/gpu && \
+	$(PY) -m semclip_bench ablate --wandb disabled --out results/gpu && \
+	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --pretrained none --wandb disabled --out results/gpu/control
 
 # Rerun a few committed episodes of results/sweep from a clean cache on the CPU in fp32 and compare
 # their rows bit for bit (exit 1 on any difference).
 verify-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/sweep
 
-# The same check for the committed GPU rows (written on an H200), on this machine's GPU; on another
-# model, a difference is reported with both GPU names as its likely cause.
+# The same check for the committed GPU rows, on this machine's GPU; on another model, a
+# difference is reported with both GPU names as its likely cause.
 verify-gpu-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/gpu/sweep
 	$(PY) -m semclip_bench verify --from results/gpu/ablation
+	$(PY) -m semclip_bench verify --from results/gpu/control/sweep
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
