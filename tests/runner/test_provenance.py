@@ -80,7 +80,7 @@ def test_identity_in_rows_provenance_and_header(small_run: Path, tiny_data: Path
     assert set(rows["dataset_digest"]) == {digest}
     assert set(rows["weights_digest"]) == {record["weights_digest"]}
     text = (small_run / "sweep.md").read_text()
-    assert "- Protocol: v2" in text
+    assert "- Protocol: v3" in text
     assert f"content sha256 `{digest}`" in text
     assert "random init (seeded, no weights file)" in text
     assert "precision: fp32" in text and "Wall-clock:" in text and "seeds: [0]" in text
