@@ -39,6 +39,10 @@ class TrainingConfig:
     (one optimiser step per epoch: E steps for every K, so K changes what is learnt from, not how
     long it is optimised); an integer fixes the batch size instead (then steps grow with K). There
     is deliberately no step cap: a cap would give large K fewer epochs than small K.
+
+    ``min_steps`` is an optional step floor: a support set whose E epochs make fewer optimiser
+    steps gets more epochs, the fewest that reach the floor (0: no floor). It lifts only the small
+    support sets, which one pass in batches of ``batch_size`` leaves with few steps.
     """
 
     epochs: int = 20
@@ -47,11 +51,17 @@ class TrainingConfig:
     #: Support images per optimiser step; None = the whole support set (full batch).
     batch_size: int | None = None
     betas: tuple[float, float] = (0.9, 0.999)
+    #: Step floor: at least this many optimiser steps, reached by adding epochs (0 = none).
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         """Check and normalise the values (YAML gives lists and strings); UserError on bad ones."""
         if not _is_int(self.epochs) or self.epochs < 0:
             raise UserError(f"training option epochs must be an integer >= 0, got {self.epochs!r}")
+        if not _is_int(self.min_steps) or self.min_steps < 0:
+            raise UserError(
+                f"training option min_steps must be an integer >= 0, got {self.min_steps!r}"
+            )
         batch = self.batch_size
         if batch is not None and (not _is_int(batch) or batch < 1):
             raise UserError(
@@ -80,6 +90,13 @@ class TrainingConfig:
     def steps_per_epoch(self, n_support: int) -> int:
         """Optimiser steps of one pass over ``n_support`` images (the last batch may be short)."""
         return -(-n_support // self.batch_for(n_support)) if n_support > 0 else 0
+
+    def epochs_for(self, n_support: int) -> int:
+        """Epochs trained on ``n_support`` images: ``epochs``, or more to reach ``min_steps``."""
+        per_epoch = self.steps_per_epoch(n_support)
+        if self.epochs == 0 or per_epoch == 0:
+            return self.epochs
+        return max(self.epochs, -(-self.min_steps // per_epoch))
 
 
 def _is_int(value: object) -> bool:
@@ -195,10 +212,13 @@ def support_loader(support: SupportSet, config: TrainingConfig, seed: int) -> Da
     )
 
 
-def support_trainer(config: TrainingConfig, **trainer_kwargs: object) -> L.Trainer:
-    """A quiet Trainer for ``config.epochs`` epochs (CPU, deterministic unless overridden)."""
+def support_trainer(
+    config: TrainingConfig, n_support: int, **trainer_kwargs: object
+) -> L.Trainer:
+    """A quiet Trainer for ``config.epochs_for(n_support)`` epochs (CPU, deterministic unless
+    overridden)."""
     defaults: dict[str, object] = dict(
-        max_epochs=config.epochs,
+        max_epochs=config.epochs_for(n_support),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -246,7 +266,8 @@ def fit_method(
     """Prepare ``method`` from ``support``; if it is trainable, train it with a Lightning Trainer.
 
     ``config.epochs`` passes over the support set in batches of ``config.batch_size`` (None: all
-    of it), no step cap (the budget rule of :class:`TrainingConfig`). Seeded
+    of it), more where ``config.min_steps`` asks for them, no step cap (the budget rule of
+    :class:`TrainingConfig`). Seeded
     (``L.seed_everything``) and deterministic on CPU. Extra keyword arguments go to
     :class:`lightning.Trainer` (for example ``accelerator``, ``logger``, ``precision``,
     ``callbacks``). The returned module's ``history`` holds the per-epoch training losses.
@@ -263,7 +284,8 @@ def fit_method(
     batches = dataclasses.replace(support, features=method.training_features(support))
     loader = support_loader(batches, config, seed)
     with expected_fit_warnings(), deterministic_attention(device):
-        support_trainer(config, **trainer_kwargs).fit(module, train_dataloaders=loader)
+        trainer = support_trainer(config, len(support.labels), **trainer_kwargs)
+        trainer.fit(module, train_dataloaders=loader)
     # Lightning's teardown moves the trained module (and with it the shared frozen backbone) to
     # the CPU unless FewShotModule.cpu keeps it; make sure it is where the caller had it, or
     # every later extraction runs on the CPU (a no-op when nothing moved).

@@ -197,7 +197,7 @@ def fit_methods_together(
     device = next(iter(methods[0].parameters()), torch.empty(0)).device
     stacked = StackedFewShotModule(methods, config)
     with expected_fit_warnings():
-        trainer = support_trainer(config, **trainer_kwargs)
+        trainer = support_trainer(config, len(supports[0].labels), **trainer_kwargs)
         # The fused attention kernels have no (CPU) or a wrong (CUDA, with an attention mask:
         # "attn_bias: wrong shape") batching rule under vmap; the math form is plain batched
         # matrix products (attention only runs in AnomalyCLIP's text tower here).

@@ -59,8 +59,8 @@ def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -
     """Estimated cost of one episode: optimiser steps of its fit (+ one unit of prediction).
 
     Steps follow the budget rule of ``TrainingConfig``: ``epochs`` passes over the support set
-    in batches of ``batch_size`` (full batch when None); the support set has K normal images, plus
-    K per defect type for methods that train on defects.
+    in batches of ``batch_size`` (full batch when None), at least ``min_steps``; the support set
+    has K normal images, plus K per defect type for methods that train on defects.
     """
     if not getattr(method_cls, "trainable", False) or shots == 0:
         return UNTRAINED_COST
@@ -68,7 +68,9 @@ def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -
     training = variant.training or {}
     epochs = int(training.get("epochs", 20))
     batch = training.get("batch_size") or support
-    return UNTRAINED_COST + epochs * math.ceil(support / int(batch))
+    per_epoch = math.ceil(support / int(batch))
+    floor = int(training.get("min_steps", 0))
+    return UNTRAINED_COST + max(epochs * per_epoch, floor if epochs else 0)
 
 
 def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tuple]:

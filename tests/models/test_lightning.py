@@ -81,6 +81,25 @@ def test_fixed_batch_size_steps_grow_with_the_support_set() -> None:
     assert method.steps == 6  # 2 epochs x 3 batches (4, 4, 1)
 
 
+def test_step_floor_adds_epochs_only_where_the_support_set_is_small() -> None:
+    """min_steps lifts a small support set to the fewest whole epochs that reach the floor and
+    leaves one whose E epochs already make that many steps alone."""
+    config = TrainingConfig(epochs=3, batch_size=4, min_steps=10)
+    # 3 images: 1 step per epoch -> 10 epochs; 9 images: 3 steps -> 4 epochs (12 steps);
+    # 16 images: 4 steps -> the 3 epochs already make 12 >= 10.
+    assert [config.epochs_for(n) for n in (0, 3, 9, 16)] == [3, 10, 4, 3]
+    assert TrainingConfig(epochs=0, min_steps=10).epochs_for(5) == 0  # no training stays none
+    small, large = _Counting(), _Counting()
+    module = fit_method(small, _support(3), config, seed=0)
+    fit_method(large, _support(16), config, seed=0)
+    assert (small.steps, large.steps, len(module.loss_history)) == (10, 12, 10)
+
+
+def test_no_floor_keeps_the_epoch_rule() -> None:
+    config = TrainingConfig(epochs=3, batch_size=4)
+    assert config.min_steps == 0 and [config.epochs_for(n) for n in (1, 9, 40)] == [3, 3, 3]
+
+
 def test_loss_history_has_one_mean_per_epoch() -> None:
     method = _Counting()
     module = fit_method(method, _support(8), TrainingConfig(epochs=4, batch_size=4, lr=0.1))
@@ -98,7 +117,15 @@ def test_epoch_loss_is_the_mean_over_images_not_over_batches() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"epochs": -1}, {"epochs": 2.5}, {"batch_size": 0}, {"lr": 0}, {"lr": "fast"}, {"betas": [1]}],
+    [
+        {"epochs": -1},
+        {"epochs": 2.5},
+        {"batch_size": 0},
+        {"lr": 0},
+        {"lr": "fast"},
+        {"betas": [1]},
+        {"min_steps": -3},
+    ],
 )
 def test_bad_training_values_are_user_errors(bad: dict) -> None:
     with pytest.raises(UserError, match="training option"):

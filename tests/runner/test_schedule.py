@@ -42,6 +42,9 @@ def test_cost_follows_the_budget_rule() -> None:
     assert unit_cost(20, 4, full_batch, Trained) == UNTRAINED_COST + 20
     assert unit_cost(20, 4, batched, Memory) == UNTRAINED_COST
     assert unit_cost(0, 4, batched, Trained) == UNTRAINED_COST  # zero-shot: nothing to train
+    floored = SimpleNamespace(training={"epochs": 30, "batch_size": 16, "min_steps": 200})
+    assert unit_cost(1, 4, floored, Trained) == UNTRAINED_COST + 200  # 5 images: 30 -> 200 steps
+    assert unit_cost(20, 4, floored, Trained) == UNTRAINED_COST + 210  # 100 images: 7 x 30
 
 
 def test_longest_first_and_stable() -> None:
