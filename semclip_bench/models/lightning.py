@@ -212,9 +212,7 @@ def support_loader(support: SupportSet, config: TrainingConfig, seed: int) -> Da
     )
 
 
-def support_trainer(
-    config: TrainingConfig, n_support: int, **trainer_kwargs: object
-) -> L.Trainer:
+def support_trainer(config: TrainingConfig, n_support: int, **trainer_kwargs: object) -> L.Trainer:
     """A quiet Trainer for ``config.epochs_for(n_support)`` epochs (CPU, deterministic unless
     overridden)."""
     defaults: dict[str, object] = dict(
