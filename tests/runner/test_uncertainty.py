@@ -182,3 +182,25 @@ def test_paired_differences_with_the_best(run: Path) -> None:
     weak = _line(text, section, "weak", "1")[2]
     difference, share = weak.split("], ")
     assert difference.startswith("+") and share == "100%"
+
+
+def test_paired_gain_benchmark_bolds_only_separated_gains(run: Path) -> None:
+    from benchmarks.paired_gain import paired_gains
+
+    table = paired_gains(run, [("strong", "weak"), ("weak", "strong"), ("weak", "weak")], 200)
+    rows = {
+        (cells[0], cells[1], cells[2]): cells[3:]
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+        )
+    }
+    ahead, behind, same = (
+        rows["strong", "weak", "1"],
+        rows["weak", "strong", "1"],
+        rows["weak", "weak", "1"],
+    )
+    assert ahead[0].startswith("**+") and ahead[0].endswith("100%")  # iAUROC: clearly ahead
+    assert behind[0].startswith("**-") and behind[0].endswith(" 0%")
+    assert same[0] == "+0.0 [+0.0, +0.0] 0%"  # a variant against itself: no gain, never ahead
+    with pytest.raises(SystemExit, match="no finished episodes of missing"):
+        paired_gains(run, [("missing", "weak")], 10)
