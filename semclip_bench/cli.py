@@ -27,7 +27,26 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults in every option's help and keeps descriptions' line breaks."""
+    """Shows each option's default once and keeps descriptions' line breaks.
+
+    The default is appended to an option's help unless the help states it already (says
+    "default"), the option is a flag without a value (its default is the flag's absence; flags
+    sharing one destination would all show that destination's default), or the default is None
+    or empty (the help says what happens without the option).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or action.nargs == 0
+            or default is None
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+        ):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -235,6 +235,11 @@ def test_readme_example_runs(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["rows"]) == 2 and (tmp_path / "runs" / "mine" / "sweep.md").is_file()
     assert namespace["prediction"].scores.shape == (len(namespace["queries"]),)
+    # The maps can be judged: normal and defect queries, every defect query with its mask.
+    truth, query_masks = namespace["truth"], namespace["query_masks"]
+    assert "good" in truth and set(truth) - {"good"}
+    assert [m is None for m in query_masks] == [t == "good" for t in truth]
+    assert all(Path(m).is_file() for m in [*query_masks, *namespace["masks"]] if m is not None)
     assert (tmp_path / "maps.png").stat().st_size > 0
 
 

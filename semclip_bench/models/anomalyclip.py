@@ -1,31 +1,8 @@
 """AnomalyCLIP-style baseline: object-agnostic learnable prompts on a frozen CLIP with DPAM.
 
-Re-implementation of Zhou et al., "AnomalyCLIP" (ICLR 2024), from the paper and the facts of its
-public description (no code copied).
-
-Deviation from the paper, by design of this benchmark: AnomalyCLIP learns its prompts once on an
-auxiliary annotated dataset (e.g. VisA for MVTec AD) and is then applied zero-shot. Here the
-prompts are trained on each episode's **K-shot support set** (K normal + K per defect type, with
-masks: the supervision SEM-CLIP gets), so both defect-supervised methods see the same data. The
-training budget follows the benchmark's one rule for every trainable method
-(:class:`~semclip_bench.models.lightning.TrainingConfig`, ``configs/methods/anomalyclip.yaml``):
-E full-batch epochs over the support set, each support image seen E times whatever K is, the
-same rule as SEM-CLIP's. The optimiser is the paper's (Adam, lr 1e-3, betas (0.5, 0.999)).
-
-- Two prompts, "[V1..Vn] object." (normal) and "[W1..Wn] damaged object." (abnormal). The n
-  placeholder words are replaced by learnable context vectors in the token-embedding space.
-- Optional learnable tokens in the early text layers ("deep" / compound prompts): for
-  ``deep_prompt_depth = J`` the text layers 2..J get ``deep_prompt_length`` learnable tokens that
-  replace the hidden states right after SOS at their input (layer 1's learnable tokens are the
-  context vectors themselves), as in the public code where depth 9 means 8 extra tensors.
-- Vision: CLS from the vanilla path (image score); patch tokens from the v-v (DPAM) path at every
-  tap (segmentation), both through ``ln_post`` + projection.
-- Map per tap = (softmax(cos/T)[abn] + 1 - softmax(cos/T)[norm]) / 2, summed over taps (as
-  published; a map in [0, n_taps]), upsampled bilinearly to the input size, Gaussian blur sigma 4.
-  Image score = softmax(cls . text / T)[abn].
-- Loss = ``seg_loss_weight`` x sum over taps of
-  [focal(p, gt) + dice(p_abn, gt) + dice(p_norm, 1 - gt)]
-  + cross-entropy of the image logits on normal vs defect (public code: weight 4).
+A re-implementation of Zhou et al., "AnomalyCLIP" (ICLR 2024), whose prompts are trained on each
+episode's K-shot support set instead of an auxiliary dataset. The method card
+``docs/methods/anomalyclip.md`` describes the prompts, maps, loss and that deviation.
 """
 
 from __future__ import annotations

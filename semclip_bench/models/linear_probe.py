@@ -1,17 +1,7 @@
 """Linear-probe classification baseline: logistic regression on frozen CLIP image embeddings.
 
-The classic CLIP linear probe (Radford et al. 2021): a multinomial, L2-regularised logistic
-regression on the L2-normalised image embedding (``backbone.encode_image``) of the support set
-(K normal + K per defect type), fitted in ``setup_support`` by full-batch L-BFGS in float64 —
-deterministic, no Lightning training, no scikit-learn at runtime (scikit-learn is only the tests'
-reference). The objective is scikit-learn's::
-
-    C * sum_i CE(W x_i + b, y_i) + 0.5 * ||W||^2      (the bias is not penalised)
-
-It is a classifier: its detection score is derived from the class posterior,
-``image_score = 1 - p(normal | x)``, and it has no spatial output — the anomaly map is that score
-broadcast to every pixel, so pixel metrics of this method are meaningless (``produces_maps =
-False``: the runner reports them as n/a).
+Fitted by deterministic full-batch L-BFGS in ``setup_support``; no anomaly maps (``produces_maps =
+False``). The method card ``docs/methods/linear_probe.md`` gives the objective and scores.
 """
 
 from __future__ import annotations

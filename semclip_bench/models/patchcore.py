@@ -1,41 +1,7 @@
 """PatchCore (Roth et al., CVPR 2022) as a few-shot baseline: a memory bank of normal patches.
 
-Pipeline (as in the paper and its public description):
-
-* Patch features. Two feature sources:
-
-  - ``extractor="clip"`` (default, offline): the vanilla-path patch tokens of blocks ``taps`` of
-    the shared CLIP visual tower (default two middle blocks, (6, 9) of 12, scaled for other
-    depths), so that every method of the benchmark sees the same pretrained representation: the
-    ViT analogue of the paper's intermediate CNN feature maps (a ViT has one grid, so no
-    upsampling). Per tap, ``clip_norm`` chooses the token normalisation: ``"none"`` (default, the
-    raw residual stream), ``"ln"`` (a parameter-free LayerNorm over the channels: the few outlier
-    channels of CLIP's residual stream, which otherwise dominate Euclidean distances, are scaled
-    with the rest) or ``"ln_post"`` (the backbone's final LayerNorm with its affine);
-    ``clip_project=True`` then applies the visual projection into the joint image-text space
-    (``clip_norm="ln_post"`` + ``clip_project`` = ``backbone.project_tokens``). Each tap is then
-    reshaped to the patch grid, aggregated over its 3x3 neighbourhood and the taps are
-    concatenated (n_taps x width, or n_taps x embed_dim projected). The candidates are the named
-    variants ``configs/methods/patchcore_*.yaml``, to be compared on validation data.
-  - ``extractor="timm"`` (the paper's setting): ``wide_resnet50_2`` layers 2 and 3 from a local
-    weights file. Each layer is aggregated over its 3x3 neighbourhood (average pool, stride 1,
-    zero padding counted, as the public code's zero-padded unfold + mean), layer 3 is upsampled
-    bilinearly to layer 2's (the finest) grid and the two are concatenated (1536 dims). The
-    authors' code further reduces the dimension by adaptive average pooling over channels (each
-    layer's flattened 3x3 x C patch to 1024, then the 2 x 1024 stack to 1024); here that is the
-    ``embed_dim`` option, applied after the spatial average (each layer's C channels to
-    ``embed_dim``, then the concatenation to ``embed_dim``). Default None keeps the 1536
-    concatenated channels: no information is averaged away and, in few-shot, the memory is small.
-    Input: ``image_size`` (default 256, the paper's resize; no centre crop, so the map covers the
-    whole image) with the model's own mean/std (ImageNet), exposed for the runner's transform.
-
-* Memory bank: all patches of the K normal support images; optional greedy k-center coreset
-  (``coreset_ratio``; 1.0 keeps every patch, the usual few-shot setting), selected on a seeded
-  random projection to 128 dims from a seeded random start.
-* Patch score: Euclidean distance to the nearest memory patch (:func:`knn`, chunked over queries).
-* Image score: the paper's reweighting of the maximal patch score s* (:func:`reweighted_scores`,
-  b = ``num_neighbors`` = 9; numerically stable softmax form).
-* Map: patch scores upsampled bilinearly to the input size, then Gaussian blur (sigma 4).
+The method card ``docs/methods/patchcore.md`` describes the two feature sources (CLIP tokens,
+the paper's timm CNN), the memory bank, the scores and the CLIP feature-space variants.
 """
 
 from __future__ import annotations
@@ -250,7 +216,7 @@ class PatchCore(FewShotMethod):
 
         ``extractor``: "clip" (the shared backbone's tokens at ``taps``, normalised by
         ``clip_norm`` = "none" | "ln" | "ln_post" and projected into the joint space when
-        ``clip_project``; see the module docstring) or "timm" (``timm_name``
+        ``clip_project``; see ``docs/methods/patchcore.md``) or "timm" (``timm_name``
         with weights from the local file ``timm_weights``, feature layers ``timm_layers``, input
         ``image_size``, default 256 as the paper). ``embed_dim``: optional channel reduction by
         adaptive average pooling (the paper's code uses 1024). ``coreset_ratio`` in (0, 1]: fraction

@@ -1,89 +1,8 @@
 """SEM-CLIP (Jin et al., ICCAD 2024): few-shot segmentation and classification of SEM wafer defects.
 
-Two forms (config files in ``configs/methods``):
-
-* ``semclip`` -- **as published**: expert prompts, dual (vanilla + v-v) path, a text-guided
-  Transformation Layer and a Classification Head fine-tuned on the K shots. Every detail the
-  paper does not publish is a documented choice below, marked *(choice)*.
-* ``semclip_plus`` -- **with this project's two additions**, which are not in the paper:
-  ``text_centering=True`` and ``transform_init="projection"`` (both described below).
-
-The constructor defaults are the published form.
-
-Pipeline (unpublished details are named options):
-
-* **Frozen features** (``extract``, cached by the runner): the CLIP ViT's projected CLS embedding
-  and raw patch tokens at the tapped blocks (``taps``; *(choice)* 3, 6, 9, 12 of a 12-block ViT,
-  ``backbone.default_taps()``), from the vanilla path (q-k attention + MLP) and, in
-  ``paths="dual"``, from the CLIP Surgery v-v stream (``backbone.forward_features``;
-  ``vv_blocks=None`` = *(choice)* every block, as PromptAD, so every tap has a v-v level).
-* **Expert prompts** (``semclip_bench/prompts.py``): per class, template x state phrases embedded
-  and averaged into one text vector; class ``good`` uses the normal-state phrases.
-* **Transformation Layer** ``T_l`` per tapped level (trainable, APRIL-GAN style: a linear map of
-  the level's tokens into the joint text space). *(choice)* The tokens are first LayerNormed
-  without affine (``LN``) and standardised per channel with support statistics,
-  ``z_l = (LN(x) - mu_l) / sigma_l`` (computed in ``setup_support``; CLIP's residual stream has a
-  few huge channels, and standardising keeps the few-shot steps well conditioned), so
-  ``T_l(x) = W_l z_l + b_l`` with ``nn.Linear``'s initialisation (``transform_init="random"``,
-  published form). *(choice)* ``transform="shared"``: one ``T_l`` per level serves both paths
-  (the two streams live in the same residual space, and it halves the trainable parameters);
-  ``"separate"`` gives the v-v path its own ``T_l``.
-  Addition (``semclip_plus``): ``transform_init="projection"`` adds the backbone's own frozen
-  ``ln_post`` + projection as a base, ``T_l(x) = W0 LN(x) + b0 + W_l z_l + b_l`` with ``W_l``,
-  ``b_l`` starting at zero, so training starts from the zero-shot CLIP Surgery maps and weight
-  decay pulls towards them.
-* **Text centring** (addition, ``semclip_plus``; off in the published form): the class text
-  vectors are used as ``normalise(t_c - mean_c t_c)``, i.e. with their class-common part removed.
-  Prompt embeddings of one domain are nearly collinear (cosine ~0.9), so without it every class
-  scores almost alike before training.
-* **Maps**: per level ``l`` and path ``p`` (F = vanilla, V = v-v), the transformed tokens are L2-
-  normalised, compared with the class text embeddings after CLIP Surgery feature surgery (the
-  paper's removal of redundant features; ``surgery=True``: class weights ``w_c`` from the image
-  embedding and removal of the class-common part,
-  :func:`~semclip_bench.models.common.feature_surgery_similarity`), softmaxed over classes at
-  ``temperature`` (*(choice)* 0.07, CLIP's); the anomaly map of (l, p) is ``1 - p(normal)``, the
-  per-class maps are kept for type segmentation. ``A = mean over levels of (A_F + A_V) / 2``
-  (the paper's A = A_F + A_V summed over levels, divided by the number of maps: same ranking,
-  values in [0, 1]), upsampled bilinearly to the input size and smoothed with a Gaussian of
-  ``sigma`` pixels (*(choice)* 4, the benchmark-wide smoothing).
-* **Classification Head** (trainable) on the frozen image embedding: *(choice)*
-  ``Linear(embed_dim, C)`` (``head_hidden=0``) on the CLS embedding after a parameter-free
-  LayerNorm and per-channel standardisation with support statistics, or a one-hidden-layer GELU
-  MLP with ``head_hidden > 0``. Its logits are fused with the CLIP image-text logits
-  ``cos(cls, t_c) / temperature``: ``logits = (1 - lambda) head + lambda clip`` with
-  ``lambda = class_logit_weight`` (*(choice)* 0.5; the paper combines both, weighting unpublished).
-* **Image score** (*(choice)*, unpublished): ``(1 - w) max(A) + w (1 - softmax(logits)[normal])``,
-  ``w = image_score_weight`` = 0.5 (both terms in [0, 1]).
-* **Loss** (*(choice)*, unpublished; ``training_loss``, optimised with AdamW by
-  ``FewShotModule``): for every map (l, p), a focal loss (gamma 2) on the per-class probabilities
-  against the pixel class targets plus a Dice loss on the anomaly probability against the mask
-  (APRIL-GAN), averaged over maps, plus cross-entropy on the fused class logits. Maps are taken
-  before smoothing. ``loss_resolution="grid"`` (default, fast) compares them on the patch grid:
-  with ``grid_target="any"`` (default) a patch is a defect patch as soon as the mask touches it
-  (SEM defects are often smaller than a patch: an area-fraction target of 0.05 would teach
-  "normal"), ``"area"`` uses the covered fraction as a soft target. ``"input"`` upsamples the
-  maps to the input size and uses the masks as they are. A defect image whose mask is empty (no
-  pixel annotation) gets no pixel loss.
-* **Training budget**: the benchmark's rule for every trainable method (``TrainingConfig``):
-  ``epochs`` full-batch passes over the support set (see ``configs/methods/semclip.yaml``).
-
-Ablation switches (constructor options; each removes exactly this; the runner's ablation applies
-them to the published form):
-
-* ``prompts="generic"``: WinCLIP-style "a photo of a {}" prompts with bare class names instead of
-  the expert bank (or ``prompts=<path>`` for a user bank). Nothing else changes.
-* ``paths="vanilla"`` (single path): the v-v branch is not computed at all (``vv_blocks=0`` is
-  passed to the backbone, no ``patches_vv`` feature, no v-v transformation layers); ``A = A_F``.
-* ``text_guidance=False``: no Transformation Layer and no CLIP text logits. Maps come from the
-  frozen ``ln_post`` + projection (``backbone.project_tokens``) compared with the text embeddings
-  (zero-shot maps, not trained); classification comes from the head alone. Only the head trains.
-
-Zero-shot (K = 0, empty support; not in the paper): nothing is trained, so the untrained parts
-are switched off: with text guidance the maps come from the frozen ``ln_post`` + projection and
-the class logits are the CLIP text logits alone. Without text guidance the head stays
-(untrained).
-
-With fewer ``vv_blocks`` than blocks only the taps after the first v-v block get a V map.
+One class, :class:`SemClip`, holds the published form (``semclip``) and this project's variant
+(``semclip_plus``) as options. The method card ``docs/methods/semclip.md`` describes the pipeline,
+the choices where the paper is silent, the ablation switches and the zero-shot form.
 """
 
 from __future__ import annotations
@@ -148,7 +67,7 @@ class SemClipMaps:
 
 
 class SemClip(FewShotMethod):
-    """SEM-CLIP core (plain ``nn.Module``); see the module docstring for the method and options.
+    """SEM-CLIP core (plain ``nn.Module``); ``docs/methods/semclip.md`` describes each option.
 
     Args:
         backbone: frozen :class:`~semclip_bench.backbones.ClipBackbone` (kept as a submodule so
@@ -168,7 +87,7 @@ class SemClip(FewShotMethod):
         sigma: Gaussian smoothing of the maps at input resolution, in pixels (0 = off).
         surgery: CLIP Surgery feature surgery on the similarities (False = plain cosine).
         text_centering: remove the class-common part of the text vectors (addition; False).
-        loss_resolution: "grid" | "input" (see the module docstring).
+        loss_resolution: "grid" | "input" (see ``docs/methods/semclip.md``).
         grid_target: "any" | "area" patch targets of the grid loss.
         focal_weight, dice_weight, ce_weight: weights of the loss terms.
     """

@@ -1,48 +1,7 @@
 """WinCLIP / WinCLIP+ (Jeong et al., CVPR 2023): window-based zero- and few-normal-shot CLIP.
 
-Zero-shot (K = 0):
-
-* Compositional prompt ensemble (``configs/prompts/winclip.yaml``): 7 normal and 4 anomalous state
-  phrases, each inside 21 photo templates; the embeddings of each group are averaged and
-  normalised into one normal (``t_n``) and one anomalous (``t_a``) text vector (``prompt_average``
-  says whether each prompt embedding is normalised before the average).
-* Image score = ``softmax(cos(img, [t_n, t_a]) / T)[anomalous]`` with ``T = 0.07``.
-* Windows of k x k patches (k in ``window_sizes``, stride 1): each window's patch tokens plus the
-  CLS token are re-encoded by the transformer (``ClipBackbone.encode_token_subsets``, batch-first)
-  and projected; a window's score is the zero-shot score of its embedding. A patch's score at
-  scale k is the harmonic mean of the scores of all windows covering it, computed as one matmul
-  with the patch x window incidence matrix.
-* Zero-shot map = harmonic mean over {image score broadcast to the grid, one map per window scale}.
-
-Few-normal-shot (WinCLIP+, K > 0):
-
-* Memory of the K normal support images' patch embeddings and window embeddings (per scale).
-* Per scale, a query embedding's score is ``min over memory of (1 - cos) / 2``. Window scores are
-  brought to patches with the same harmonic aggregation as the zero-shot path (the published
-  reference code does this; the paper says only "aggregated"). Few-shot map = mean over the scales
-  {patch, k = 2, k = 3}.
-* Map = (zero-shot map + few-shot map) / 2; image score = (zero-shot image score + max of the
-  few-shot map) / 2.
-
-Choices where the paper is silent (all named options). The defaults are the public reference
-implementation's (``configs/methods/winclip.yaml``, the reference form); the alternatives this
-project used before are the named variant ``configs/methods/winclip_projected.yaml``:
-
-* ``patch_space``: the patch memory holds the last block's patch tokens after ``ln_post`` only
-  (``"ln_post"``, default, the reference implementation's token space: width dims), or after
-  ``ln_post`` and the visual projection (``"projected"``, the joint space the window embeddings
-  live in: embed_dim dims).
-* ``prompt_average``: ``"raw"`` (default, reference) averages the raw, un-normalised text
-  embeddings of a state group and normalises the mean once; ``"normalized"`` L2-normalises every
-  prompt embedding before averaging (CLIP's zero-shot ensemble recipe), then renormalises. The two
-  differ when prompt norms differ: raw averaging weights long-norm prompts more.
-* ``object_name``: the ``{}`` of the state phrases. ``None`` (default) = a readable name per
-  category from the prompt file's ``object_names`` table (e.g. ``line_space`` -> "line and space
-  pattern on a wafer"), else the category with underscores replaced by spaces (MVTec: the class
-  name, as in the paper). A string overrides it for every category.
-* ``sigma``: Gaussian smoothing of the final map at input resolution, in pixels. Default 0: the
-  paper and the reference implementation do not smooth (the map is the bilinearly upsampled patch
-  map). 4 is the smoothing the other methods of the benchmark apply (the variant's setting).
+The method card ``docs/methods/winclip.md`` describes the zero-shot and few-shot scores and the
+named options where the paper is silent (the reference form and the ``winclip_projected`` variant).
 """
 
 from __future__ import annotations
@@ -189,7 +148,7 @@ def average_raw_embeddings(backbone: ClipBackbone, groups: list[list[str]]) -> T
 # The method
 # ----------------------------------------------------------------------------------------------
 class WinClip(FewShotMethod):
-    """WinCLIP (zero-shot) and WinCLIP+ (K normal shots); see the module docstring."""
+    """WinCLIP (zero-shot) and WinCLIP+ (K normal shots); see ``docs/methods/winclip.md``."""
 
     name: ClassVar[str] = "winclip"
     supervision: ClassVar = "normal"
@@ -262,7 +221,7 @@ class WinClip(FewShotMethod):
         return getattr(self, f"_win_inc{k}")
 
     def resolve_object_name(self, category: str) -> str:
-        """The ``{}`` of the state phrases for ``category`` (see the module docstring)."""
+        """The ``{}`` of the state phrases for ``category`` (see ``docs/methods/winclip.md``)."""
         if self.object_name:
             return self.object_name
         names: dict[str, str] = self.prompt_config["object_names"]  # type: ignore[assignment]

@@ -37,9 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     p.add_argument("--data", default="sem-synth", help="'sem-synth' or a captions CSV path")
     p.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip model config name")
     p.add_argument("--out", default=None, help="output folder (required for training)")
-    p.add_argument("--steps", type=int, default=None, help="number of optimiser steps")
     p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop training after this wall time"
+        "--steps",
+        type=int,
+        default=None,
+        help="number of optimiser steps (training needs --steps, --max-minutes or both)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop training after this wall time (training needs --steps, --max-minutes or both)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="batch size per device")
     p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate")
@@ -73,7 +81,12 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     p.add_argument("--render-size", type=int, default=256, help="sem-synth render size (px)")
     p.add_argument("--no-augment", action="store_true", help="no flips / 90-degree rotations")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    p.add_argument("--eval-workers", type=int, default=None, help="processes for eval rendering")
+    p.add_argument(
+        "--eval-workers",
+        type=int,
+        default=None,
+        help="processes for eval rendering (default: the CPU count, at most 8)",
+    )
     p.add_argument(
         "--retrieval-images", type=int, default=1000, help="held-out pairs for retrieval eval"
     )
@@ -101,7 +114,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
     ev.add_argument("--checkpoint", required=True, help="checkpoint file (state dict)")
     ev.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip model config name")
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    ev.add_argument("--workers", type=int, default=None, help="processes for rendering")
+    ev.add_argument(
+        "--workers", type=int, default=None, help="processes for rendering (default: 1)"
+    )
     ev.add_argument("--retrieval-images", type=int, default=1000, help="held-out pairs")
     ev.add_argument(
         "--n-test-good",

@@ -39,7 +39,11 @@ def add_parser(subparsers, formatter_class) -> None:
     )
     which = clear.add_mutually_exclusive_group()
     which.add_argument(
-        "--features", dest="what", action="store_const", const="features", help="stored features"
+        "--features",
+        dest="what",
+        action="store_const",
+        const="features",
+        help="stored features (the default)",
     )
     which.add_argument(
         "--data", dest="what", action="store_const", const="data", help="generated sem-synth data"

@@ -60,8 +60,8 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--out",
         dict(
-            help="output folder for tables, plots and episode rows (git-ignored runs/ by "
-            "default; the committed tables were made with --out results or --out results/gpu)"
+            help="output folder for tables, plots and episode rows (runs/ is git-ignored; the "
+            "committed tables were made with --out results or --out results/gpu)"
         ),
     ),
     (

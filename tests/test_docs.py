@@ -1,0 +1,152 @@
+"""README.md and docs/: links resolve, quoted figures match their source files, and the picture
+of the package layers matches the imports in the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+PAGES = sorted([CHECKOUT / "README.md", *(CHECKOUT / "docs").rglob("*.md")])
+PACKAGE = CHECKOUT / "semclip_bench"
+
+#: A markdown link or image: [text](target) / ![alt](target).
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _links(text: str) -> list[str]:
+    """Link targets outside code (fenced blocks and inline code are not links)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return LINK.findall(text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(CHECKOUT)))
+def test_relative_links_point_to_existing_files(page: Path) -> None:
+    targets = [t for t in _links(page.read_text()) if not re.match(r"[a-z]+:|#", t)]
+    missing = [t for t in targets if not (page.parent / t.split("#")[0]).exists()]
+    assert not missing, f"{page.relative_to(CHECKOUT)}: links to missing files: {missing}"
+
+
+def test_the_link_check_finds_links() -> None:
+    assert _links("see [a](docs/a.md), ![b](b.png) and `[c](not/a/link)`") == ["docs/a.md", "b.png"]
+    assert len(_links((CHECKOUT / "README.md").read_text())) >= 10
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """The first markdown table in ``text``, one dict per row keyed by the header cells."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    header, rows = split[0], split[2:]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def test_readme_headline_cells_are_those_of_results_sweep() -> None:
+    """The README's headline table quotes cells of results/sweep.md's Detection table; every
+    quoted cell must be the committed one (no number typed by hand, none gone stale)."""
+    readme = (CHECKOUT / "README.md").read_text()
+    headline = _table(readme.split("## The headline table")[1].split("\n## ")[0])
+    sweep = (CHECKOUT / "results" / "sweep.md").read_text()
+    detection = _table(sweep.split("\n## Detection\n")[1].split("\n## ")[0])
+    committed = {(row["Method"], row["Shots"]): row for row in detection}
+    assert len(headline) >= 6
+    for row in headline:
+        source = committed[(row["Method"], row["Shots"])]
+        for column, cell in row.items():
+            assert cell == source[column], (row["Method"], row["Shots"], column)
+
+
+def test_performance_page_cites_existing_sections() -> None:
+    """docs/performance.md cites results/performance.md by section title ("section ..." with the
+    title, or the end of it, in double quotes); every cited title must exist."""
+    page = " ".join((CHECKOUT / "docs" / "performance.md").read_text().split())
+    headings = [
+        line[3:]
+        for line in (CHECKOUT / "results" / "performance.md").read_text().splitlines()
+        if line.startswith("## ")
+    ]
+    cited = [
+        title.removeprefix("... ")
+        for group in re.findall(r'sections? (?:ending )?((?:"[^"]+"(?:,? and |, )?)+)', page)
+        for title in re.findall(r'"([^"]+)"', group)
+    ]
+    assert len(cited) >= 10
+    for title in cited:
+        assert any(title in heading for heading in headings), title
+
+
+# --------------------------------------------------------------------------------------------
+# docs/architecture.md: the picture of the layers
+
+#: Imported by every layer, so not drawn.
+NOT_DRAWN = {"errors", "_version"}
+
+
+def _top_level(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "semclip_bench":
+        return None
+    return parts[1] if len(parts) > 1 else "root"
+
+
+def _imports_between_packages() -> set[tuple[str, str]]:
+    """(importer, imported) pairs of top-level packages and modules of semclip_bench, from every
+    import statement (function-level ones included), without the version string's imports."""
+    edges = set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        source = "root" if parts == ("__init__",) else parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [(alias.name, alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in names:
+                target = _top_level(module)
+                if target == "root" and name == "__version__":
+                    continue  # the version string for provenance, not drawn
+                if target and target != source and target not in NOT_DRAWN:
+                    edges.add((source, target))
+    return edges
+
+
+def _drawn_edges() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(solid, dashed) arrows of the mermaid picture, by node id (labels resolved)."""
+    text = (CHECKOUT / "docs" / "architecture.md").read_text()
+    picture = text.split("```mermaid")[1].split("```")[0]
+    ids = {"main": "__main__", "root": "root"}
+    node = r'(\w+)(?:\["[^"]*"\])?'
+    solid, dashed = set(), set()
+    for line in picture.splitlines():
+        match = re.match(rf"\s*{node}\s*(-->|-\.->)(?:\|[^|]*\|)?\s*{node}\s*$", line)
+        if match:
+            a, arrow, b = match.groups()
+            edge = (ids.get(a, a), ids.get(b, b))
+            (solid if arrow == "-->" else dashed).add(edge)
+    return solid, dashed
+
+
+def test_architecture_picture_draws_every_import_and_only_those() -> None:
+    solid, dashed = _drawn_edges()
+    assert solid == _imports_between_packages()
+    # Dashed: the command groups the CLI imports by name.
+    from semclip_bench.cli import COMMAND_MODULES
+
+    assert dashed == {("cli", _top_level(m)) for m in COMMAND_MODULES}
+
+
+def test_no_import_points_upward() -> None:
+    """The layers of the picture form no cycle: an order exists in which every package imports
+    only packages after it."""
+    edges = _imports_between_packages()
+    nodes = {n for edge in edges for n in edge}
+    order: list[str] = []
+    while nodes - set(order):
+        free = [n for n in nodes - set(order) if all(b in order for a, b in edges if a == n)]
+        assert free, f"import cycle among {sorted(nodes - set(order))}"
+        order.extend(sorted(free))
