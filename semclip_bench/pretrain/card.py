@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES, caption_from_meta
+from semclip_bench.data.labels import EXCLUDED_TYPES, SEEN_TYPES
+from semclip_bench.pretrain.captions import caption_from_meta
 from semclip_bench.pretrain.data import (
     DEFAULT_PRETRAIN_SEED,
     MIN_PRETRAIN_SEED,

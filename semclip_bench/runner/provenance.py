@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from semclip_bench import __version__
+from semclip_bench._version import __version__
 from semclip_bench.errors import UserError
 from semclip_bench.runner.store import (
     EPISODES_FILE,

@@ -65,7 +65,7 @@ def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
     (by content digest; by file name for records older than the digest)."""
     from semclip_bench.backbones import default_backbone_spec
     from semclip_bench.data import file_sha256
-    from semclip_bench.pretrain.captions import EXCLUDED_TYPES
+    from semclip_bench.data.labels import EXCLUDED_TYPES
 
     shipped = default_backbone_spec().pretrained
     if not records or not shipped:

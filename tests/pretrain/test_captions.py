@@ -10,10 +10,9 @@ import open_clip
 import pytest
 
 import semclip_bench.backbones as bb
+from semclip_bench.data.labels import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.data.synth import SynthConfig, render_image
 from semclip_bench.pretrain.captions import (
-    EXCLUDED_TYPES,
-    SEEN_TYPES,
     caption_from_meta,
     check_caption,
     orientation_word,
