@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.errors import UserError
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.episode import (
@@ -561,13 +562,14 @@ def _check_shots(config: RunConfig, dataset, categories: Sequence[str]) -> None:
     for shots in config.shots:
         fits = False
         for category in categories:
-            normal = len(dataset.select(category=category, split="train", label="good"))
+            normal = len(dataset.select(category=category, split="train", label=NORMAL_LABEL))
             if normal >= shots:
                 fits = True
                 break
         if not fits:
             most = max(
-                len(dataset.select(category=c, split="train", label="good")) for c in categories
+                len(dataset.select(category=c, split="train", label=NORMAL_LABEL))
+                for c in categories
             )
             raise UserError(
                 f"--shots: {shots} shots is more than the data allows "

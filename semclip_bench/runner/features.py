@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from semclip_bench.data.datamodule import SampleDataset
 from semclip_bench.data.images import read_mask
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.data.types import Sample
 from semclip_bench.metrics.pixel import PixelTruth, pixel_truth
 from semclip_bench.models.base import Features, FewShotMethod
@@ -341,7 +342,7 @@ class FeatureCache:
         std,
     ) -> None:
         """Extract ``samples`` in batches into memory (and queue them for the disk store)."""
-        dataset = SampleDataset(samples, ("good",), image_size, mean, std)
+        dataset = SampleDataset(samples, (NORMAL_LABEL,), image_size, mean, std)
         bar = tqdm(
             total=len(samples),
             desc=f"features {method.name}",

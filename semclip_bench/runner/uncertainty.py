@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.metrics.bootstrap import (
     EpisodeScores,
     chance_classification,
@@ -115,7 +116,7 @@ def episode_replicates(ok: pd.DataFrame, resamples: int) -> Replicates:
         paths[_key(row)] = path
         with np.load(path, allow_pickle=False) as data:  # lazy: reads these two arrays only
             if "class_logits" in data.files:
-                names.update(str(c) for c in data["class_names"] if c != "good")
+                names.update(str(c) for c in data["class_names"] if c != NORMAL_LABEL)
     result.type_names = sorted(names)
     weights_cache: dict[tuple, np.ndarray] = {}
     exact = {_key(r): r for _, r in ok.iterrows()}
