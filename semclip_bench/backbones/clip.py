@@ -606,7 +606,7 @@ class ClipBackbone(nn.Module):
 
 def is_vmapped(t: Tensor) -> bool:
     """Whether ``t`` is being batched by ``torch.func.vmap`` (a stacked fit's member dimension,
-    ``models/together.py``). Some ops are batched badly there, and their callers pick a form
+    ``models/stacked.py``). Some ops are batched badly there, and their callers pick a form
     that batches well; outside vmap nothing changes (the exact rows of fits trained alone)."""
     return bool(torch._C._functorch.is_batchedtensor(t))
 

@@ -99,7 +99,7 @@ class RunConfig:
     feature_cache: bool = True
     #: How trained heads are fitted: "stacked" = the episodes of one (variant, K) with equal
     #: support sizes (every seed and category) as one module when the method allows it
-    #: (models/together.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
+    #: (models/stacked.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
     #: saves kernel launches, alone on the CPU, where it was slower (results/performance.md).
     fit_mode: str = "auto"
     ablations: list[str] = field(

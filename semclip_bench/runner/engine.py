@@ -291,7 +291,7 @@ def _rank_body(
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
         category, shots, _, variant = unit
-        trains = getattr(classes[variant.method], "trains_together", False)
+        trains = getattr(classes[variant.method], "trains_stacked", False)
         if not (stacked and trains and shots > 0):
             return None
         return (variant.label, shots, len(dataset.defect_types(category)))
@@ -423,7 +423,7 @@ def _rank_body(
                 fit(
                     [m[2] for m in members],
                     device=device,
-                    together=stacked,
+                    stacked=stacked,
                     tracker=tracker,
                 ),
             )
@@ -526,13 +526,13 @@ def stack_limit(
     """``limit`` of :func:`~semclip_bench.runner.schedule.work_items` for a stacked run: how
     many episodes of a (variant, K, defect types) group one stack holds, from the support's
     feature bytes (:data:`~semclip_bench.runner.schedule.STACK_SUPPORT_BYTES`). Each variant
-    that trains together measures its features by extracting one blank image with its method as
+    that fits stacked measures its features by extracting one blank image with its method as
     ``validate_variants`` built it (``built``, by label; the global RNG state is kept)."""
     with torch.random.fork_rng(devices=[]):
         per_image = {
             v.label: feature_bytes(built[v.label].to(device), backbone, device)
             for v in variants
-            if getattr(classes[v.method], "trains_together", False)
+            if getattr(classes[v.method], "trains_stacked", False)
         }
     by_label = {v.label: v for v in variants}
 

@@ -267,14 +267,14 @@ def _weights_line(rec: dict[str, Any]) -> str:
 
 
 def _training_text(rec: dict[str, Any]) -> str:
-    """How the heads were trained: a group's episodes together, or each episode alone."""
+    """How the heads were trained: a group's episodes stacked, or each episode alone."""
     mode = rec.get("training")
     if mode is None:  # recorded before the field: the flag of that time, else alone
         mode = "stacked" if (rec.get("config") or {}).get("fit_together") else "alone"
     if mode == "stacked":
         return (
             "the episodes of one (variant, shots, support size) of a method that allows it, "
-            "every seed and category, trained together as one stacked module "
+            "every seed and category, trained as one stacked module "
             "(`--fit-mode stacked`)"
         )
     return "each episode trained alone (`--fit-mode alone`)"
