@@ -131,7 +131,7 @@ def load_results(folder: str | Path) -> pd.DataFrame:
     undefined), ``per_type_auroc`` and ``na_reasons`` are dicts (type -> iAUROC, metric -> why it
     is n/a). Several ``episodes.csv`` files (shards, ranks) are merged.
     """
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.row_store import read_rows
 
     folder = Path(folder).expanduser()
     if not folder.exists():

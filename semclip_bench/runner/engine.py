@@ -84,6 +84,7 @@ from semclip_bench.runner.provenance import (  # git_commit, device_name: re-exp
     weights_identity,
     write_provenance,
 )
+from semclip_bench.runner.row_store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.schedule import (
     ClaimBoard,
     WorkItem,
@@ -94,7 +95,6 @@ from semclip_bench.runner.schedule import (
     work_items,
 )
 from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer
-from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.tracking import Tracker
 from semclip_bench.runner.validate import probe_class_names, validate_variants
 
@@ -483,7 +483,7 @@ def _rank_body(
 
 def _summary_rows(folder: Path) -> list[dict[str, Any]]:
     """Mean of each metric per (variant, shots) over categories and seeds, for the W&B summary."""
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.row_store import read_rows
 
     rows = read_rows([folder])
     ok = rows[rows["status"] == "ok"]

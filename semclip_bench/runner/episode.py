@@ -25,8 +25,8 @@ from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, s
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, FeatureCache, prediction_math
 from semclip_bench.runner.maps import map_shots, save_episode_maps
+from semclip_bench.runner.row_store import METRIC_COLUMNS
 from semclip_bench.runner.scoring import score_episode
-from semclip_bench.runner.store import METRIC_COLUMNS
 from semclip_bench.runner.tracking import Tracker, overlay
 
 

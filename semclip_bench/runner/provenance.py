@@ -1,9 +1,9 @@
 """Provenance: what produced a run's rows, recorded in ``provenance.json`` and printed atop tables.
 
 A run's identity is (protocol version, dataset content digest, weights digest): rows may only be
-merged, resumed into or checked against rows of the same identity (``store.check_identity``). The
-rest of the record (command, commit, date, device, precision, seeds, timings, this process's share
-of the work) describes the invocation; ``provenance_block`` renders the records of one or more
+merged, resumed into or checked against rows of the same identity (``row_store.check_identity``).
+The rest of the record (command, commit, date, device, precision, seeds, timings, this process's
+share of the work) describes the invocation; ``provenance_block`` renders the records of one or more
 folders (shards, ranks of a ``--devices N`` run, resumed invocations) as the tables' header.
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from semclip_bench._version import __version__
 from semclip_bench.errors import UserError
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     EPISODES_FILE,
     IDENTITY_COLUMNS,
     IDENTITY_NAMES,

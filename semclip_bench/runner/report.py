@@ -20,7 +20,7 @@ import pandas as pd
 
 from semclip_bench.metrics.bootstrap import DEFAULT_RESAMPLES, percentile_interval
 from semclip_bench.runner.provenance import provenance_block, read_provenance
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     IDENTITY_NAMES,
     METRIC_COLUMNS,
     check_identity,

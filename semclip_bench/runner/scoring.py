@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from semclip_bench.models.base import MethodOutput
-from semclip_bench.runner.store import METRIC_COLUMNS, SCORES_KEY
+from semclip_bench.runner.row_store import METRIC_COLUMNS, SCORES_KEY
 
 #: Score an episode (exact metrics) on a background thread while the next episode fits and
 #: predicts. Rows are still appended in episode order, each once its metrics are done.

@@ -1,11 +1,11 @@
 """Intervals and paired comparisons of a report, from the episodes' stored per-image statistics.
 
-For every finished episode with a ``scores/<episode>.npz`` (``runner/store.py``), each metric gets
-R bootstrap replicates (``metrics/bootstrap.py``): images resampled by label, with the weights of
-its category (the same for every method, K and seed: paired). A table cell, a mean over seeds and
+For every finished episode with a ``scores/<episode>.npz`` (``runner/row_store.py``), each metric
+gets R bootstrap replicates (``metrics/bootstrap.py``): images resampled by label, with the weights
+of its category (the same for every method, K and seed: paired). A table cell, a mean over seeds and
 categories, gets replicates by the hierarchical resample: each replicate draws the seeds with
-replacement (the same draw for every cell), and within them the images. Pixel replicates are
-shifted by (exact - binned) of their episode, so the interval sits around the exact point.
+replacement (the same draw for every cell), and within them the images. Pixel replicates are shifted
+by (exact - binned) of their episode, so the interval sits around the exact point.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from semclip_bench.metrics.bootstrap import (
     seed_weights,
 )
 from semclip_bench.metrics.classification import type_scores
-from semclip_bench.runner.store import scores_path
+from semclip_bench.runner.row_store import scores_path
 
 #: Pixel metrics: replicates from binned histograms, shifted to the exact point.
 PIXEL = ("pAUROC", "pF1max", "AUPRO")

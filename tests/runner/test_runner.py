@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semclip_bench.cli import main
-from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
+from semclip_bench.runner.row_store import METRIC_COLUMNS, read_rows
 
 ALL = "semclip,winclip,anomalyclip,patchcore,linear_probe"
 
