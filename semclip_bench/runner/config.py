@@ -100,7 +100,7 @@ class RunConfig:
     #: How trained heads are fitted: "stacked" = the episodes of one (variant, K) with equal
     #: support sizes (every seed and category) as one module when the method allows it
     #: (models/stacked.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
-    #: saves kernel launches, alone on the CPU, where it was slower (results/performance.md).
+    #: saves kernel launches, alone on the CPU, where it does not pay (engine.fit_stacked).
     fit_mode: str = "auto"
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]

@@ -509,8 +509,9 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
 
 def fit_stacked(config: RunConfig, device: torch.device) -> bool:
     """Whether this run stacks trained heads (``config.fit_mode``; "auto": on CUDA only, where it
-    saves kernel launches; on the CPU, which has none to save, it was slower:
-    ``benchmarks/stack_bench.py``, results/performance.md)."""
+    saves kernel launches; the CPU has none to save, and a stacked fit is slower there:
+    ``benchmarks/stack_bench.py``, results/performance.md, section "stack_bench | CPU (x86_64, 2
+    threads) | semclip-vit-m16 | S=9")."""
     if config.fit_mode == "auto":
         return device.type == "cuda"
     return config.fit_mode == "stacked"

@@ -258,7 +258,7 @@ def no_uninitialized_fill() -> None:
     """Keep ``torch.empty`` cheap once Lightning has turned deterministic algorithms on.
 
     ``deterministic=True`` (``torch.use_deterministic_algorithms``) also makes every new empty
-    tensor be filled (NaN) first, which cost ~13% of the CPU time of SEM-CLIP's query inference
+    tensor be filled (NaN) first, a noticeable share of the CPU time of SEM-CLIP's query inference,
     for no effect on results (no kernel here reads memory it has not written).
     """
     torch.utils.deterministic.fill_uninitialized_memory = False

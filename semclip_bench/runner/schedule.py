@@ -39,7 +39,7 @@ UNTRAINED_COST = 1.0
 #: them the rows, are the same wherever the run goes. The compact default backbone's largest
 #: group (SEM-CLIP, K = 20, 9 episodes: 1.9 GB) stays one stack; on ViT-B-16-plus-240 one
 #: SEM-CLIP K = 20 support holds 0.9 GB, and nine of them stacked, with their training
-#: intermediates, took eight processes sharing an H200 out of memory (results/performance.md).
+#: intermediates, do not fit eight processes sharing one H200.
 STACK_SUPPORT_BYTES = 2 * 2**30
 
 

@@ -83,7 +83,7 @@ def score_episode(
     ``masks_reason`` then says why, and the pixel metrics read n/a).
 
     On CUDA the maps are still on the GPU: the pixel metrics sort and reduce them there and only
-    the metric values come back. On the CPU the numpy path runs (bit-identical to earlier runs).
+    the metric values come back. On the CPU the numpy path runs (the rows of results/sweep).
     """
     from semclip_bench.metrics import NotAvailable, evaluate
 
