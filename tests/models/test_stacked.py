@@ -158,3 +158,16 @@ def test_a_method_that_cannot_run_under_vmap_is_one_clear_error() -> None:
     ]  # fmt: skip
     with pytest.raises(UserError, match=r"cannot run under vmap.*--fit-mode alone"):
         fit_methods_stacked([_DataDependent(), _DataDependent()], supports, CONFIG, seeds=[0, 1])
+
+
+def test_the_stacked_methods_declare_it_under_its_one_name() -> None:
+    """SEM-CLIP and AnomalyCLIP-style declare ``trains_stacked`` (the runner reads nothing else:
+    a class declaring the concept under another name would silently fit alone)."""
+    from semclip_bench.models import METHODS
+
+    classes = {name: method_class(name) for name in METHODS}
+    assert {n for n, c in classes.items() if getattr(c, "trains_stacked", False)} == {
+        "semclip",
+        "anomalyclip",
+    }
+    assert not [n for n, c in classes.items() if any("together" in a for a in dir(c))]
