@@ -49,39 +49,40 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Your own run: into the git-ignored runs/ (runs/sweep.md, runs/sweep/), never the committed
-# results/. At the end it says how its rows compare with the committed reference of the same
-# command (results/sweep on the CPU in fp32, results/gpu/sweep on CUDA in fp32).
+# Your own run of the default sweep's preset: into the git-ignored runs/ (runs/sweep.md,
+# runs/sweep/), never the committed results/. At the end it says how its rows compare with the
+# committed reference of the same command (results/sweep on the CPU in fp32, results/gpu/sweep on
+# CUDA in fp32).
 sweep: $(STAMP)
-	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20
+	$(PY) -m semclip_bench sweep --config configs/sweep.yaml --out runs --wandb auto
 
 # Real solar-cell images (elpv-dataset, CC BY-NC-SA 4.0, a 90 MB optional extra), K = 0 to 20.
 elpv-sweep: $(STAMP)
 	$(PY) -m pip install -q -e ".[elpv]"
-	$(PY) -m semclip_bench sweep --data elpv --shots 0,1,5,10,20 --out results/elpv
+	$(PY) -m semclip_bench sweep --config configs/elpv/sweep.yaml
 
 # Backbone controls: the same sweeps with the default architecture randomly initialised
 # (--pretrained none, seeded); their tables say CONTROL in the title.
 controls: $(STAMP)
 	$(PY) -m pip install -q -e ".[elpv]"
-	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --pretrained none --out results/control
-	$(PY) -m semclip_bench sweep --data elpv --shots 0,1,5,10,20 --pretrained none --out results/elpv/control
+	$(PY) -m semclip_bench sweep --config configs/control.yaml
+	$(PY) -m semclip_bench sweep --config configs/elpv/control.yaml
 
 ablate: $(STAMP)
-	$(PY) -m semclip_bench ablate
+	$(PY) -m semclip_bench ablate --config configs/ablation.yaml
 
-# The committed tables, each from a clean cache at the commit it names, under the lock (the exact
-# command is in each table's provenance). `make results` on a 2-core CPU; `make gpu-results` on
-# one GPU (the committed ones: 1 x H100, fp32).
+# The committed tables, each from its preset in configs/ and a clean cache at the commit it names,
+# under the lock (the exact command, naming the preset, is in each table's provenance). `make
+# results` on a 2-core CPU; `make gpu-results` on one GPU (the committed ones: 1 x H100, fp32).
 .PHONY: results gpu-results
 results: $(STAMP)
-	SEMCLIP_BENCH_CACHE=$$(mktemp -d) $(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --wandb disabled --out results
+	SEMCLIP_BENCH_CACHE=$$(mktemp -d) $(PY) -m semclip_bench sweep --config configs/sweep.yaml
 
 gpu-results: $(STAMP)
 	export SEMCLIP_BENCH_CACHE=$$(mktemp -d); \
-	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --wandb disabled --out results/gpu && \
-	$(PY) -m semclip_bench ablate --wandb disabled --out results/gpu && \
-	$(PY) -m semclip_bench sweep --shots 0,1,5,10,20 --pretrained none --wandb disabled --out results/gpu/control
+	$(PY) -m semclip_bench sweep --config configs/gpu/sweep.yaml && \
+	$(PY) -m semclip_bench ablate --config configs/gpu/ablation.yaml && \
+	$(PY) -m semclip_bench sweep --config configs/gpu/control.yaml
 
 # Rerun a few committed episodes of results/sweep from a clean cache on the CPU in fp32 and compare
 # their rows bit for bit (exit 1 on any difference).
@@ -98,10 +99,11 @@ verify-gpu-results: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-# Validation-only tuning studies (docs/tuning.md): each writes results/tuning/<study>/sweep.md.
+# Validation-only tuning studies (docs/tuning.md), presets in configs/tuning/studies/ with their
+# candidate variants in configs/tuning/methods/: each writes results/tuning/<study>/sweep.md.
 STUDIES := winclip patchcore semclip lr budget budget2_semclip budget2_semclip_plus budget2_anomalyclip
 .PHONY: tune
 tune: $(STAMP)
-	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config benchmarks/tuning/studies/$$s.yaml || exit 1; done
+	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config configs/tuning/studies/$$s.yaml || exit 1; done
 	$(PY) -m benchmarks.convergence --method semclip --seeds 0,1 --out results/tuning/convergence_semclip.md
 	$(PY) -m benchmarks.convergence --method anomalyclip --seeds 0,1 --out results/tuning/convergence_anomalyclip.md

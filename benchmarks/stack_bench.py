@@ -1,10 +1,10 @@
-"""Fitting S episodes' heads alone (one after another) vs stacked (``models/together.py``).
+"""Fitting S episodes' heads alone (one after another) vs stacked (``models/stacked.py``).
 
 Run: ``python -m benchmarks.stack_bench [--method semclip,anomalyclip] [--shots 5,20] [--members 9]
 [--epochs 30] [--backbone semclip-vit-m16] [--device auto]``. For each method and K, builds S
 episodes with random support features of the real backbone's shapes (K normal + K per each of 2
 defect types, masks on the defect images), fits them with ``fit_method`` one by one and with
-``fit_methods_together`` twice, and prints the seconds of each, the largest parameter difference
+``fit_methods_stacked`` twice, and prints the seconds of each, the largest parameter difference
 between alone and stacked, and between the two stacked fits (run-to-run repeatability: 0 where
 every kernel is deterministic), one row per method and K. Any warning a fit raises about a kernel
 without a deterministic implementation is listed under the table. On CUDA it also prints the peak
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.errors import UserError
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
-    from semclip_bench.models.together import fit_methods_together
+    from semclip_bench.models.stacked import fit_methods_stacked
     from semclip_bench.runner.config import load_variant
     from semclip_bench.runner.episode import head_trainer_settings
     from semclip_bench.runner.provenance import git_commit
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                         for method, support, seed in zip(methods, supports, seeds, strict=True):
                             fit_method(method, support, config, seed=seed, **trainer)
                     else:
-                        fit_methods_together(methods, supports, config, seeds=seeds, **trainer)
+                        fit_methods_stacked(methods, supports, config, seeds=seeds, **trainer)
                 _sync(device)
                 timings.append(time.perf_counter() - t0)
                 peaks.append(_peak_gib(device, base))

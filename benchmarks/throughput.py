@@ -397,7 +397,7 @@ def check_precision(args, device: torch.device) -> str:
 
     from semclip_bench.runner.config import RunConfig, sweep_variants
     from semclip_bench.runner.engine import run
-    from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
+    from semclip_bench.runner.row_store import METRIC_COLUMNS, read_rows
 
     rows = {}
     seconds = {}

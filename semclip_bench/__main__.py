@@ -8,7 +8,7 @@ if __name__ == "__main__":
     code = main()
     # Everything is written. Exempt the remaining objects from the cyclic collector: the
     # interpreter's shutdown then skips collecting the ~10^6 objects of torch, Lightning,
-    # open_clip and timm, which took ~2 s of every command's wall time (measured on a 2-core
-    # CPU: 1.9 s -> 0.4 s); reference-counted cleanup (files, threads) still runs.
+    # open_clip and timm, a large share of a short command's wall time; reference-counted
+    # cleanup (files, threads) still runs.
     gc.freeze()
     raise SystemExit(code)

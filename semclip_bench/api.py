@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def load_results(folder: str | Path) -> pd.DataFrame:
     undefined), ``per_type_auroc`` and ``na_reasons`` are dicts (type -> iAUROC, metric -> why it
     is n/a). Several ``episodes.csv`` files (shards, ranks) are merged.
     """
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.row_store import read_rows
 
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -241,7 +242,6 @@ class Method:
         methods (PatchCore, WinCLIP) use the normal images only. ``category`` names the imaged
         pattern for prompt-based methods.
         """
-        from semclip_bench.data.types import NORMAL_LABEL
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
         from semclip_bench.runner.episode import deterministic_mode_kept, head_trainer_settings
@@ -252,7 +252,9 @@ class Method:
             class_names = (NORMAL_LABEL, *sorted({n for n in names if n != NORMAL_LABEL}))
         class_names = tuple(class_names)
         if class_names[0] != NORMAL_LABEL or len(set(class_names)) != len(class_names):
-            raise UserError(f"fit: class_names {class_names} must be unique and start with 'good'")
+            raise UserError(
+                f"fit: class_names {class_names} must be unique and start with {NORMAL_LABEL!r}"
+            )
         unknown = sorted(set(names) - set(class_names))
         if unknown:
             raise UserError(f"fit: labels {unknown} are not in class_names {class_names}")
@@ -296,7 +298,7 @@ class Method:
         if self.module is None:
             if not self.method_class.zero_shot:
                 raise UserError(f"{self.name}: call fit(images, labels) before predict")
-            self.fit([], [], class_names=self.class_names or ("good", "defect"))
+            self.fit([], [], class_names=self.class_names or (NORMAL_LABEL, "defect"))
         module = self.module
         assert module is not None and self.class_names is not None
         size, mean, std = _input_geometry(module, self.backbone)
@@ -328,7 +330,9 @@ class Method:
         supervision = self.method_class.supervision
         if supervision == "zero-shot":
             return []
-        keep = [i for i, n in enumerate(names) if supervision == "normal+defects" or n == "good"]
+        keep = [
+            i for i, n in enumerate(names) if supervision == "normal+defects" or n == NORMAL_LABEL
+        ]
         if not keep and not self.method_class.zero_shot:
             what = "normal" if supervision == "normal" else "labelled"
             raise UserError(f"fit: {self.name} needs at least one {what} support image")
@@ -403,7 +407,7 @@ def load_method(
             [Variant(name, variant.method, method_options, method_training)],
             {variant.method: cls},
             net,
-            ("good", "defect"),
+            (NORMAL_LABEL, "defect"),
         )
     return Method(
         name=name,
@@ -468,7 +472,7 @@ def _label_names(
     if class_names is None:
         if set(labels) - {0, 1}:
             raise UserError("fit: integer labels other than 0/1 need class_names")
-        class_names = ("good", "defect")
+        class_names = (NORMAL_LABEL, "defect")
     if any(not 0 <= int(x) < len(class_names) for x in labels):
         raise UserError(f"fit: class ids must lie in 0..{len(class_names) - 1}")
     return [class_names[int(x)] for x in labels]

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from semclip_bench import __version__
+from semclip_bench._version import __version__
 from semclip_bench.errors import UserError
 
 # Modules that contribute commands, in the order they appear in ``--help``.
@@ -60,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command group not built yet in this checkout
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parser(subparsers, _HelpFormatter)
+        importlib.import_module(module_name).add_parser(subparsers, _HelpFormatter)
     return parser
 
 

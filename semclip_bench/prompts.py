@@ -160,8 +160,8 @@ def group_sums(rows: Tensor, sizes: Sequence[int]) -> Tensor:
 
     ``index_add_`` gives these bits on the CPU, but on CUDA, outside deterministic mode, it adds
     with atomics in no fixed order: text embeddings computed before a process's first fit (which
-    turns the mode on) differed in the last bits from process to process, and so did every row of
-    a method trained on them. Vectorised over groups and D; the loop is over the positions within
+    turns the mode on) would differ in the last bits from process to process, and so would every row
+    of a method trained on them. Vectorised over groups and D; the loop is over the positions within
     a group (the prompts of one class: tens).
     """
     if not sizes or min(sizes) < 1 or sum(sizes) != rows.shape[0]:

@@ -20,7 +20,7 @@ from semclip_bench.data import load_dataset, make_episode
 from semclip_bench.data.fixtures import write_tiny_mvtec
 from semclip_bench.errors import UserError
 from semclip_bench.metrics import evaluate
-from semclip_bench.runner.store import METRIC_COLUMNS
+from semclip_bench.runner.row_store import METRIC_COLUMNS
 
 CHECKOUT = Path(sb.__file__).resolve().parents[1]
 FAST = {"semclip": {"training": {"epochs": 2, "batch_size": 8}}}

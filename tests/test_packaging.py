@@ -20,12 +20,14 @@ from semclip_bench.data.fixtures import write_tiny_mvtec
 CHECKOUT = Path(semclip_bench.__file__).resolve().parents[1]
 
 PROBE = """
-import json, sys
+import importlib.metadata, json, sys
 import semclip_bench, semclip_bench.configs as configs, semclip_bench.prompts as prompts
 from semclip_bench.runner.config import method_config
 method_config("semclip")
 print(json.dumps({
     "package": semclip_bench.__file__,
+    "version": semclip_bench.__version__,
+    "metadata_version": importlib.metadata.version("semclip_bench"),
     "configs": str(configs.PACKAGE_CONFIG_DIR),
     "expert": str(prompts.builtin_bank_path("expert")),
     "modules": sorted(m.__file__ for n, m in sys.modules.items()
@@ -70,6 +72,7 @@ def test_wheel_install_runs_a_sweep_outside_the_checkout(tmp_path: Path) -> None
     found = json.loads(probe.stdout)
     installed = str(site.resolve())
     assert found["package"].startswith(installed)
+    assert found["metadata_version"] == found["version"]  # pyproject.toml reads _version.py
     assert found["configs"].startswith(installed) and found["expert"].startswith(installed)
     assert all(path.startswith(installed) for path in found["modules"]), found["modules"]
     entries = {str(Path(p or work).resolve()) for p in found["path"]}

@@ -1,7 +1,7 @@
 """Shared frozen CLIP backbone (open_clip) and the model configs registered with open_clip.
 
 Importing this package registers "semclip-tiny" (tests), "semclip-vit-m16" (compact default: ViT
-12 x 240, text 6 x 64) and "semclip-vit-s16" (the earlier default, ViT 12 x 192) with open_clip.
+12 x 240, text 6 x 64) and "semclip-vit-s16" (a narrower ViT 12 x 192) with open_clip.
 :func:`default_backbone_spec` is the single place that decides the default weights.
 """
 

@@ -606,7 +606,7 @@ class ClipBackbone(nn.Module):
 
 def is_vmapped(t: Tensor) -> bool:
     """Whether ``t`` is being batched by ``torch.func.vmap`` (a stacked fit's member dimension,
-    ``models/together.py``). Some ops are batched badly there, and their callers pick a form
+    ``models/stacked.py``). Some ops are batched badly there, and their callers pick a form
     that batches well; outside vmap nothing changes (the exact rows of fits trained alone)."""
     return bool(torch._C._functorch.is_batchedtensor(t))
 
@@ -629,9 +629,9 @@ def _text_block_under_vmap(block: nn.Module, x: Tensor, mask: Tensor | None) -> 
     ``nn.MultiheadAttention(batch_first=True)`` transposes its input to (ctx, T, width) as a
     view. With that non-contiguous input (which requires grad: the learnable prompts), matmul
     does not fold it into one matrix product but expands the projection weight to one copy per
-    position; under vmap those copies become real (members x ctx of them: 3.4 GB and 23 ms a
-    step for ViT-B-16-plus-240's text tower, 9 members, measured on an H200). Here the input
-    is made contiguous in that layout first, so the projections are single matrix products.
+    position; under vmap those copies become real (members x ctx of them, gigabytes for a large
+    text tower). Here the input is made contiguous in that layout first, so the projections are
+    single matrix products.
     """
     attn = block.attn
     y = block.ln_1(x).transpose(0, 1).contiguous()  # (ctx, T, width), as MHA computes in

@@ -13,6 +13,10 @@ path, in this order (the first folder that holds it wins):
 So ``configs/methods/semclip.yaml`` in the working directory replaces the shipped SEM-CLIP
 settings (the whole file: copy the shipped one and edit it), and ``configs/prompts/expert.yaml``
 replaces the expert prompt bank, while every other file still comes from the package.
+
+Only ``methods/`` and ``prompts/`` of a folder are read, and a user folder (2 and 3) with neither
+is no config folder and is skipped: the repository's own ``configs/`` holds run presets
+(``sweep --config configs/sweep.yaml``) and tuning studies, never a method or prompt override.
 """
 
 from __future__ import annotations
@@ -37,14 +41,21 @@ _announced: set[Path] = set()  # user files already logged (once per process)
 
 
 def search_path() -> list[Path]:
-    """The config folders in lookup order (see the module docstring); missing ones are skipped."""
+    """The config folders in lookup order (see the module docstring); missing ones, and folders
+    with neither methods/ nor prompts/ (a folder of run presets), are skipped."""
     env = [Path(p).expanduser() for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p]
     folders = [*_explicit, *env, Path.cwd() / "configs", PACKAGE_CONFIG_DIR]
     unique: list[Path] = []
     for folder in folders:
-        if folder.is_dir() and all(not _same(folder, seen) for seen in unique):
+        if is_config_folder(folder) and all(not _same(folder, seen) for seen in unique):
             unique.append(folder)
     return unique
+
+
+def is_config_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds method configs or prompt banks (a ``methods/`` or ``prompts/``
+    subfolder)."""
+    return (folder / "methods").is_dir() or (folder / "prompts").is_dir()
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -76,7 +87,7 @@ def check_config_dir(path: str | Path | None, option: str = "--config-dir") -> P
             f"{option}: folder not found: {folder} (expected a folder with methods/ and/or "
             "prompts/ subfolders)"
         )
-    if not ((folder / "methods").is_dir() or (folder / "prompts").is_dir()):
+    if not is_config_folder(folder):
         raise UserError(f"{option}: {folder} has neither a methods/ nor a prompts/ subfolder")
     return folder.resolve()
 
@@ -100,6 +111,7 @@ __all__ = [
     "PACKAGE_CONFIG_DIR",
     "check_config_dir",
     "find_config",
+    "is_config_folder",
     "search_path",
     "use_config_dir",
 ]

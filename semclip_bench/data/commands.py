@@ -12,15 +12,9 @@ from semclip_bench.errors import UserError
 
 
 def _synth_defaults() -> dict[str, Any]:
-    """Default values of the generator's configuration (shown in ``--help``).
+    """Default values of the generator's configuration (shown in ``--help``)."""
+    from semclip_bench.data.synth import SynthConfig
 
-    If the generator cannot be imported, the defaults are None (the generator's own defaults
-    are then used) so that the other commands keep working.
-    """
-    try:
-        from semclip_bench.data.synth import SynthConfig
-    except ImportError:
-        return dict.fromkeys(_SYNTH_OPTIONS)
     defaults = SynthConfig()
     values = {name: getattr(defaults, name) for name in _SYNTH_OPTIONS}
     for name in ("categories", "defect_types"):

@@ -97,19 +97,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image file read from its header only (Pillow opens files lazily), for the
     check of a whole dataset before a run (:func:`semclip_bench.data.check.check_headers`).
 
-    Where Pillow is missing or cannot read the header (a format it lacks, a broken or empty file),
-    the file is decoded as :func:`read_raw` does, so a bad file raises the same :class:`UserError`
+    Where Pillow cannot read the header (a format it lacks, a broken or empty file), the file is
+    decoded as :func:`read_raw` does, so a bad file raises the same :class:`UserError`
     naming it as when a run reads it. A header that reads but whose pixel data is truncated is
     found only by decoding (``data check``).
     """
-    path = Path(path)
-    try:
-        import warnings
+    import warnings
 
-        from PIL import Image
-    except ImportError:  # Pillow comes with torchvision and matplotlib; decode without it
-        raw = read_raw(path)
-        return int(raw.shape[0]), int(raw.shape[1])
+    from PIL import Image
+
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. Pillow's warning about very large images

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 from semclip_bench.data.labels import DEFECT_TYPES as DEFECT_TYPES
@@ -40,14 +39,6 @@ class DefectDataset:
     name: str
     samples: list[Sample]
     root: Path | None = None
-
-    @cached_property
-    def digest(self) -> str:
-        """Content digest of the dataset (:func:`~semclip_bench.data.digest.dataset_digest`),
-        computed on first use."""
-        from semclip_bench.data.digest import dataset_digest
-
-        return dataset_digest(self)
 
     def categories(self) -> list[str]:
         return sorted({s.category for s in self.samples})

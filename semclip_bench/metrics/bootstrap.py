@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from semclip_bench.data.labels import NORMAL_LABEL
+
 __all__ = [
     "BOOTSTRAP_SEED",
     "DEFAULT_BINS",
@@ -349,7 +351,9 @@ def pixel_replicates(
     }
 
 
-def defect_type_predictions(stats: EpisodeScores, normal: str = "good") -> tuple[np.ndarray, ...]:
+def defect_type_predictions(
+    stats: EpisodeScores, normal: str = NORMAL_LABEL
+) -> tuple[np.ndarray, ...]:
     """For the defect query images: true type ids, predicted type ids (arg-max over the defect
     types' logits only: "given it is a defect, which type?") and the defect type names."""
     names = [c for c in stats.class_names if c != normal]

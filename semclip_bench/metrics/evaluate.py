@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.metrics.base import NotAvailable, label_array, score_array, undefined_reason
 from semclip_bench.metrics.classification import classification_metrics
 from semclip_bench.metrics.pixel import (
@@ -40,7 +41,7 @@ def evaluate(
     class_target: Any = None,
     num_classes: int | None = None,
     fpr_limit: float = 0.3,
-    normal: str = "good",
+    normal: str = NORMAL_LABEL,
     device: Any = None,
     pixel_truth: PixelTruth | None = None,
     masks_reason: str | None = None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.metrics.base import (
     NotAvailable,
     check_same_length,
@@ -222,7 +223,7 @@ def f1_max(scores: Any, labels: Any) -> float:
 
 
 def per_type_auroc(
-    scores: Any, labels: Any, types: Sequence[str] | np.ndarray, normal: str = "good"
+    scores: Any, labels: Any, types: Sequence[str] | np.ndarray, normal: str = NORMAL_LABEL
 ) -> dict[str, float]:
     """iAUROC of each defect type's images against all normal images (label 0).
 

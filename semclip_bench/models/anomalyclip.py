@@ -61,8 +61,8 @@ class AnomalyClip(FewShotMethod):
     classifies = False
     trainable = True
     #: training_loss has no data-dependent control flow once setup_support has run: the runner
-    #: may train several seeds' prompts as one stack (models/together.py).
-    trains_together = True
+    #: may train several seeds' prompts as one stack (models/stacked.py).
+    trains_stacked = True
     uses_masks = True
 
     def __init__(

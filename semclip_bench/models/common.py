@@ -98,8 +98,8 @@ def upsample_maps(
         x = x.float()
     if mode == "bilinear" and (gh, gw) != size and is_vmapped(maps):
         # Inside a stacked fit, vmap runs F.interpolate through its decomposition into
-        # indexing, whose backward (an index_put, sorted under deterministic CUDA) took ~50 ms a
-        # step for 9 members on an H200. The same resize as two products with the bilinear
+        # indexing, whose backward (an index_put, sorted under deterministic CUDA) is slow. The
+        # same resize as two products with the bilinear
         # weight matrices is fast and deterministic; it differs from F.interpolate only in the
         # rounding of its sums (stacking's bound allows that: PROTOCOL.md).
         # Both products are written as plain 2-D ones so that vmap folds the members into

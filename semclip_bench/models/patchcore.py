@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.errors import UserError
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.common import gaussian_blur, upsample_maps
@@ -194,7 +195,7 @@ class PatchCore(FewShotMethod):
     def __init__(
         self,
         backbone: ClipBackbone | None,
-        class_names: tuple[str, ...] = ("good",),
+        class_names: tuple[str, ...] = (NORMAL_LABEL,),
         *,
         extractor: Literal["clip", "timm"] = "clip",
         timm_name: str = "wide_resnet50_2",

@@ -96,8 +96,8 @@ class SemClip(FewShotMethod):
     supervision: ClassVar = "normal+defects"
     classifies: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
-    #: No data-dependent control flow in training_loss: seeds train as one stack (together.py).
-    trains_together: ClassVar[bool] = True
+    #: No data-dependent control flow in training_loss: seeds train as one stack (stacked.py).
+    trains_stacked: ClassVar[bool] = True
     #: Pixel losses on the support masks (defect images without a mask: cross-entropy only).
     uses_masks: ClassVar[bool] = True
     #: K = 0 runs as zero-shot: frozen-projection maps and CLIP text logits (untrained head off).

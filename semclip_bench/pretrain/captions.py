@@ -26,13 +26,8 @@ from typing import Any
 
 import numpy as np
 
-#: Defect types kept out of pretraining (images and captions), reported as "unseen".
-EXCLUDED_TYPES: tuple[str, ...] = ("scratch", "infilm")
-#: Defect types used in pretraining, reported as "seen".
-SEEN_TYPES: tuple[str, ...] = ("bridge", "copper_residue", "hole", "particle")
-
-#: Words that would leak an excluded type into a caption (matched case-insensitively).
-_FORBIDDEN = re.compile(r"scratch|in[\s_-]?film|groove|buried|embedded|bulge|bump", re.IGNORECASE)
+from semclip_bench.data.labels import EXCLUDED_TYPES, SEEN_TYPES
+from semclip_bench.pretrain.vocabulary import HELD_OUT_WORDS, copies_prompt_bank
 
 # ---------------------------------------------------------------------------------- vocabulary
 #: Normal-state adjectives (in front of the pattern noun).
@@ -195,7 +190,7 @@ def _article(phrase: str) -> str:
 
 def check_caption(text: str) -> str:
     """Return ``text``; raise ValueError if it names an excluded (held-out) defect type."""
-    if _FORBIDDEN.search(text):
+    if HELD_OUT_WORDS.search(text):
         raise ValueError(f"caption names a held-out defect type: {text!r}")
     return text
 
@@ -430,8 +425,6 @@ def caption_from_meta(meta: Mapping[str, Any], rng: np.random.Generator) -> str:
     A draw that would copy a shipped prompt bank verbatim (see the module docstring) is
     replaced by a new draw. Raises ValueError for an excluded defect type (held-out protocol).
     """
-    from semclip_bench.pretrain.vocabulary import copies_prompt_bank
-
     kind = meta.get("defect_type")
     if kind in EXCLUDED_TYPES or meta.get("label") in EXCLUDED_TYPES:
         raise ValueError(f"defect type {kind or meta.get('label')!r} is held out of pretraining")
@@ -446,10 +439,8 @@ def caption_from_meta(meta: Mapping[str, Any], rng: np.random.Generator) -> str:
 
 
 __all__ = [
-    "EXCLUDED_TYPES",
     "GENERIC_ONLY_FRACTION",
     "PLAIN_NORMAL_FRACTION",
-    "SEEN_TYPES",
     "TYPE_ONLY_FRACTION",
     "caption_from_meta",
     "check_caption",

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES, caption_from_meta
+from semclip_bench.data.labels import EXCLUDED_TYPES, NORMAL_LABEL, SEEN_TYPES
+from semclip_bench.pretrain.captions import caption_from_meta
 from semclip_bench.pretrain.data import (
     DEFAULT_PRETRAIN_SEED,
     MIN_PRETRAIN_SEED,
@@ -53,7 +54,7 @@ def example_captions(n_each: int = 2, seed: int = DEFAULT_PRETRAIN_SEED) -> list
     defect: list[str] = []
     i = 0
     while len(normal) < n_each or len(defect) < n_each:
-        target = normal if sample_plan(seed, i)[2] == "good" else defect
+        target = normal if sample_plan(seed, i)[2] == NORMAL_LABEL else defect
         if len(target) < n_each:
             target.append(caption_from_meta(render_sample(config, i)[1], rng))
         i += 1

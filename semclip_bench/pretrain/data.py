@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from semclip_bench.data.labels import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.data.synth import FAMILIES, SynthConfig, render_image
 from semclip_bench.data.types import NORMAL_LABEL
 from semclip_bench.errors import UserError
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES, caption_from_meta
+from semclip_bench.pretrain.captions import caption_from_meta
 
 #: Smallest sem-synth seed allowed for pretraining data (benchmark data uses seed 0).
 MIN_PRETRAIN_SEED = 100_000

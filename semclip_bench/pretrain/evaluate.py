@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semclip_bench.data.labels import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.data.synth import SynthConfig, render_image
 from semclip_bench.data.types import NORMAL_LABEL
 from semclip_bench.metrics import image_auroc
-from semclip_bench.pretrain.captions import EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.pretrain.data import (
     RETRIEVAL_SEED,
     SynthCaptionStream,

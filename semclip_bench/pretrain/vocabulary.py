@@ -19,13 +19,17 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from semclip_bench.pretrain.captions import _FORBIDDEN, EXCLUDED_TYPES, SEEN_TYPES
+from semclip_bench.data.labels import NORMAL_LABEL, SEEN_TYPES
 
 #: Template words not required in captions: the images are not JPEG files, so a caption that
 #: said so would be false.
 TEMPLATE_WORDS_NOT_CHECKED: dict[str, str] = {"jpeg": "the images are not JPEG files"}
 _ARTICLES = ("a", "an", "the")
-_NORMAL_LABEL = "good"
+#: Words that would leak a held-out type (``data.labels.EXCLUDED_TYPES``) into a caption, its
+#: name or a synonym (matched case-insensitively).
+HELD_OUT_WORDS = re.compile(
+    r"scratch|in[\s_-]?film|groove|buried|embedded|bulge|bump", re.IGNORECASE
+)
 
 
 def words(text: str) -> list[str]:
@@ -66,7 +70,7 @@ def checked_words() -> dict[str, tuple[str, ...]]:
 
     * ``expert states`` / ``generic states``: every word of the bank's phrases of the normal
       class and of the seen defect types (the held-out types' phrases are names of classes the
-      pretraining never shows, see :data:`EXCLUDED_TYPES`);
+      pretraining never shows, see :data:`semclip_bench.data.labels.EXCLUDED_TYPES`);
     * ``winclip states``: every word of the normal and anomalous state phrases;
     * ``winclip object names``: every word of the per-category object names;
     * ``anomalyclip prompts``: the fixed words of the two prompts ("object", "damaged");
@@ -76,7 +80,7 @@ def checked_words() -> dict[str, tuple[str, ...]]:
     :data:`TEMPLATE_WORDS_NOT_CHECKED` are left out (:func:`unchecked_words`).
     """
     banks = _banks()
-    classes = (_NORMAL_LABEL, *SEEN_TYPES)
+    classes = (NORMAL_LABEL, *SEEN_TYPES)
     winclip = banks["winclip"]
     sources: dict[str, list[str]] = {
         "expert states": [s for c in classes for s in banks["expert"].states_for(c)],
@@ -101,7 +105,7 @@ def checked_words() -> dict[str, tuple[str, ...]]:
     for source, texts in sources.items():
         found = dict.fromkeys(w for t in texts for w in words(t))
         out[source] = tuple(
-            w for w in found if not _FORBIDDEN.search(w) and w not in TEMPLATE_WORDS_NOT_CHECKED
+            w for w in found if not HELD_OUT_WORDS.search(w) and w not in TEMPLATE_WORDS_NOT_CHECKED
         )
     return out
 
@@ -111,14 +115,14 @@ def unchecked_words() -> dict[str, str]:
     :func:`checked_words`, with the reason."""
     banks = _banks()
     texts = [
-        *(s for c in (_NORMAL_LABEL, *SEEN_TYPES) for s in banks["expert"].states_for(c)),
+        *(s for c in (NORMAL_LABEL, *SEEN_TYPES) for s in banks["expert"].states_for(c)),
         *banks["expert"].templates,
         *banks["generic"].templates,
         *banks["winclip"]["templates"],  # type: ignore[index]
     ]
     out = {}
     for w in dict.fromkeys(w for t in texts for w in words(t)):
-        if _FORBIDDEN.search(w):
+        if HELD_OUT_WORDS.search(w):
             out[w] = "it names a held-out defect type, which no pretraining caption may"
         elif w in TEMPLATE_WORDS_NOT_CHECKED:
             out[w] = TEMPLATE_WORDS_NOT_CHECKED[w]
@@ -206,7 +210,7 @@ def copies_prompt_bank(text: str) -> str | None:
 
 
 __all__ = [
-    "EXCLUDED_TYPES",
+    "HELD_OUT_WORDS",
     "TEMPLATE_WORDS_NOT_CHECKED",
     "checked_words",
     "copies_prompt_bank",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     EPISODES_FILE,
     IDENTITY_COLUMNS,
     IDENTITY_NAMES,
@@ -74,7 +74,7 @@ class Mismatch:
 
 def raw_rows(folder: Path) -> dict[str, dict[str, str]]:
     """Every row under ``folder`` as CSV text, by episode id (first occurrence wins, as in
-    ``store.read_rows``); a last line cut short by an interruption is left out."""
+    ``row_store.read_rows``); a last line cut short by an interruption is left out."""
     rows: dict[str, dict[str, str]] = {}
     for path in sorted(Path(folder).rglob(EPISODES_FILE)):
         text = path.read_text(encoding="utf-8")

@@ -99,8 +99,8 @@ class RunConfig:
     feature_cache: bool = True
     #: How trained heads are fitted: "stacked" = the episodes of one (variant, K) with equal
     #: support sizes (every seed and category) as one module when the method allows it
-    #: (models/together.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
-    #: saves kernel launches, alone on the CPU, where it was slower (results/performance.md).
+    #: (models/stacked.py); "alone" = one episode at a time; "auto" = stacked on CUDA, where it
+    #: saves kernel launches, alone on the CPU, where it does not pay (engine.fit_stacked).
     fit_mode: str = "auto"
     ablations: list[str] = field(
         default_factory=lambda: ["generic_prompts", "single_path", "no_text_guidance", "all"]

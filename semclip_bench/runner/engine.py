@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.errors import UserError
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.episode import (
@@ -83,6 +84,7 @@ from semclip_bench.runner.provenance import (  # git_commit, device_name: re-exp
     weights_identity,
     write_provenance,
 )
+from semclip_bench.runner.row_store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.schedule import (
     ClaimBoard,
     WorkItem,
@@ -93,7 +95,6 @@ from semclip_bench.runner.schedule import (
     work_items,
 )
 from semclip_bench.runner.scoring import OVERLAP_SCORING, Scorer
-from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, episode_id
 from semclip_bench.runner.tracking import Tracker
 from semclip_bench.runner.validate import probe_class_names, validate_variants
 
@@ -290,7 +291,7 @@ def _rank_body(
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
         category, shots, _, variant = unit
-        trains = getattr(classes[variant.method], "trains_together", False)
+        trains = getattr(classes[variant.method], "trains_stacked", False)
         if not (stacked and trains and shots > 0):
             return None
         return (variant.label, shots, len(dataset.defect_types(category)))
@@ -422,7 +423,7 @@ def _rank_body(
                 fit(
                     [m[2] for m in members],
                     device=device,
-                    together=stacked,
+                    stacked=stacked,
                     tracker=tracker,
                 ),
             )
@@ -482,7 +483,7 @@ def _rank_body(
 
 def _summary_rows(folder: Path) -> list[dict[str, Any]]:
     """Mean of each metric per (variant, shots) over categories and seeds, for the W&B summary."""
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.row_store import read_rows
 
     rows = read_rows([folder])
     ok = rows[rows["status"] == "ok"]
@@ -508,8 +509,9 @@ def _launch(job: tuple, device: torch.device, processes: int, start: float, stag
 
 def fit_stacked(config: RunConfig, device: torch.device) -> bool:
     """Whether this run stacks trained heads (``config.fit_mode``; "auto": on CUDA only, where it
-    saves kernel launches; on the CPU, which has none to save, it was slower:
-    ``benchmarks/stack_bench.py``, results/performance.md)."""
+    saves kernel launches; the CPU has none to save, and a stacked fit is slower there:
+    ``benchmarks/stack_bench.py``, results/performance.md, section "stack_bench | CPU (x86_64, 2
+    threads) | semclip-vit-m16 | S=9")."""
     if config.fit_mode == "auto":
         return device.type == "cuda"
     return config.fit_mode == "stacked"
@@ -525,13 +527,13 @@ def stack_limit(
     """``limit`` of :func:`~semclip_bench.runner.schedule.work_items` for a stacked run: how
     many episodes of a (variant, K, defect types) group one stack holds, from the support's
     feature bytes (:data:`~semclip_bench.runner.schedule.STACK_SUPPORT_BYTES`). Each variant
-    that trains together measures its features by extracting one blank image with its method as
+    that fits stacked measures its features by extracting one blank image with its method as
     ``validate_variants`` built it (``built``, by label; the global RNG state is kept)."""
     with torch.random.fork_rng(devices=[]):
         per_image = {
             v.label: feature_bytes(built[v.label].to(device), backbone, device)
             for v in variants
-            if getattr(classes[v.method], "trains_together", False)
+            if getattr(classes[v.method], "trains_stacked", False)
         }
     by_label = {v.label: v for v in variants}
 
@@ -561,13 +563,14 @@ def _check_shots(config: RunConfig, dataset, categories: Sequence[str]) -> None:
     for shots in config.shots:
         fits = False
         for category in categories:
-            normal = len(dataset.select(category=category, split="train", label="good"))
+            normal = len(dataset.select(category=category, split="train", label=NORMAL_LABEL))
             if normal >= shots:
                 fits = True
                 break
         if not fits:
             most = max(
-                len(dataset.select(category=c, split="train", label="good")) for c in categories
+                len(dataset.select(category=c, split="train", label=NORMAL_LABEL))
+                for c in categories
             )
             raise UserError(
                 f"--shots: {shots} shots is more than the data allows "

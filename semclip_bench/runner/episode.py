@@ -3,7 +3,7 @@
 1. :func:`prepare`: build the method and its support set from cached features (or the final
    "skipped" row);
 2. :func:`fit`: train the prepared episodes of one work item, alone or, for a group (one variant
-   and K, every seed and category), as one stacked module (``models/together.py``);
+   and K, every seed and category), as one stacked module (``models/stacked.py``);
 3. :func:`finish`: predict the query set and return the row and the call that scores it.
 """
 
@@ -25,8 +25,8 @@ from semclip_bench.models.base import FewShotMethod, MethodOutput, SupportSet, s
 from semclip_bench.runner.config import RunConfig, Variant
 from semclip_bench.runner.features import HEAD_TRAINING_PRECISION, FeatureCache, prediction_math
 from semclip_bench.runner.maps import map_shots, save_episode_maps
+from semclip_bench.runner.row_store import METRIC_COLUMNS
 from semclip_bench.runner.scoring import score_episode
-from semclip_bench.runner.store import METRIC_COLUMNS
 from semclip_bench.runner.tracking import Tracker, overlay
 
 
@@ -144,23 +144,23 @@ def fit(
     members: Sequence[Prepared],
     *,
     device: torch.device,
-    together: bool,
+    stacked: bool,
     tracker: Tracker,
 ) -> float:
-    """Train ``members`` (one work item); returns the wall seconds. With ``together`` and a
+    """Train ``members`` (one work item); returns the wall seconds. With ``stacked`` and a
     method that allows it, all members train as one stacked module (their W&B runs then get each
     member's per-epoch losses after the fit); otherwise one after another. Each row's
     ``fit_seconds`` is its share of the item's time (the whole time when trained alone). Heads
     train in IEEE float32 in every precision (see ``runner/features.py``)."""
     from semclip_bench.models.lightning import TrainingConfig, fit_method
-    from semclip_bench.models.together import can_train_together, fit_methods_together
+    from semclip_bench.models.stacked import can_fit_stacked, fit_methods_stacked
 
     trainer = head_trainer_settings(device)
     start = time.perf_counter()
     methods = [m.method for m in members]
     supports = [m.support for m in members]
-    if together and can_train_together(methods, supports):
-        modules = fit_methods_together(
+    if stacked and can_fit_stacked(methods, supports):
+        modules = fit_methods_stacked(
             methods,
             supports,
             TrainingConfig(**members[0].variant.training),
@@ -258,7 +258,7 @@ def no_uninitialized_fill() -> None:
     """Keep ``torch.empty`` cheap once Lightning has turned deterministic algorithms on.
 
     ``deterministic=True`` (``torch.use_deterministic_algorithms``) also makes every new empty
-    tensor be filled (NaN) first, which cost ~13% of the CPU time of SEM-CLIP's query inference
+    tensor be filled (NaN) first, a noticeable share of the CPU time of SEM-CLIP's query inference,
     for no effect on results (no kernel here reads memory it has not written).
     """
     torch.utils.deterministic.fill_uninitialized_memory = False

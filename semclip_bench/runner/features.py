@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from semclip_bench.data.datamodule import SampleDataset
 from semclip_bench.data.images import read_mask
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.data.types import Sample
 from semclip_bench.metrics.pixel import PixelTruth, pixel_truth
 from semclip_bench.models.base import Features, FewShotMethod
@@ -60,9 +61,9 @@ DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) - 1))
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``"auto"`` -> ``"fp32"`` on every device; other values are returned as is.
 
-    Not bf16 on CUDA: measured on an H200 (results/performance.md, "bf16 vs fp32"), bf16 moved
-    training-free metrics by more than PROTOCOL.md's 0.5 points (linear probe 1.0, PatchCore 0.53)
-    and made the default sweep no faster (the heads' training, not the backbone, dominates).
+    Not bf16 on CUDA: bf16 moves training-free metrics by more than PROTOCOL.md's 0.5 points and
+    makes the default sweep no faster, since the heads' training, not the backbone, dominates
+    (results/performance.md, section "bf16 vs fp32, 1 x H200").
     """
     torch.device(device)  # validates the device name
     if precision == "auto":
@@ -91,10 +92,11 @@ def prediction_math(precision: str, device: torch.device | str) -> Iterator[None
     rows). The flag is process-wide while the context is open; nothing else in a run does
     float32 matmuls meanwhile (the scoring thread sorts and counts).
 
-    Training never uses it (:data:`HEAD_TRAINING_PRECISION`): measured on an H200
-    (``results/performance.md``), TF32 made a stacked AnomalyCLIP-style fit 25% faster but put
-    stacked and alone parameters 2e-3 to 6e-3 apart after 8 steps, against 1e-5 in IEEE float32;
-    stacking's bound (PROTOCOL.md) needs IEEE training.
+    Training never uses it (:data:`HEAD_TRAINING_PRECISION`): TF32 speeds a stacked fit up but
+    puts stacked and alone parameters far further apart than IEEE float32 does
+    (results/performance.md, section "stack_bench | NVIDIA H200 | ViT-B-16-plus-240 | S=3 | bf16
+    run, TF32 head training (ebcefe7, not adopted)"); stacking's bound (PROTOCOL.md) needs IEEE
+    training.
     """
     if resolve_precision(precision, device) != "bf16" or torch.device(device).type != "cuda":
         yield
@@ -108,11 +110,11 @@ def prediction_math(precision: str, device: torch.device | str) -> Iterator[None
 
 
 #: Lightning ``precision`` of head training in every run precision: IEEE float32, never bf16-mixed.
-#: Measured on an H200 (``results/performance.md``): bf16-mixed fits were no faster, a stacked
-#: AnomalyCLIP-style fit took 6x the memory, and stacked and alone parameters drifted up to 4e-2
-#: apart (1e-5 in float32), beyond stacking's bound. So ``--precision bf16`` changes the frozen
-#: extraction (and prediction's matmul mode) only: given the same features, a head trains to the
-#: same parameters in both precisions.
+#: bf16-mixed fits are no faster, take more memory stacked, and let stacked and alone parameters
+#: drift apart beyond stacking's bound (results/performance.md, section "stack_bench | NVIDIA
+#: H200 | ViT-B-16-plus-240 | S=3 | bf16", next to its "fp32" twin). So ``--precision bf16``
+#: changes the frozen extraction (and prediction's matmul mode) only: given the same features, a
+#: head trains to the same parameters in both precisions.
 HEAD_TRAINING_PRECISION = "32-true"
 
 
@@ -341,7 +343,7 @@ class FeatureCache:
         std,
     ) -> None:
         """Extract ``samples`` in batches into memory (and queue them for the disk store)."""
-        dataset = SampleDataset(samples, ("good",), image_size, mean, std)
+        dataset = SampleDataset(samples, (NORMAL_LABEL,), image_size, mean, std)
         bar = tqdm(
             total=len(samples),
             desc=f"features {method.name}",

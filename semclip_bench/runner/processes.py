@@ -50,12 +50,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 #: Processes per GPU when ``procs_per_device`` is 0 ("auto"): a head's training is launch-bound,
-#: so several processes keep one GPU busy (measured in results/performance.md: on an H200 the
-#: default sweep took 108 s with 8, 120 s with 4, several minutes with 1).
+#: so several processes keep one GPU busy (results/performance.md: sections labelled "1gpu",
+#: 8 processes, and "1gpu-p4", 4 processes).
 AUTO_PROCS_PER_GPU = 8
 #: Processes of an "auto" run in all, whatever the GPU count: with stacked training the default
-#: sweep has a dozen large work items, which more processes cannot share (2 H200s: 16 processes
-#: 56.9 s with the slowest at 36.3 s of run time, 8 processes 50.2 s, slowest 29.4 s).
+#: sweep has a dozen large work items, which more processes cannot share (results/performance.md,
+#: section "1 vs 2 H200 (8 vs 16 processes), fp32").
 AUTO_MAX_PROCESSES = 8
 #: GPU memory budgeted per process by "auto" for the compact default backbone: the features a
 #: process caches on its GPU, a stacked fit, the query inference peak and the CUDA context, with
@@ -98,10 +98,10 @@ def procs_per_device(config: RunConfig, device: torch.device) -> int:
 def gib_per_process(config: RunConfig) -> float:
     """GPU memory "auto" budgets per process: :data:`AUTO_GIB_PER_PROCESS` times the square root
     of the run's backbone's token volume (tokens x width per image) over the compact default's
-    (at least 1). A heuristic on the H200 measurements of ViT-B-16-plus-240 (4.3 times the
-    default's volume; results/performance.md): 8 processes on one GPU ran out of memory in bf16
-    and peaked at 128 of 140 GB in fp32, while 4 peaked at 110 (bf16) and 92 GB (fp32) and ran
-    as fast or faster. This rule gives it 33 GiB, so 4 processes on an H200."""
+    (at least 1). A heuristic on the H200 runs of ViT-B-16-plus-240 (4.3 times the default's
+    volume), where 8 processes on one GPU leave no memory to spare and 4 run as fast
+    (results/performance.md, sections labelled "vitb-bf16-p4" and "vitb-fp32-p4"). This rule
+    gives it 33 GiB, so 4 processes on an H200."""
     from semclip_bench.backbones import DEFAULT_MODEL, token_volume
 
     reference = token_volume(DEFAULT_MODEL)
@@ -130,10 +130,10 @@ def gpu_memory_gib() -> float | None:
 
 
 #: How the processes of a multi-process run start: "fork" copies this process after its imports,
-#: so no rank pays the interpreter start and imports again (each rank spent 17-21 s there on an
-#: H200 host, results/performance.md); "exec" re-executes the command line in each process
-#: (Lightning's script launcher). Default: fork wherever the platform has it (measured on an H200
-#: host: the launch stage 2.4 s instead of 24.5 s, results/performance.md), else exec.
+#: so no rank pays the interpreter start and imports again; "exec" re-executes the command line in
+#: each process (Lightning's script launcher). Default: fork wherever the platform has it (the
+#: "launch" column of results/performance.md, sections labelled "final-1gpu", exec, and
+#: "stacked-fork-honest-startup-1gpu", fork), else exec.
 #: SEMCLIP_BENCH_LAUNCH overrides.
 LAUNCH_ENV = "SEMCLIP_BENCH_LAUNCH"
 

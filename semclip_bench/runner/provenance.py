@@ -1,9 +1,9 @@
 """Provenance: what produced a run's rows, recorded in ``provenance.json`` and printed atop tables.
 
 A run's identity is (protocol version, dataset content digest, weights digest): rows may only be
-merged, resumed into or checked against rows of the same identity (``store.check_identity``). The
-rest of the record (command, commit, date, device, precision, seeds, timings, this process's share
-of the work) describes the invocation; ``provenance_block`` renders the records of one or more
+merged, resumed into or checked against rows of the same identity (``row_store.check_identity``).
+The rest of the record (command, commit, date, device, precision, seeds, timings, this process's
+share of the work) describes the invocation; ``provenance_block`` renders the records of one or more
 folders (shards, ranks of a ``--devices N`` run, resumed invocations) as the tables' header.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from semclip_bench import __version__
+from semclip_bench._version import __version__
 from semclip_bench.errors import UserError
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     EPISODES_FILE,
     IDENTITY_COLUMNS,
     IDENTITY_NAMES,
@@ -267,14 +267,14 @@ def _weights_line(rec: dict[str, Any]) -> str:
 
 
 def _training_text(rec: dict[str, Any]) -> str:
-    """How the heads were trained: a group's episodes together, or each episode alone."""
+    """How the heads were trained: a group's episodes stacked, or each episode alone."""
     mode = rec.get("training")
     if mode is None:  # recorded before the field: the flag of that time, else alone
         mode = "stacked" if (rec.get("config") or {}).get("fit_together") else "alone"
     if mode == "stacked":
         return (
             "the episodes of one (variant, shots, support size) of a method that allows it, "
-            "every seed and category, trained together as one stacked module "
+            "every seed and category, trained as one stacked module "
             "(`--fit-mode stacked`)"
         )
     return "each episode trained alone (`--fit-mode alone`)"

@@ -20,7 +20,7 @@ import pandas as pd
 
 from semclip_bench.metrics.bootstrap import DEFAULT_RESAMPLES, percentile_interval
 from semclip_bench.runner.provenance import provenance_block, read_provenance
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     IDENTITY_NAMES,
     METRIC_COLUMNS,
     check_identity,
@@ -65,7 +65,7 @@ def _unseen_types(records: Sequence[dict[str, Any]]) -> list[str]:
     (by content digest; by file name for records older than the digest)."""
     from semclip_bench.backbones import default_backbone_spec
     from semclip_bench.data import file_sha256
-    from semclip_bench.pretrain.captions import EXCLUDED_TYPES
+    from semclip_bench.data.labels import EXCLUDED_TYPES
 
     shipped = default_backbone_spec().pretrained
     if not records or not shipped:

@@ -1,21 +1,20 @@
 """Which process runs which episode: estimated costs and a claim board shared by the ranks.
 
-A ``--devices N`` run (several processes, see ``engine._launch``) used to split its units round
-robin, which put every episode of every other variant on one rank (a rank with all AnomalyCLIP-style
-fits ran twice as long as the other). Now the ranks pull units from one list ordered longest
-estimated first (:func:`by_estimated_cost`) and each unit is run by whichever rank claims it first
-(:class:`ClaimBoard`): the greedy "longest job first" rule that keeps the ranks within about one
-episode of each other whatever the methods cost. Which rank runs a unit never changes its row: an
-episode's features do not depend on the process (fixed extraction batches, ``runner/features.py``)
-and its training is seeded by the episode alone.
+The ranks of a ``--devices N`` run (several processes, see ``engine._launch``) pull units from
+one list ordered longest estimated first (:func:`by_estimated_cost`), and each unit is run by
+whichever rank claims it first (:class:`ClaimBoard`): the greedy "longest job first" rule keeps the
+ranks within about one episode of each other whatever the methods cost, where a fixed round-robin
+split can give one rank every episode of the costliest variant. Which rank runs a unit never
+changes its row: an episode's features do not depend on the process (fixed extraction batches,
+``runner/features.py``) and its training is seeded by the episode alone.
 
-Work items: the episodes of one (variant, K) whose method trains together (``models/together.py``)
-and whose support sets have the same size (the same number of defect types) form one item, every
-seed of every category, trained as one stacked module and claimed as one, up to
-:data:`STACK_SUPPORT_BYTES` of support features per item (a larger group is split, in run order);
-every other unit is an item of its own (:func:`work_items`). An item always trains all its
-members, also when only some of their rows are still to be written (resume, ``verify``), so an
-episode's numbers never depend on which of its group's rows were already on disk.
+Work items: the episodes of one (variant, K) whose method allows stacked fits
+(``models/stacked.py``) and whose support sets have the same size (the same number of defect
+types) form one item, every seed of every category, trained as one stacked module and claimed as
+one, up to :data:`STACK_SUPPORT_BYTES` of support features per item (a larger group is split, in
+run order); every other unit is an item of its own (:func:`work_items`). An item always trains
+all its members, also when only some of their rows are still to be written (resume, ``verify``),
+so an episode's numbers never depend on which of its group's rows were already on disk.
 
 ``--shard i/n`` (job arrays) keeps its static rule, ``index % n == i`` over the work items, so the
 shards of an array are fixed before any job starts.
@@ -40,7 +39,7 @@ UNTRAINED_COST = 1.0
 #: them the rows, are the same wherever the run goes. The compact default backbone's largest
 #: group (SEM-CLIP, K = 20, 9 episodes: 1.9 GB) stays one stack; on ViT-B-16-plus-240 one
 #: SEM-CLIP K = 20 support holds 0.9 GB, and nine of them stacked, with their training
-#: intermediates, took eight processes sharing an H200 out of memory (results/performance.md).
+#: intermediates, do not fit eight processes sharing one H200.
 STACK_SUPPORT_BYTES = 2 * 2**30
 
 
@@ -81,7 +80,7 @@ def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tu
 
 @dataclass(frozen=True)
 class WorkItem:
-    """Units trained together (one unit, or a group's episodes), and the rows to write."""
+    """Units fitted as one (one unit, or a stacked group's episodes), and the rows to write."""
 
     #: Claim id: the first member's episode id (unique: a unit is in exactly one item).
     key: str

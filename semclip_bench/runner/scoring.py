@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from semclip_bench.models.base import MethodOutput
-from semclip_bench.runner.store import METRIC_COLUMNS, SCORES_KEY
+from semclip_bench.runner.row_store import METRIC_COLUMNS, SCORES_KEY
 
 #: Score an episode (exact metrics) on a background thread while the next episode fits and
 #: predicts. Rows are still appended in episode order, each once its metrics are done.
@@ -83,7 +83,7 @@ def score_episode(
     ``masks_reason`` then says why, and the pixel metrics read n/a).
 
     On CUDA the maps are still on the GPU: the pixel metrics sort and reduce them there and only
-    the metric values come back. On the CPU the numpy path runs (bit-identical to earlier runs).
+    the metric values come back. On the CPU the numpy path runs (the rows of results/sweep).
     """
     from semclip_bench.metrics import NotAvailable, evaluate
 

@@ -87,7 +87,7 @@ class Tracker:
 
     def log_history(self, logger, history: dict[str, list[float]]) -> None:
         """Log a training curve after the fit (one point per epoch per loss term), for episodes
-        trained together, whose fit could not log to each episode's own run as it went."""
+        of a stacked fit, whose fit could not log to each episode's own run as it went."""
         if logger is None or not history:
             return
         try:

@@ -1,11 +1,11 @@
 """Intervals and paired comparisons of a report, from the episodes' stored per-image statistics.
 
-For every finished episode with a ``scores/<episode>.npz`` (``runner/store.py``), each metric gets
-R bootstrap replicates (``metrics/bootstrap.py``): images resampled by label, with the weights of
-its category (the same for every method, K and seed: paired). A table cell, a mean over seeds and
+For every finished episode with a ``scores/<episode>.npz`` (``runner/row_store.py``), each metric
+gets R bootstrap replicates (``metrics/bootstrap.py``): images resampled by label, with the weights
+of its category (the same for every method, K and seed: paired). A table cell, a mean over seeds and
 categories, gets replicates by the hierarchical resample: each replicate draws the seeds with
-replacement (the same draw for every cell), and within them the images. Pixel replicates are
-shifted by (exact - binned) of their episode, so the interval sits around the exact point.
+replacement (the same draw for every cell), and within them the images. Pixel replicates are shifted
+by (exact - binned) of their episode, so the interval sits around the exact point.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.metrics.bootstrap import (
     EpisodeScores,
     chance_classification,
@@ -32,7 +33,7 @@ from semclip_bench.metrics.bootstrap import (
     seed_weights,
 )
 from semclip_bench.metrics.classification import type_scores
-from semclip_bench.runner.store import scores_path
+from semclip_bench.runner.row_store import scores_path
 
 #: Pixel metrics: replicates from binned histograms, shifted to the exact point.
 PIXEL = ("pAUROC", "pF1max", "AUPRO")
@@ -115,7 +116,7 @@ def episode_replicates(ok: pd.DataFrame, resamples: int) -> Replicates:
         paths[_key(row)] = path
         with np.load(path, allow_pickle=False) as data:  # lazy: reads these two arrays only
             if "class_logits" in data.files:
-                names.update(str(c) for c in data["class_names"] if c != "good")
+                names.update(str(c) for c in data["class_names"] if c != NORMAL_LABEL)
     result.type_names = sorted(names)
     weights_cache: dict[tuple, np.ndarray] = {}
     exact = {_key(r): r for _, r in ok.iterrows()}

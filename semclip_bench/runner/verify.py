@@ -54,7 +54,7 @@ from semclip_bench.runner.provenance import (
     run_identity,
     weights_identity,
 )
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     IDENTITY_COLUMNS,
     IDENTITY_NAMES,
     PROTOCOL_VERSION,

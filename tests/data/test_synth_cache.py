@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from semclip_bench.data import check_dataset, load_dataset, synth
+from semclip_bench.data import check_dataset, dataset_digest, load_dataset, synth
 from semclip_bench.data.fixtures import tiny_synth_config
 from semclip_bench.data.synth import DATA_SEEDS, MANIFEST_NAME, identity
 from semclip_bench.data.synth_cache import (
@@ -190,7 +190,7 @@ def test_load_sem_synth_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert val.name == "sem-synth:val"
     val_config = dataclasses.replace(tiny, seed=DATA_SEEDS["val"])
     assert val.root == synth_cache_path(val_config, tmp_path / "cache", variant="val")
-    assert val.digest != test.digest
+    assert dataset_digest(val) != dataset_digest(test)
     assert check_dataset("sem-synth:val").ok
 
 

@@ -10,10 +10,9 @@ import open_clip
 import pytest
 
 import semclip_bench.backbones as bb
+from semclip_bench.data.labels import DEFECT_TYPES, EXCLUDED_TYPES, SEEN_TYPES
 from semclip_bench.data.synth import SynthConfig, render_image
 from semclip_bench.pretrain.captions import (
-    EXCLUDED_TYPES,
-    SEEN_TYPES,
     caption_from_meta,
     check_caption,
     orientation_word,
@@ -59,6 +58,11 @@ def captions(metas: list[dict]) -> dict[str, list[str]]:
             texts = [caption_from_meta(m, rng) for _ in range(DRAWS // 2)]
             out.setdefault(meta["defect_type"] or "good", []).extend(texts)
     return out
+
+
+def test_seen_and_held_out_types_split_the_defect_types() -> None:
+    assert sorted((*SEEN_TYPES, *EXCLUDED_TYPES)) == sorted(DEFECT_TYPES)
+    assert not set(SEEN_TYPES) & set(EXCLUDED_TYPES)
 
 
 def test_captions_never_name_held_out_types(captions: dict[str, list[str]]) -> None:

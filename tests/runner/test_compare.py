@@ -14,7 +14,7 @@ from semclip_bench.cli import main
 from semclip_bench.runner import compare
 from semclip_bench.runner.compare import compare_runs, reference_for, reference_report
 from semclip_bench.runner.config import RunConfig
-from semclip_bench.runner.store import PROTOCOL_VERSION, EpisodeStore
+from semclip_bench.runner.row_store import PROTOCOL_VERSION, EpisodeStore
 
 EPISODES = ("c1/patchcore/k1/s0", "c1/patchcore/k1/s1", "c1/winclip/k1/s0")
 

@@ -21,7 +21,7 @@ from semclip_bench.runner.config import (
     method_config,
     sweep_variants,
 )
-from semclip_bench.runner.store import read_rows
+from semclip_bench.runner.row_store import read_rows
 
 
 @pytest.fixture

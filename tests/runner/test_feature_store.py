@@ -13,7 +13,7 @@ import torch
 
 from semclip_bench.cli import main
 from semclip_bench.runner.feature_store import FeatureStore, StoreKey, folder_usage
-from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
+from semclip_bench.runner.row_store import METRIC_COLUMNS, read_rows
 
 
 def _key(**changes) -> StoreKey:

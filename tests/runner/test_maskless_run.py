@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from semclip_bench.cli import main
-from semclip_bench.runner.store import read_rows
+from semclip_bench.runner.row_store import read_rows
 
 METHODS = "semclip,anomalyclip,patchcore"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from semclip_bench.cli import main
-from semclip_bench.runner.store import METRIC_COLUMNS, EpisodeStore, read_rows
+from semclip_bench.runner.row_store import METRIC_COLUMNS, EpisodeStore, read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 from semclip_bench.cli import main
 from semclip_bench.data import dataset_digest, load_dataset
 from semclip_bench.runner.provenance import provenance_block, weights_identity
-from semclip_bench.runner.store import (
+from semclip_bench.runner.row_store import (
     COLUMNS,
     IDENTITY_COLUMNS,
     PROTOCOL_VERSION,

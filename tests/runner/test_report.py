@@ -15,7 +15,7 @@ from semclip_bench.runner.report import (
     per_category_table,
     per_type_table,
 )
-from semclip_bench.runner.store import COLUMNS, METRIC_COLUMNS, EpisodeStore
+from semclip_bench.runner.row_store import COLUMNS, METRIC_COLUMNS, EpisodeStore
 
 
 def _row(variant: str, seed: int, category: str = "c1", shots: int = 1, **metrics) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semclip_bench.cli import main
-from semclip_bench.runner.store import METRIC_COLUMNS, read_rows
+from semclip_bench.runner.row_store import METRIC_COLUMNS, read_rows
 
 ALL = "semclip,winclip,anomalyclip,patchcore,linear_probe"
 
@@ -109,7 +109,7 @@ def test_stacked_training_agrees_with_training_alone(full_run: Path, stacked_run
     stacked = _metrics(read_rows([stacked_run / "sweep"]))
     pd.testing.assert_frame_equal(alone, stacked, check_exact=False, atol=1e-3, rtol=0)
     assert "- Training: each episode trained alone" in (full_run / "sweep.md").read_text()
-    assert "trained together as one stacked module" in (stacked_run / "sweep.md").read_text()
+    assert "trained as one stacked module" in (stacked_run / "sweep.md").read_text()
 
 
 def test_bf16_runs_train_heads_in_float32_so_stacked_agrees_with_alone(
@@ -153,14 +153,14 @@ def test_stacks_are_split_by_their_support_bytes(
     """The run asks the stack-size rule with each group's support bytes and trains stacks of at
     most what it answers: the same rows as the full stacks within the stacked-vs-alone tolerance
     (the members train independently)."""
-    import semclip_bench.models.together as together
+    import semclip_bench.models.stacked as stacked_fits
     from semclip_bench.backbones import BackboneSpec, build_backbone
     from semclip_bench.models import method_class
     from semclip_bench.runner import engine
     from semclip_bench.runner.features import feature_bytes
 
     sizes, asked = [], []
-    fit = together.fit_methods_together
+    fit = stacked_fits.fit_methods_stacked
 
     def recording(methods, *args, **kwargs):
         sizes.append(len(methods))
@@ -170,7 +170,7 @@ def test_stacks_are_split_by_their_support_bytes(
         asked.append(support_bytes)
         return 2
 
-    monkeypatch.setattr(together, "fit_methods_together", recording)
+    monkeypatch.setattr(stacked_fits, "fit_methods_stacked", recording)
     monkeypatch.setattr(engine, "members_per_stack", two)
     assert _sweep(tiny_data, fast_config, tmp_path, "--methods", ALL, "--fit-mode", "stacked") == 0
     assert sizes and max(sizes) == 2
@@ -197,7 +197,7 @@ def test_two_shards_merge_to_single_run(
             == 0
         )
     parts = [len(read_rows([tmp_path / f"s{i}"])) for i in range(2)]
-    # Shards split work items: the seeds of a group trained together are in one shard.
+    # Shards split work items: the seeds of a stacked group are in one shard.
     assert sum(parts) == 20 and min(parts) > 0
     assert (
         main(

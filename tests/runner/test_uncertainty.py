@@ -12,7 +12,7 @@ import pytest
 from semclip_bench.metrics import evaluate, pixel_truth
 from semclip_bench.metrics.bootstrap import EpisodeScores, pixel_statistics
 from semclip_bench.runner.report import build_report
-from semclip_bench.runner.store import COLUMNS, SCORES_KEY, EpisodeStore
+from semclip_bench.runner.row_store import COLUMNS, SCORES_KEY, EpisodeStore
 
 TYPES = ("bridge", "hole")
 
@@ -151,7 +151,7 @@ def test_without_resamples_the_seed_std_is_labelled(run: Path) -> None:
 
 
 def test_intervals_are_paired_across_methods(run: Path) -> None:
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.row_store import read_rows
     from semclip_bench.runner.uncertainty import episode_replicates
 
     rows = read_rows([run])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from semclip_bench.cli import main
-from semclip_bench.runner.store import IDENTITY_COLUMNS, PROTOCOL_VERSION
+from semclip_bench.runner.row_store import IDENTITY_COLUMNS, PROTOCOL_VERSION
 from semclip_bench.runner.verify import Subset, parse_subset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from semclip_bench.data.labels import DEFECT_TYPES
+from semclip_bench.data.labels import DEFECT_TYPES, NORMAL_LABEL
 from semclip_bench.errors import UserError
 
 #: Data seed of each benchmark split of sem-synth (``--data sem-synth`` / ``sem-synth:val``).
@@ -117,7 +117,10 @@ class SynthConfig:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Number of images per (split, label) in every category."""
-        out = {("train", "good"): self.n_train_good, ("test", "good"): self.n_test_good}
+        out = {
+            ("train", NORMAL_LABEL): self.n_train_good,
+            ("test", NORMAL_LABEL): self.n_test_good,
+        }
         for name in self.defect_types:
             out[("test", name)] = self.n_per_defect
         return out

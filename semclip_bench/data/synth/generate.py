@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from semclip_bench import __version__
+from semclip_bench._version import __version__
 from semclip_bench.data.labels import NORMAL_LABEL
 from semclip_bench.data.synth.config import SynthConfig
 from semclip_bench.data.synth.identity import checksum_lines, content_digest, generator_identity

@@ -61,7 +61,7 @@ def render_image(
     if split not in SPLITS:
         raise UserError(f"synth split {split!r} is not 'train' or 'test'")
     if label != NORMAL_LABEL and label not in DEFECT_TYPES:
-        raise UserError(f"synth label {label!r} is not 'good' or a defect type")
+        raise UserError(f"synth label {label!r} is not {NORMAL_LABEL!r} or a defect type")
     if label != NORMAL_LABEL and split != "test":
         raise UserError("synth: defect images exist only in the 'test' split")
     if not isinstance(index, (int, np.integer)) or index < 0:

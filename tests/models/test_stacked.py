@@ -1,4 +1,4 @@
-"""Stacked training (models/together.py): several episodes' heads in one vmapped fit.
+"""Stacked training (models/stacked.py): several episodes' heads in one vmapped fit.
 
 Each member must train as it would alone (same initialisation, batches, optimiser), the members
 must not mix, and a method that cannot be stacked must be refused.
@@ -15,7 +15,7 @@ from semclip_bench.errors import UserError
 from semclip_bench.models import method_class
 from semclip_bench.models.base import Features, FewShotMethod, MethodOutput, SupportSet
 from semclip_bench.models.lightning import TrainingConfig, fit_method
-from semclip_bench.models.together import can_train_together, fit_methods_together
+from semclip_bench.models.stacked import can_fit_stacked, fit_methods_stacked
 
 CLASSES = ("good", "bridge", "particle")
 CONFIG = TrainingConfig(epochs=3, lr=1e-2, batch_size=4)
@@ -63,7 +63,7 @@ def test_each_member_trains_as_it_would_alone(
         module = fit_method(method, support, config, seed=seed)
         alone.append((_state(method), module.history["loss"]))
     members = [_member(backbone, name, seed) for seed in seeds]
-    modules = fit_methods_together(
+    modules = fit_methods_stacked(
         [m for m, _ in members], [s for _, s in members], config, seeds=seeds
     )
     for (state, losses), (method, _), module in zip(alone, members, modules, strict=True):
@@ -78,7 +78,7 @@ def test_each_member_trains_as_it_would_alone(
 def test_stacked_training_is_deterministic(backbone) -> None:
     def run() -> list[list[Tensor]]:
         members = [_member(backbone, "semclip", seed) for seed in (0, 1)]
-        fit_methods_together([m for m, _ in members], [s for _, s in members], CONFIG, seeds=[0, 1])
+        fit_methods_stacked([m for m, _ in members], [s for _, s in members], CONFIG, seeds=[0, 1])
         return [_state(m) for m, _ in members]
 
     first, second = run(), run()
@@ -94,7 +94,7 @@ def test_members_of_other_categories_keep_their_own_statistics(backbone) -> None
     alone, salone = _member(backbone, "semclip", 1)
     salone.features = {k: v * 3.0 for k, v in salone.features.items()}
     fit_method(alone, salone, CONFIG, seed=1)
-    fit_methods_together([a, b], [sa, sb], CONFIG, seeds=[0, 1])
+    fit_methods_stacked([a, b], [sa, sb], CONFIG, seeds=[0, 1])
     assert torch.allclose(b.token_std, alone.token_std)
     assert not torch.allclose(a.token_std, b.token_std)
     for x, y in zip(_state(alone), _state(b), strict=True):
@@ -124,24 +124,24 @@ class _NotStackable(FewShotMethod):
 def test_what_cannot_be_stacked_is_refused(backbone) -> None:
     one, s1 = _member(backbone, "semclip", 0)
     two, s2 = _member(backbone, "semclip", 1)
-    assert can_train_together([one, two], [s1, s2])
-    assert not can_train_together([one], [s1])  # nothing to stack
+    assert can_fit_stacked([one, two], [s1, s2])
+    assert not can_fit_stacked([one], [s1])  # nothing to stack
     small, s_small = _member(backbone, "semclip", 1, n=6)
-    assert not can_train_together([one, small], [s1, s_small])  # other support size
+    assert not can_fit_stacked([one, small], [s1, s_small])  # other support size
     head, s_head = _member(backbone, "semclip", 1, head_hidden=8)
-    assert not can_train_together([one, head], [s1, s_head])  # other parameter shapes
+    assert not can_fit_stacked([one, head], [s1, s_head])  # other parameter shapes
     other, s_other = _member(backbone, "anomalyclip", 1)
-    assert not can_train_together([one, other], [s1, s_other])  # other method
+    assert not can_fit_stacked([one, other], [s1, s_other])  # other method
     plain = [_NotStackable(), _NotStackable()]
-    assert not can_train_together(plain, [s1, s2])  # did not opt in
+    assert not can_fit_stacked(plain, [s1, s2])  # did not opt in
     with pytest.raises(ValueError, match="cannot be trained as one stack"):
-        fit_methods_together(plain, [s1, s2], CONFIG, seeds=[0, 1])
+        fit_methods_stacked(plain, [s1, s2], CONFIG, seeds=[0, 1])
 
 
 class _DataDependent(_NotStackable):
-    """Declares trains_together but branches on a tensor value: vmap refuses it."""
+    """Declares trains_stacked but branches on a tensor value: vmap refuses it."""
 
-    trains_together = True
+    trains_stacked = True
 
     def training_loss(self, features: Features, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
         x = features["x"] @ self.weight
@@ -157,4 +157,17 @@ def test_a_method_that_cannot_run_under_vmap_is_one_clear_error() -> None:
         for _ in range(2)
     ]  # fmt: skip
     with pytest.raises(UserError, match=r"cannot run under vmap.*--fit-mode alone"):
-        fit_methods_together([_DataDependent(), _DataDependent()], supports, CONFIG, seeds=[0, 1])
+        fit_methods_stacked([_DataDependent(), _DataDependent()], supports, CONFIG, seeds=[0, 1])
+
+
+def test_the_stacked_methods_declare_it_under_its_one_name() -> None:
+    """SEM-CLIP and AnomalyCLIP-style declare ``trains_stacked`` (the runner reads nothing else:
+    a class declaring the concept under another name would silently fit alone)."""
+    from semclip_bench.models import METHODS
+
+    classes = {name: method_class(name) for name in METHODS}
+    assert {n for n, c in classes.items() if getattr(c, "trains_stacked", False)} == {
+        "semclip",
+        "anomalyclip",
+    }
+    assert not [n for n, c in classes.items() if any("together" in a for a in dir(c))]

@@ -3,7 +3,7 @@
 Episodes that share a method variant and a support size (the runner groups every seed and every
 category of one (variant, K) with the same number of classes) differ in their support images,
 class prompts, initial head and shuffling order, not in shapes. Their heads are independent
-problems of identical shape, so they are trained together: every trainable parameter
+problems of identical shape, so they are trained as one stack: every trainable parameter
 gets a leading member dimension, one step evaluates every member's loss with ``torch.func.vmap``
 over that dimension and back-propagates their sum (member ``i``'s gradient is that of its own
 loss: the members share no parameter). AdamW is elementwise, so the stacked optimiser is each
@@ -15,11 +15,11 @@ instead of single ones), so results can differ from :func:`fit_method` in the la
 training may amplify; they are deterministic given the group (the runner always trains the same
 group for an episode: every seed and category of the run, also when resuming or verifying; so
 a run over fewer seeds or categories can differ from it in those last bits). Attention runs in
-its math form here (see :func:`fit_methods_together`), and two ops that vmap batches badly take
+its math form here (see :func:`fit_methods_stacked`), and two ops that vmap batches badly take
 another form of the same formula when :func:`~semclip_bench.backbones.clip.is_vmapped` says they
 run here: the text tower's attention (``backbones/clip.py``) and the bilinear resize of maps
 (``models/common.upsample_maps``). A method opts in by declaring
-``trains_together = True``: its ``training_loss`` must be free of data-dependent Python control
+``trains_stacked = True``: its ``training_loss`` must be free of data-dependent Python control
 flow (no ``bool(tensor)`` / ``.item()`` on anything that differs between members).
 """
 
@@ -45,13 +45,13 @@ from semclip_bench.models.lightning import (
 )
 
 
-def can_train_together(methods: Sequence[FewShotMethod], supports: Sequence[SupportSet]) -> bool:
+def can_fit_stacked(methods: Sequence[FewShotMethod], supports: Sequence[SupportSet]) -> bool:
     """Whether ``methods`` (one per support set) can be trained as one stack: two or more, one
     class that opts in, the same trainable parameter shapes and support sizes."""
     if len(methods) < 2 or len(methods) != len(supports):
         return False
     first = methods[0]
-    if not getattr(first, "trains_together", False) or not first.trainable:
+    if not getattr(first, "trains_stacked", False) or not first.trainable:
         return False
     shapes = [_trainable_shapes(m) for m in methods]
     sizes = {len(s.labels) for s in supports}
@@ -169,7 +169,7 @@ class StackedFewShotModule(L.LightningModule):
                 params[name].copy_(stacked[i])
 
 
-def fit_methods_together(
+def fit_methods_stacked(
     methods: Sequence[FewShotMethod],
     supports: Sequence[SupportSet],
     config: TrainingConfig | None = None,
@@ -180,12 +180,12 @@ def fit_methods_together(
 
     Member ``i`` is prepared (``setup_support``) and batched exactly as ``fit_method(methods[i],
     supports[i], config, seeds[i])`` would, and trained with its own parameters and batches in
-    one stacked optimisation (see the module docstring). Needs :func:`can_train_together`.
+    one stacked optimisation (see the module docstring). Needs :func:`can_fit_stacked`.
     Returns one :class:`FewShotModule` per member, with that member's ``history``.
     """
     config = config or TrainingConfig()
-    if len(seeds) != len(methods) or not can_train_together(methods, supports):
-        raise ValueError("fit_methods_together: these methods cannot be trained as one stack")
+    if len(seeds) != len(methods) or not can_fit_stacked(methods, supports):
+        raise ValueError("fit_methods_stacked: these methods cannot be trained as one stack")
     loaders = []
     for method, support, seed in zip(methods, supports, seeds, strict=True):
         L.seed_everything(seed, workers=True, verbose=False)
@@ -209,7 +209,7 @@ def fit_methods_together(
                 raise
             first = str(exc).splitlines()[0]
             raise UserError(
-                f"{type(methods[0]).__name__} declares trains_together but its training_loss "
+                f"{type(methods[0]).__name__} declares trains_stacked but its training_loss "
                 f"cannot run under vmap ({first}); train it with --fit-mode alone"
             ) from exc
     stacked.unstack()
@@ -220,4 +220,4 @@ def fit_methods_together(
     return modules
 
 
-__all__ = ["StackedFewShotModule", "can_train_together", "fit_methods_together"]
+__all__ = ["StackedFewShotModule", "can_fit_stacked", "fit_methods_stacked"]
