@@ -101,7 +101,7 @@ lint: $(STAMP)
 
 # Validation-only tuning studies (docs/tuning.md), presets in configs/tuning/studies/ with their
 # candidate variants in configs/tuning/methods/: each writes results/tuning/<study>/sweep.md.
-STUDIES := winclip patchcore semclip lr budget budget2_semclip budget2_semclip_plus budget2_anomalyclip
+STUDIES := winclip patchcore semclip lr budget budget2_semclip budget2_semclip_plus budget2_anomalyclip budget3_floor
 .PHONY: tune
 tune: $(STAMP)
 	for s in $(STUDIES); do $(PY) -m semclip_bench sweep --config configs/tuning/studies/$$s.yaml || exit 1; done
