@@ -104,11 +104,9 @@ def run_episode(method_cls, variant, training, wanted, backbone, cache, episode,
     torch.manual_seed(episode.seed)
     method = method_cls(backbone, episode.class_names, **variant.options).to(device)
     method.eval()
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean, std = getattr(method, "mean", backbone.mean), getattr(method, "std", backbone.std)
-    support = list(episode.normal_support)
-    if method_cls.supervision == "normal+defects":
-        support += list(episode.defect_support_flat)
+    geometry = method.input_geometry(backbone)
+    size, mean, std = geometry.size, geometry.mean, geometry.std
+    support = method_cls.support_of(episode.normal_support, episode.defect_support_flat)
     index = {name: i for i, name in enumerate(episode.class_names)}
     support_features = cache.features(method, support, size, mean, std)
     support_set = SupportSet(

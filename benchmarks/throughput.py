@@ -98,11 +98,10 @@ def make_support(
     from semclip_bench.models.base import SupportSet
     from semclip_bench.runner.features import extract_features
 
-    size = int(getattr(method, "image_size", backbone.image_size))
+    size = method.input_geometry(backbone).size
     generator = torch.Generator().manual_seed(0)
-    labels = [0] * shots
-    if type(method).supervision == "normal+defects":
-        labels += [c for c in range(1, len(class_names)) for _ in range(shots)]
+    defect_labels = [c for c in range(1, len(class_names)) for _ in range(shots)]
+    labels = type(method).support_of([0] * shots, defect_labels)
     n = len(labels)
     masks = torch.zeros(n, size, size)
     for i, label in enumerate(labels):  # one random rectangle per defect image (setup only)
@@ -159,7 +158,7 @@ def bench_method(
     # Best of the fits: the first one also pays one-off kernel/library initialisation.
     fit_s = time_call(fit, device, warmup=0, repeats=args.fit_repeats, reduce=min)
     fit_peak = _peak_gib(device)
-    size = int(getattr(method, "image_size", backbone.image_size))
+    size = method.input_geometry(backbone).size
     result: dict[str, Any] = {
         "method": name,
         "support_images": int(support.labels.numel()),

@@ -261,7 +261,8 @@ class Method:
             raise UserError(f"fit: {len(mask_list)} masks for {len(pictures)} images")
         keep = self._support_rows(names)
         module = self._build(class_names)
-        size, mean, std = _input_geometry(module, self.backbone)
+        geometry = module.input_geometry(self.backbone)
+        size, mean, std = geometry.size, geometry.mean, geometry.std
         rows = [pictures[i] for i in keep]
         row_masks = [mask_list[i] for i in keep]
         tensors, mask_tensors = _to_tensors(rows, row_masks, size, mean, std)
@@ -299,7 +300,8 @@ class Method:
             self.fit([], [], class_names=self.class_names or ("good", "defect"))
         module = self.module
         assert module is not None and self.class_names is not None
-        size, mean, std = _input_geometry(module, self.backbone)
+        geometry = module.input_geometry(self.backbone)
+        size, mean, std = geometry.size, geometry.mean, geometry.std
         pictures = _image_list(images)
         if not pictures:
             raise UserError("predict: no images given")
@@ -325,12 +327,12 @@ class Method:
     # ------------------------------------------------------------------ internals
     def _support_rows(self, names: list[str]) -> list[int]:
         """Indices of the support images the method's supervision uses (as in an episode)."""
-        supervision = self.method_class.supervision
-        if supervision == "zero-shot":
+        method_class = self.method_class
+        if not method_class.draws_support():
             return []
-        keep = [i for i, n in enumerate(names) if supervision == "normal+defects" or n == "good"]
-        if not keep and not self.method_class.zero_shot:
-            what = "normal" if supervision == "normal" else "labelled"
+        keep = [i for i, n in enumerate(names) if method_class.draws_defects() or n == "good"]
+        if not keep and not method_class.zero_shot:
+            what = "labelled" if method_class.draws_defects() else "normal"
             raise UserError(f"fit: {self.name} needs at least one {what} support image")
         return keep
 
@@ -472,13 +474,6 @@ def _label_names(
     if any(not 0 <= int(x) < len(class_names) for x in labels):
         raise UserError(f"fit: class ids must lie in 0..{len(class_names) - 1}")
     return [class_names[int(x)] for x in labels]
-
-
-def _input_geometry(module: FewShotMethod, backbone) -> tuple[int, Any, Any]:
-    """Input size, mean and std of a method (its own, e.g. a timm extractor's, or the
-    backbone's), as the runner uses them."""
-    size = int(getattr(module, "image_size", None) or backbone.image_size)
-    return size, getattr(module, "mean", backbone.mean), getattr(module, "std", backbone.std)
 
 
 def _to_tensors(

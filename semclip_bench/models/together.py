@@ -51,7 +51,7 @@ def can_train_together(methods: Sequence[FewShotMethod], supports: Sequence[Supp
     if len(methods) < 2 or len(methods) != len(supports):
         return False
     first = methods[0]
-    if not getattr(first, "trains_together", False) or not first.trainable:
+    if not first.trains_together or not first.trainable:
         return False
     shapes = [_trainable_shapes(m) for m in methods]
     sizes = {len(s.labels) for s in supports}

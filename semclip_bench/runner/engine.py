@@ -290,7 +290,7 @@ def _rank_body(
     def group(unit: tuple) -> tuple | None:
         """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
         category, shots, _, variant = unit
-        trains = getattr(classes[variant.method], "trains_together", False)
+        trains = classes[variant.method].trains_together
         if not (stacked and trains and shots > 0):
             return None
         return (variant.label, shots, len(dataset.defect_types(category)))
@@ -531,7 +531,7 @@ def stack_limit(
         per_image = {
             v.label: feature_bytes(built[v.label].to(device), backbone, device)
             for v in variants
-            if getattr(classes[v.method], "trains_together", False)
+            if classes[v.method].trains_together
         }
     by_label = {v.label: v for v in variants}
 

@@ -48,10 +48,7 @@ class Prepared:
 
 def support_samples(episode, method_cls: type[FewShotMethod]) -> list:
     """The support images a method sees: K normal, plus K per defect type if it uses defects."""
-    support = list(episode.normal_support)
-    if method_cls.supervision == "normal+defects":
-        support += list(episode.defect_support_flat)
-    return support
+    return method_cls.support_of(episode.normal_support, episode.defect_support_flat)
 
 
 def prepare(
@@ -71,9 +68,7 @@ def prepare(
     because its group is, whose row is not written)."""
     from semclip_bench.data.dataset import missing_mask_types
 
-    supervision = method_cls.supervision
-    if episode.shots == 0 and supervision != "zero-shot":
-        supervision = "zero-shot"
+    supervision = method_cls.supervision_at(episode.shots)
     defect_support = episode.defect_support_flat
     row: dict[str, Any] = dict(
         category=episode.category,
@@ -93,16 +88,15 @@ def prepare(
     if episode.skipped:
         row["reason"] = episode.skipped
         return row, None
-    if episode.shots == 0 and not method_cls.zero_shot:
+    if not method_cls.runs_at(episode.shots):
         row["reason"] = f"{variant.method} needs support images (K = 0 is zero-shot only)"
         return row, None
 
     torch.manual_seed(episode.seed)
     method = method_cls(backbone, episode.class_names, **variant.options).to(device)
     method.eval()
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean = getattr(method, "mean", backbone.mean)
-    std = getattr(method, "std", backbone.std)
+    geometry = method.input_geometry(backbone)
+    size, mean, std = geometry.size, geometry.mean, geometry.std
 
     support = support_samples(episode, method_cls)
     class_index = {name: i for i, name in enumerate(episode.class_names)}

@@ -132,7 +132,7 @@ def extract_features(
 def feature_bytes(method: FewShotMethod, backbone, device: torch.device) -> int:
     """Bytes one image's features take in the cache (floating outputs as float32), measured by
     extracting one blank image at the method's input size."""
-    size = int(getattr(method, "image_size", None) or backbone.image_size)
+    size = method.input_geometry(backbone).size
     with torch.no_grad():
         extracted = method.extract(torch.zeros(1, 3, size, size, device=device))
     return sum(
@@ -511,21 +511,19 @@ def prefetch_units(
             episodes[key] = make_episode(dataset, category, shots, seed)
         episode = episodes[key]
         method_cls = classes[variant.method]
-        if episode.skipped or (shots == 0 and not method_cls.zero_shot):
+        if episode.skipped or not method_cls.runs_at(shots):
             continue
         if (variant.label, category) not in built:
             built[(variant.label, category)] = (
                 method_cls(backbone, episode.class_names, **variant.options).to(device).eval()
             )
         method = built[(variant.label, category)]
-        size = int(getattr(method, "image_size", backbone.image_size))
-        mean = getattr(method, "mean", backbone.mean)
-        std = getattr(method, "std", backbone.std)
-        samples = list(episode.normal_support)
-        if method_cls.supervision == "normal+defects":
-            samples += list(episode.defect_support_flat)
+        geometry = method.input_geometry(backbone)
+        samples = method_cls.support_of(episode.normal_support, episode.defect_support_flat)
         samples += list(episode.query)
-        entry = wanted.setdefault(method.feature_key(), (method, size, mean, std, {}))
+        entry = wanted.setdefault(
+            method.feature_key(), (method, geometry.size, geometry.mean, geometry.std, {})
+        )
         entry[4].update((s.key, s) for s in samples)
     for method, size, mean, std, samples in wanted.values():
         cache.prefetch(method, list(samples.values())[rank::world], size, mean, std)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semclip_bench.models.base import FewShotMethod
+
 #: Relative cost of an episode whose method does not train (memory banks, zero-shot prompts):
 #: one prediction over the query set, next to one optimiser step of a trained head.
 UNTRAINED_COST = 1.0
@@ -44,10 +46,10 @@ UNTRAINED_COST = 1.0
 STACK_SUPPORT_BYTES = 2 * 2**30
 
 
-def support_images(shots: int, n_defect_types: int, method_cls: type) -> int:
+def support_images(shots: int, n_defect_types: int, method_cls: type[FewShotMethod]) -> int:
     """Images in an episode's support set: K normal, plus K per defect type for methods that
     train on defects."""
-    return shots * (1 + n_defect_types if method_cls.supervision == "normal+defects" else 1)
+    return shots * (1 + n_defect_types if method_cls.draws_defects() else 1)
 
 
 def members_per_stack(support_bytes: int, budget: int = STACK_SUPPORT_BYTES) -> int:
@@ -55,14 +57,16 @@ def members_per_stack(support_bytes: int, budget: int = STACK_SUPPORT_BYTES) -> 
     return max(1, budget // max(1, int(support_bytes)))
 
 
-def unit_cost(shots: int, n_defect_types: int, variant: Any, method_cls: type) -> float:
+def unit_cost(
+    shots: int, n_defect_types: int, variant: Any, method_cls: type[FewShotMethod]
+) -> float:
     """Estimated cost of one episode: optimiser steps of its fit (+ one unit of prediction).
 
     Steps follow the budget rule of ``TrainingConfig``: ``epochs`` passes over the support set
     in batches of ``batch_size`` (full batch when None), at least ``min_steps``; the support set
     has K normal images, plus K per defect type for methods that train on defects.
     """
-    if not getattr(method_cls, "trainable", False) or shots == 0:
+    if not method_cls.trains_at(shots):
         return UNTRAINED_COST
     support = support_images(shots, n_defect_types, method_cls)
     training = variant.training or {}

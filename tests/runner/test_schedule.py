@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+from semclip_bench.models.base import FewShotMethod
 from semclip_bench.runner.schedule import (
     STACK_SUPPORT_BYTES,
     UNTRAINED_COST,
@@ -18,17 +19,17 @@ from semclip_bench.runner.schedule import (
 )
 
 
-class Trained:
+class Trained(FewShotMethod):  # declarations only, never built
     trainable = True
     supervision = "normal+defects"
 
 
-class NormalOnly:
+class NormalOnly(FewShotMethod):  # declarations only, never built
     trainable = True
     supervision = "normal"
 
 
-class Memory:
+class Memory(FewShotMethod):  # declarations only, never built
     trainable = False
     supervision = "normal"
 
