@@ -33,7 +33,7 @@ from semclip_bench.errors import UserError
 
 
 def _int_list(text: str) -> list[int]:
-    from semclip_bench.runner.config import parse_int_list
+    from semclip_bench.runner.plan.config import parse_int_list
 
     try:
         return parse_int_list(text)
@@ -219,10 +219,10 @@ def _run(args: argparse.Namespace) -> str:
     from semclip_bench.data.episodes import make_episode
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig
-    from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.episode import no_uninitialized_fill
-    from semclip_bench.runner.features import FeatureCache
-    from semclip_bench.runner.processes import resolve_device
+    from semclip_bench.runner.execute.episode import no_uninitialized_fill
+    from semclip_bench.runner.execute.features import FeatureCache
+    from semclip_bench.runner.execute.processes import resolve_device
+    from semclip_bench.runner.plan.config import load_variant
 
     variant = load_variant(args.method)
     method_cls = method_class(variant.method)

@@ -9,8 +9,8 @@ between alone and stacked, and between the two stacked fits (run-to-run repeatab
 every kernel is deterministic), one row per method and K. Any warning a fit raises about a kernel
 without a deterministic implementation is listed under the table. On CUDA it also prints the peak
 memory each fit adds to what was allocated before it (the largest single fit when alone) and the
-size of one episode's support features: what ``runner/schedule.py``'s stack-size rule is calibrated
-on. With ``--out`` the figures are written as a keyed section of that Markdown file
+size of one episode's support features: what ``runner/plan/schedule.py``'s stack-size rule is
+calibrated on. With ``--out`` the figures are written as a keyed section of that Markdown file
 (``results/performance.md``). This is the measurement behind the runner's ``--fit-mode auto``
 (stacked on CUDA, alone on the CPU).
 """
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import fit_methods_together
-    from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.episode import head_trainer_settings
-    from semclip_bench.runner.provenance import git_commit
+    from semclip_bench.runner.execute.episode import head_trainer_settings
+    from semclip_bench.runner.plan.config import load_variant
+    from semclip_bench.runner.record.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
     parser.add_argument("--method", default="semclip", help="one or more, comma-separated")

@@ -86,7 +86,7 @@ def run_ablation(
 
 def _run(kind: str, function: str, given: dict[str, Any], config: str | Path | None):
     from semclip_bench.runner.commands import execute
-    from semclip_bench.runner.config import RunConfig, merge_config, read_yaml
+    from semclip_bench.runner.plan.config import RunConfig, merge_config, read_yaml
 
     base = (
         RunConfig(kind="ablation", shots=[10], methods=["semclip"])
@@ -130,7 +130,7 @@ def load_results(folder: str | Path) -> pd.DataFrame:
     undefined), ``per_type_auroc`` and ``na_reasons`` are dicts (type -> iAUROC, metric -> why it
     is n/a). Several ``episodes.csv`` files (shards, ranks) are merged.
     """
-    from semclip_bench.runner.store import read_rows
+    from semclip_bench.runner.record.store import read_rows
 
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -244,7 +244,10 @@ class Method:
         from semclip_bench.data.types import NORMAL_LABEL
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
-        from semclip_bench.runner.episode import deterministic_mode_kept, head_trainer_settings
+        from semclip_bench.runner.execute.episode import (
+            deterministic_mode_kept,
+            head_trainer_settings,
+        )
 
         pictures = _image_list(images)
         names = _label_names(labels, class_names, len(pictures))
@@ -292,7 +295,7 @@ class Method:
 
     def predict(self, images: Sequence[Any] | Any) -> Prediction:
         """Scores, maps and class probabilities of ``images`` (see :class:`Prediction`)."""
-        from semclip_bench.runner.features import prediction_math
+        from semclip_bench.runner.execute.features import prediction_math
 
         if self.module is None:
             if not self.method_class.zero_shot:
@@ -345,7 +348,7 @@ class Method:
         return module.to(self.device).eval()
 
     def _extract(self, module: FewShotMethod, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        from semclip_bench.runner.features import extract_features
+        from semclip_bench.runner.execute.features import extract_features
 
         if images.shape[0] == 0:
             return {}
@@ -371,7 +374,7 @@ def load_method(
 ) -> Method:
     """A method on a backbone, ready to :meth:`Method.fit`: any name ``--methods`` takes (a
     built-in method, a named variant such as ``"semclip_plus"``, a plugin, a variant file of a
-    config folder), resolved by the same code (``runner.config.load_variant``).
+    config folder), resolved by the same code (``runner.plan.config.load_variant``).
 
     ``backbone``/``pretrained``/``image_size``/``device``/``precision`` as the sweep's flags
     (default: the shipped SEM backbone and its weights). Options and training settings come from
@@ -382,10 +385,10 @@ def load_method(
     """
     from semclip_bench.configs import check_config_dir, use_config_dir
     from semclip_bench.models import method_class
-    from semclip_bench.runner.config import Variant, load_variant
-    from semclip_bench.runner.features import resolve_precision
-    from semclip_bench.runner.processes import resolve_device
-    from semclip_bench.runner.validate import validate_variants
+    from semclip_bench.runner.execute.features import resolve_precision
+    from semclip_bench.runner.execute.processes import resolve_device
+    from semclip_bench.runner.plan.config import Variant, load_variant
+    from semclip_bench.runner.plan.validate import validate_variants
 
     folder = check_config_dir(config_dir, "load_method(config_dir=)")
     with use_config_dir(folder):  # the names --methods takes, resolved by the same code
@@ -530,7 +533,7 @@ def plot_maps(
     from matplotlib.figure import Figure
 
     from semclip_bench.data.images import as_mask
-    from semclip_bench.runner.maps import draw_panels
+    from semclip_bench.runner.record.maps import draw_panels
 
     pictures = _image_list(images)
     maps = prediction.maps if isinstance(prediction, Prediction) else np.asarray(prediction)
@@ -565,7 +568,7 @@ def plot_maps(
 def _panel_title(
     i: int, prediction: Any, titles: Sequence[str] | None, labels: Sequence[str] | None
 ) -> str:
-    from semclip_bench.runner.maps import panel_title
+    from semclip_bench.runner.record.maps import panel_title
 
     predicted, score = None, None
     if isinstance(prediction, Prediction):
