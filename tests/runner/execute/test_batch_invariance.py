@@ -29,10 +29,8 @@ def setup(tiny_data: Path):
 
 def _extract(method, backbone, samples, fixed_batch: bool = True) -> dict[str, torch.Tensor]:
     cache = FeatureCache(torch.device("cpu"), batch_size=4, fixed_batch=fixed_batch)
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean = getattr(method, "mean", backbone.mean)
-    std = getattr(method, "std", backbone.std)
-    return cache.features(method, samples, size, mean, std)
+    geometry = method.input_geometry(backbone)
+    return cache.features(method, samples, geometry.size, geometry.mean, geometry.std)
 
 
 @pytest.mark.parametrize("name", METHODS)
