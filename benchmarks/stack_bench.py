@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.together import fit_methods_together
     from semclip_bench.runner.execute.episode import head_trainer_settings
-    from semclip_bench.runner.plan.config import load_variant
+    from semclip_bench.runner.plan.config import load_variant, parse_int_list
     from semclip_bench.runner.record.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        shot_counts = [int(k) for k in args.shots.split(",")]
-    except ValueError:
-        parser.error(f"--shots: comma-separated integers, got {args.shots!r}")
+        shot_counts = parse_int_list(args.shots)
+    except ValueError as exc:
+        parser.error(f"--shots: comma-separated integers >= 0, got {args.shots!r} ({exc})")
     try:
         variants = [load_variant(name) for name in args.method.split(",")]
     except UserError as exc:  # unknown method or variant: one line

@@ -453,14 +453,13 @@ def check_precision(args, device: torch.device) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def _int_list(text: str) -> list[int]:
+    """``--check-shots`` and the other lists, parsed as the runner parses ``--shots``."""
+    from semclip_bench.runner.plan.config import parse_int_list
+
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        message = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+        return parse_int_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

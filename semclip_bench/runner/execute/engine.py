@@ -53,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semclip_bench.errors import UserError
+from semclip_bench.models.base import FewShotMethod
 from semclip_bench.runner.execute.episode import (
     Prepared,
     deterministic_kernels,
@@ -85,6 +86,7 @@ from semclip_bench.runner.plan.schedule import (
     unit_cost,
     work_items,
 )
+from semclip_bench.runner.plan.units import EpisodeBook, Unit, plan_units
 from semclip_bench.runner.plan.validate import probe_class_names, validate_variants
 from semclip_bench.runner.record.provenance import (  # git_commit, device_name: re-exported
     backbone_spec,
@@ -95,7 +97,7 @@ from semclip_bench.runner.record.provenance import (  # git_commit, device_name:
     weights_identity,
     write_provenance,
 )
-from semclip_bench.runner.record.store import METRIC_COLUMNS, EpisodeStore, episode_id
+from semclip_bench.runner.record.store import METRIC_COLUMNS, EpisodeStore
 from semclip_bench.runner.record.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -234,9 +236,10 @@ def check_whole_dataset(dataset, spec: str, fabric=None) -> None:
 def _rank_body(
     fabric, job: tuple, device: torch.device, start: float, stages: _Stages
 ) -> RunResult:
+    """One process's run: load and check the data and the variants, plan the work items, run the
+    items this process claims, then write its provenance (and, on rank 0, the W&B summary)."""
     from semclip_bench.backbones import build_backbone
-    from semclip_bench.data import dataset_digest, load_dataset
-    from semclip_bench.data.episodes import make_episode, support_manifest
+    from semclip_bench.data import dataset_digest
     from semclip_bench.models import method_class
 
     config, variants, command, allow_mixed, select = job
@@ -246,16 +249,7 @@ def _rank_body(
     store = EpisodeStore(folder / f"rank{rank}" if world > 1 else folder, scan=folder)
     result = RunResult(folder=folder, is_main=rank == 0, world_size=world, precision=precision)
 
-    t0 = time.perf_counter()
-    if fabric is not None:
-        with fabric.rank_zero_first(local=False):  # the built-in data is generated only once
-            dataset = load_dataset(config.data)
-    else:
-        dataset = load_dataset(config.data)
-    stages.add("data", time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    check_whole_dataset(dataset, config.data, fabric)  # every file, not only this run's
-    stages.add("data check", time.perf_counter() - t0)
+    dataset = _load_checked_dataset(config, fabric, stages)
     categories = _categories(config, dataset)
     classes = {v.method: method_class(v.method) for v in variants}
 
@@ -268,17 +262,7 @@ def _rank_body(
     backbone = build_backbone(spec, device=device)
     stages.add("backbone", time.perf_counter() - t0)
 
-    units = [
-        (category, shots, seed, variant)
-        for category in categories
-        for shots in config.shots
-        for seed in config.seeds
-        for variant in variants
-    ]
-
-    def uid(unit: tuple) -> str:
-        return episode_id(unit[0], unit[3].label, unit[1], unit[2])
-
+    units = plan_units(categories, config.shots, config.seeds, variants)
     stacked = fit_stacked(config, device)
     result.training = "stacked" if stacked else "alone"
     _check_shots(config, dataset, categories)
@@ -288,43 +272,22 @@ def _rank_body(
     limit = stack_limit(variants, classes, built, backbone, device) if stacked else None
     del built
 
-    def group(unit: tuple) -> tuple | None:
-        """Episodes of one (variant, K, support size) train as one stack (None: alone)."""
-        category, shots, _, variant = unit
-        trains = classes[variant.method].trains_together
-        if not (stacked and trains and shots > 0):
-            return None
-        return (variant.label, shots, len(dataset.defect_types(category)))
-
+    group = _stack_group(classes, dataset) if stacked else _alone
     shard_index, shard_count = config.shard
     mine = [
         item
-        for i, item in enumerate(work_items(units, uid, group, limit))
+        for i, item in enumerate(work_items(units, group, limit))
         if i % shard_count == shard_index
     ]
     done = store.done_ids()
-    supports_done = store.supports_done()
-    wanted = None if select is None else set(select)
-    todo: list[WorkItem] = []
-    for item in mine:
-        record = {i for i in item.record if i not in done and (wanted is None or i in wanted)}
-        if record:
-            todo.append(dataclasses.replace(item, record=frozenset(record)))
-    n_mine = sum(len(item.units) for item in mine)
-    result.already_done = sum(len(item.record & done) for item in mine)
+    todo = _left_to_write(mine, done, select)
+    result.already_done = sum(len(item.writes & done) for item in mine)
     claims = None
-    # the ranks pull items, longest estimated first (runner/plan/schedule.py)
-    if fabric is not None:
-        costs = [
-            sum(
-                unit_cost(u[1], len(dataset.defect_types(u[0])), u[3], classes[u[3].method])
-                for u in item.units
-            )
-            for item in todo
-        ]
-        todo = by_estimated_cost(todo, costs)
+    if fabric is not None:  # the ranks pull items, longest estimated first (plan/schedule.py)
+        todo = by_estimated_cost(todo, [_item_cost(item, dataset, classes) for item in todo])
         claims = ClaimBoard(folder, fabric.broadcast(uuid.uuid4().hex, src=0))
     if result.already_done:
+        n_mine = sum(len(item.units) for item in mine)
         log.info("resuming: %d of %d episodes already in %s", result.already_done, n_mine, folder)
 
     # verify replays the original extraction calls: it never reads stored features
@@ -332,124 +295,46 @@ def _rank_body(
     cache = FeatureCache(
         device, batch_size=config.batch_size, precision=precision, store=disk, progress=rank == 0
     )
+    episodes = EpisodeBook(dataset)
     todo_units = [u for item in todo for u in item.units]
     if fabric is not None and disk is not None:
-        prefetch_units(todo_units, dataset, classes, backbone, cache, device, rank, world)
+        prefetch_units(todo_units, episodes, classes, backbone, cache, device, rank, world)
         disk.flush()
         fabric.barrier()  # every rank's share is on disk: the episodes load what they miss
     elif fabric is None:  # every image this run needs, in full batches, before the first episode
-        prefetch_units(todo_units, dataset, classes, backbone, cache, device)
-    tracker = Tracker(config.wandb, config.wandb_project, folder)  # runs in <folder>/wandb/
-    episodes: dict[tuple[str, int, int], Any] = {}
+        prefetch_units(todo_units, episodes, classes, backbone, cache, device)
     progress = tqdm(
-        total=sum(len(item.record) for item in todo),
+        total=sum(len(item.writes) for item in todo),
         desc=config.kind if world == 1 else f"{config.kind} rank {rank}/{world}",
         unit="episode",
         dynamic_ncols=True,
         leave=False,
         **({"disable": True} if rank else {}),  # rank 0 keeps tqdm's defaults (TQDM_* env)
     )
-
-    def record(row: dict[str, Any]) -> None:
-        store.append(row)
-        if row["status"] == "ok":
-            result.written += 1
-            progress.write(one_line(row))
-        else:
-            result.skipped += 1
-            progress.write(f"skipped {row['episode_id']}: {row['reason']}")
-
-    def submit(row: dict[str, Any], score, episode_uid: str, episode) -> None:
-        row.update(
-            episode_id=episode_uid,
+    runner = _ItemRunner(
+        config=config,
+        classes=classes,
+        backbone=backbone,
+        device=device,
+        stacked=stacked,
+        cache=cache,
+        store=store,
+        tracker=Tracker(config.wandb, config.wandb_project, folder),  # in <folder>/wandb/
+        episodes=episodes,
+        supports_done=store.supports_done(),
+        run_columns=dict(
             kind=config.kind,
             dataset=dataset.name,
             backbone=spec.name,
             weights=weights_label,
             device=device_name(device),
-            notes=list(getattr(episode, "notes", ())),
-            **identity,
-        )
-        # W&B runs are finished in episode order on this thread: score at once when logging.
-        for finished in scorer.submit(row, score, in_background=not tracker.enabled):
-            record(finished)
-
-    scorer = Scorer(background=OVERLAP_SCORING)
-    claimed = 0
-    try:
-        for item in todo:
-            progress.update(len(item.record))
-            if claims is not None and not claims.claim(item.key):
-                continue  # another rank runs it
-            claimed += len(item.record)
-            members: list[tuple[str, Any, Prepared]] = []
-            for category, shots, seed, variant in item.units:
-                unit_id = episode_id(category, variant.label, shots, seed)
-                key = (category, shots, seed)
-                if key not in episodes:  # a few lists of samples per (category, shots, seed)
-                    episodes[key] = make_episode(dataset, category, shots, seed)
-                episode = episodes[key]
-                support_key = f"{category}/k{shots}/s{seed}"
-                if support_key not in supports_done and episode.skipped is None:
-                    store.append_support(
-                        {
-                            "episode": support_key,
-                            "dataset": dataset.name,
-                            "category": category,
-                            "shots": shots,
-                            "seed": seed,
-                            "files": support_manifest(episode),
-                        }
-                    )
-                    supports_done.add(support_key)
-                row, prepared = prepare(
-                    episode=episode,
-                    variant=variant,
-                    method_cls=classes[variant.method],
-                    backbone=backbone,
-                    cache=cache,
-                    device=device,
-                    tracker=tracker,
-                    config=config,
-                    log=unit_id in item.record,
-                )
-                if prepared is not None:
-                    members.append((unit_id, episode, prepared))
-                elif unit_id in item.record:
-                    submit(row, None, unit_id, episode)
-            if not members:
-                continue
-            stages.add(
-                "fit",
-                fit(
-                    [m[2] for m in members],
-                    device=device,
-                    together=stacked,
-                    tracker=tracker,
-                ),
-            )
-            for unit_id, episode, prepared in members:
-                if unit_id in item.record:
-                    row, score = finish(
-                        prepared,
-                        cache=cache,
-                        device=device,
-                        stages=stages,
-                        config=config,
-                        tracker=tracker,
-                    )
-                    submit(row, score, unit_id, episode)
-    except BaseException:
-        # A failing episode (out of memory, Ctrl-C) still records the episodes already scored
-        # or being scored on the scoring thread: no finished work is lost.
-        progress.close()  # the error line then starts a line of its own
-        with contextlib.suppress(Exception):
-            for finished in scorer.close():
-                record(finished)
-        raise
-    for finished in scorer.close():
-        record(finished)
-    progress.close()
+        ),
+        identity=identity,
+        result=result,
+        stages=stages,
+        progress=progress,
+    )
+    claimed = runner.run(todo, claims)
     if disk is not None:
         disk.close()  # every queued feature file is on disk before the summary counts them
     stages.add("features", cache.stats.seconds)
@@ -478,8 +363,200 @@ def _rank_body(
         if claims is not None and result.is_main:
             claims.remove()
     if result.is_main and result.written:
-        tracker.log_summary(_summary_rows(folder), config.kind)
+        runner.tracker.log_summary(_summary_rows(folder), config.kind)
     return result
+
+
+def _load_checked_dataset(config: RunConfig, fabric, stages: _Stages):
+    """The run's dataset, loaded (rank 0 first: the built-in data is generated only once) and
+    checked file by file (:func:`check_whole_dataset`)."""
+    from semclip_bench.data import load_dataset
+
+    t0 = time.perf_counter()
+    if fabric is not None:
+        with fabric.rank_zero_first(local=False):
+            dataset = load_dataset(config.data)
+    else:
+        dataset = load_dataset(config.data)
+    stages.add("data", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    check_whole_dataset(dataset, config.data, fabric)  # every file, not only this run's
+    stages.add("data check", time.perf_counter() - t0)
+    return dataset
+
+
+def _alone(unit: Unit) -> None:
+    """The group of a unit that trains alone: none."""
+    return None
+
+
+def _stack_group(classes: dict[str, type[FewShotMethod]], dataset):
+    """``group`` of :func:`~semclip_bench.runner.plan.schedule.work_items` for a stacked run:
+    the episodes of one (variant, K, support size) of a method that trains together form one
+    stack; the others train alone (None)."""
+
+    def group(unit: Unit) -> tuple | None:
+        if not (classes[unit.variant.method].trains_together and unit.shots > 0):
+            return None
+        return (unit.variant.label, unit.shots, len(dataset.defect_types(unit.category)))
+
+    return group
+
+
+def _left_to_write(
+    items: Sequence[WorkItem], done: Collection[str], select: Collection[str] | None
+) -> list[WorkItem]:
+    """The items with rows still to write (not ``done``; among ``select`` when given), each
+    narrowed to those rows; its other members are still trained with it."""
+    wanted = None if select is None else set(select)
+    todo = []
+    for item in items:
+        writes = {i for i in item.writes if i not in done and (wanted is None or i in wanted)}
+        if writes:
+            todo.append(dataclasses.replace(item, writes=frozenset(writes)))
+    return todo
+
+
+def _item_cost(item: WorkItem, dataset, classes: dict[str, type[FewShotMethod]]) -> float:
+    """Estimated cost of a work item: the sum of its units' (plan/schedule.py)."""
+    return sum(
+        unit_cost(
+            u.shots, len(dataset.defect_types(u.category)), u.variant, classes[u.variant.method]
+        )
+        for u in item.units
+    )
+
+
+@dataclass
+class _ItemRunner:
+    """Runs the claimed work items of one process and writes their rows in order."""
+
+    config: RunConfig
+    classes: dict[str, type[FewShotMethod]]
+    backbone: Any
+    device: torch.device
+    stacked: bool
+    cache: FeatureCache
+    store: EpisodeStore
+    tracker: Tracker
+    episodes: EpisodeBook
+    #: Support keys already in ``supports.jsonl``.
+    supports_done: set[str]
+    #: The columns naming the run that every row carries: kind, dataset, backbone, weights, device.
+    run_columns: dict[str, Any]
+    #: The row's identity columns (:func:`~semclip_bench.runner.record.provenance.run_identity`).
+    identity: dict[str, Any]
+    result: RunResult
+    stages: _Stages
+    progress: Any
+    scorer: Scorer = field(default_factory=lambda: Scorer(background=OVERLAP_SCORING))
+
+    def run(self, items: Sequence[WorkItem], claims: ClaimBoard | None) -> int:
+        """Run every item this process claims (all of them without ``claims``); the number of
+        rows it claimed. A failing episode (out of memory, Ctrl-C) still writes the rows already
+        scored or being scored on the scoring thread: no finished work is lost."""
+        claimed = 0
+        try:
+            for item in items:
+                self.progress.update(len(item.writes))
+                if claims is not None and not claims.claim(item.key):
+                    continue  # another rank runs it
+                claimed += len(item.writes)
+                self.run_item(item)
+        except BaseException:
+            self.progress.close()  # the error line then starts a line of its own
+            with contextlib.suppress(Exception):
+                for finished in self.scorer.close():
+                    self.write(finished)
+            raise
+        for finished in self.scorer.close():
+            self.write(finished)
+        self.progress.close()
+        return claimed
+
+    def run_item(self, item: WorkItem) -> None:
+        """Prepare every unit of ``item``, fit the prepared ones (one stack, or each alone), then
+        predict and score those whose rows this run writes."""
+        members: list[tuple[Unit, Any, Prepared]] = []
+        for unit in item.units:
+            episode = self.episodes(unit)
+            self.note_support(unit, episode)
+            row, prepared = prepare(
+                episode=episode,
+                variant=unit.variant,
+                method_cls=self.classes[unit.variant.method],
+                backbone=self.backbone,
+                cache=self.cache,
+                device=self.device,
+                tracker=self.tracker,
+                config=self.config,
+                log=unit.id in item.writes,
+            )
+            if prepared is not None:
+                members.append((unit, episode, prepared))
+            elif unit.id in item.writes:
+                self.submit(row, None, unit, episode)
+        if not members:
+            return
+        seconds = fit(
+            [prepared for _, _, prepared in members],
+            device=self.device,
+            together=self.stacked,
+            tracker=self.tracker,
+        )
+        self.stages.add("fit", seconds)
+        for unit, episode, prepared in members:
+            if unit.id in item.writes:
+                row, score = finish(
+                    prepared,
+                    cache=self.cache,
+                    device=self.device,
+                    stages=self.stages,
+                    config=self.config,
+                    tracker=self.tracker,
+                )
+                self.submit(row, score, unit, episode)
+
+    def note_support(self, unit: Unit, episode) -> None:
+        """Append the episode's support files to ``supports.jsonl`` once per support key."""
+        if unit.support_key in self.supports_done or episode.skipped is not None:
+            return
+        from semclip_bench.data.episodes import support_manifest
+
+        self.store.append_support(
+            {
+                "episode": unit.support_key,
+                "dataset": self.run_columns["dataset"],
+                "category": unit.category,
+                "shots": unit.shots,
+                "seed": unit.seed,
+                "files": support_manifest(episode),
+            }
+        )
+        self.supports_done.add(unit.support_key)
+
+    def submit(self, row: dict[str, Any], score, unit: Unit, episode) -> None:
+        """Complete ``row`` with the unit's id and the run's columns and hand it to the scorer;
+        write the rows it has finished. W&B runs finish in episode order on this thread, so a
+        logged episode is scored at once."""
+        row.update(
+            episode_id=unit.id,
+            **self.run_columns,
+            notes=list(getattr(episode, "notes", ())),
+            **self.identity,
+        )
+        for finished in self.scorer.submit(row, score, in_background=not self.tracker.enabled):
+            self.write(finished)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append a finished row to the store and say so on the progress bar."""
+        self.store.append(row)
+        if row["status"] == "ok":
+            self.result.written += 1
+            self.progress.write(one_line(row))
+        else:
+            self.result.skipped += 1
+            self.progress.write(f"skipped {row['episode_id']}: {row['reason']}")
 
 
 def _summary_rows(folder: Path) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from semclip_bench.runner.execute.features import (
 )
 from semclip_bench.runner.execute.scoring import score_episode
 from semclip_bench.runner.plan.config import RunConfig, Variant
+from semclip_bench.runner.plan.units import shots_tag
 from semclip_bench.runner.record.maps import map_shots, save_episode_maps
 from semclip_bench.runner.record.store import METRIC_COLUMNS
 from semclip_bench.runner.record.tracking import Tracker, overlay
@@ -121,8 +122,8 @@ def prepare(
     logger = None
     if log:
         logger = tracker.start(
-            name=f"{variant.label}-{episode.category}-k{episode.shots}-s{episode.seed}",
-            group=f"{config.kind}/{variant.label}/k{episode.shots}",
+            name=f"{variant.label}-{episode.category}-{shots_tag(episode.shots)}-s{episode.seed}",
+            group=f"{config.kind}/{variant.label}/{shots_tag(episode.shots)}",
             config={
                 "variant": variant.label,
                 "method": variant.method,

@@ -37,7 +37,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +47,9 @@ from semclip_bench.data.datamodule import SampleDataset
 from semclip_bench.data.images import read_mask
 from semclip_bench.data.types import Sample
 from semclip_bench.metrics.pixel import PixelTruth, pixel_truth
-from semclip_bench.models.base import Features, FewShotMethod
+from semclip_bench.models.base import Features, FewShotMethod, InputGeometry
 from semclip_bench.runner.execute.feature_store import FeatureStore, StoreKey, image_digests
+from semclip_bench.runner.plan.units import EpisodeBook, Unit
 
 log = logging.getLogger(__name__)
 
@@ -489,8 +489,25 @@ def _load_mask(sample: Sample, size: int) -> Tensor:
     return torch.from_numpy(resized > 0).float()
 
 
+@dataclass
+class _FeatureNeed:
+    """The images one feature kind is needed for, and a method that extracts it."""
+
+    method: FewShotMethod
+    geometry: InputGeometry
+    #: By sample key, in the order the units first need them.
+    samples: dict[str, Sample] = field(default_factory=dict)
+
+
 def prefetch_units(
-    units, dataset, classes, backbone, cache: FeatureCache, device, rank: int = 0, world: int = 1
+    units: Sequence[Unit],
+    episodes: EpisodeBook,
+    classes: dict[str, type[FewShotMethod]],
+    backbone,
+    cache: FeatureCache,
+    device,
+    rank: int = 0,
+    world: int = 1,
 ) -> None:
     """Load or extract, up front, the features ``units`` need: one pass per feature kind.
 
@@ -500,30 +517,26 @@ def prefetch_units(
     the shared on-disk store, and after a barrier loads the others' shares from disk instead of
     extracting them again.
     """
-    from semclip_bench.data.episodes import make_episode
-
-    wanted: dict[str, tuple[FewShotMethod, int, Any, Any, dict[str, Any]]] = {}
-    episodes: dict[tuple[str, int, int], Any] = {}
+    needs: dict[str, _FeatureNeed] = {}
     built: dict[tuple[str, str], FewShotMethod] = {}
-    for category, shots, seed, variant in units:
-        key = (category, shots, seed)
-        if key not in episodes:
-            episodes[key] = make_episode(dataset, category, shots, seed)
-        episode = episodes[key]
+    for unit in units:
+        episode = episodes(unit)
+        variant = unit.variant
         method_cls = classes[variant.method]
-        if episode.skipped or not method_cls.runs_at(shots):
+        if episode.skipped or not method_cls.runs_at(unit.shots):
             continue
-        if (variant.label, category) not in built:
-            built[(variant.label, category)] = (
+        if (variant.label, unit.category) not in built:
+            built[(variant.label, unit.category)] = (
                 method_cls(backbone, episode.class_names, **variant.options).to(device).eval()
             )
-        method = built[(variant.label, category)]
-        geometry = method.input_geometry(backbone)
+        method = built[(variant.label, unit.category)]
         samples = method_cls.support_of(episode.normal_support, episode.defect_support_flat)
         samples += list(episode.query)
-        entry = wanted.setdefault(
-            method.feature_key(), (method, geometry.size, geometry.mean, geometry.std, {})
+        need = needs.setdefault(
+            method.feature_key(), _FeatureNeed(method, method.input_geometry(backbone))
         )
-        entry[4].update((s.key, s) for s in samples)
-    for method, size, mean, std, samples in wanted.values():
-        cache.prefetch(method, list(samples.values())[rank::world], size, mean, std)
+        need.samples.update((s.key, s) for s in samples)
+    for need in needs.values():
+        geometry = need.geometry
+        mine = list(need.samples.values())[rank::world]
+        cache.prefetch(need.method, mine, geometry.size, geometry.mean, geometry.std)

@@ -29,9 +29,10 @@ import shutil
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from semclip_bench.models.base import FewShotMethod
+from semclip_bench.runner.plan.units import Unit
 
 #: Relative cost of an episode whose method does not train (memory banks, zero-shot prompts):
 #: one prediction over the query set, next to one optimiser step of a trained head.
@@ -44,6 +45,8 @@ UNTRAINED_COST = 1.0
 #: SEM-CLIP K = 20 support holds 0.9 GB, and nine of them stacked, with their training
 #: intermediates, took eight processes sharing an H200 out of memory (results/performance.md).
 STACK_SUPPORT_BYTES = 2 * 2**30
+
+_Item = TypeVar("_Item")
 
 
 def support_images(shots: int, n_defect_types: int, method_cls: type[FewShotMethod]) -> int:
@@ -77,10 +80,10 @@ def unit_cost(
     return UNTRAINED_COST + max(epochs * per_epoch, floor if epochs else 0)
 
 
-def by_estimated_cost(units: Sequence[tuple], costs: Sequence[float]) -> list[tuple]:
-    """``units`` longest estimated first; ties keep the run order (stable)."""
-    order = sorted(range(len(units)), key=lambda i: -costs[i])
-    return [units[i] for i in order]
+def by_estimated_cost(items: Sequence[_Item], costs: Sequence[float]) -> list[_Item]:
+    """``items`` longest estimated first; ties keep the run order (stable)."""
+    order = sorted(range(len(items)), key=lambda i: -costs[i])
+    return [items[i] for i in order]
 
 
 @dataclass(frozen=True)
@@ -89,33 +92,32 @@ class WorkItem:
 
     #: Claim id: the first member's episode id (unique: a unit is in exactly one item).
     key: str
-    #: Every unit the item trains, in run order: (category, shots, seed, variant).
-    units: tuple[tuple, ...]
+    #: Every unit the item trains, in run order.
+    units: tuple[Unit, ...]
     #: Episode ids of the members whose rows this run writes (the others are trained only).
-    record: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
 
 
 def work_items(
-    units: Sequence[tuple],
-    uid: Callable[[tuple], str],
-    group: Callable[[tuple], Hashable | None],
+    units: Sequence[Unit],
+    group: Callable[[Unit], Hashable | None],
     limit: Callable[[Hashable], int] | None = None,
 ) -> list[WorkItem]:
     """Group ``units`` into work items: units with the same ``group(unit)`` key form one item,
     at the position of its first member; a unit whose key is None is an item of its own.
     ``limit(key)`` caps the members of one item: a larger group becomes consecutive items of at
-    most that many (in run order). ``record`` is every member (narrow it with
+    most that many (in run order). ``writes`` is every member (narrow it with
     ``dataclasses.replace``)."""
-    groups: dict[Hashable, list[tuple]] = {}
+    groups: dict[Hashable, list[Unit]] = {}
     for unit in units:
         key = group(unit)
-        groups.setdefault(("alone", uid(unit)) if key is None else ("group", key), []).append(unit)
+        groups.setdefault(("alone", unit.id) if key is None else ("group", key), []).append(unit)
     items = []
     for (kind, key), members in groups.items():
         size = len(members) if kind == "alone" or limit is None else max(1, int(limit(key)))
         for begin in range(0, len(members), size):
             part = members[begin : begin + size]
-            items.append(WorkItem(uid(part[0]), tuple(part), frozenset(uid(u) for u in part)))
+            items.append(WorkItem(part[0].id, tuple(part), frozenset(u.id for u in part)))
     return items
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from semclip_bench.data.types import NORMAL_LABEL
+from semclip_bench.runner.plan.units import shots_tag
 
 #: Query images shown per label (normal and each defect type).
 PER_LABEL = 2
@@ -107,7 +108,7 @@ def save_episode_maps(
     target.mkdir(parents=True, exist_ok=True)
     if not (target / IMAGES_FILE).is_file():  # the same for every variant: stored once
         _save_images(target / IMAGES_FILE, [query[i] for i in chosen])
-    path = target / f"{_safe(variant)}-k{episode.shots}-s{episode.seed}.npz"
+    path = target / f"{_safe(variant)}-{shots_tag(episode.shots)}-s{episode.seed}.npz"
     _savez(
         path,
         variant=variant,

@@ -98,10 +98,6 @@ SUPPORTS_FILE = "supports.jsonl"
 PROVENANCE_FILE = "provenance.json"
 
 
-def episode_id(category: str, variant: str, shots: int, seed: int) -> str:
-    return f"{category}/{variant}/k{shots}/s{seed}"
-
-
 def scores_path(folder: Path, episode: str) -> Path:
     """Where the per-image statistics of an episode (by its id) live in a run folder."""
     return Path(folder) / SCORES_DIR / (episode.replace("/", "__") + ".npz")

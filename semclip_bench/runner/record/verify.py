@@ -45,6 +45,7 @@ from semclip_bench.runner.plan.config import (
     RunConfig,
     ablation_variants,
     merge_config,
+    parse_int_list,
     sweep_variants,
 )
 from semclip_bench.runner.record.compare import COMPARED, Mismatch, compare_row, raw_rows
@@ -118,7 +119,7 @@ def parse_subset(tokens: Sequence[str] | None) -> Subset:
             )
         if name in {"shots", "seeds"}:
             try:
-                setattr(subset, name, [int(v) for v in items])
+                setattr(subset, name, parse_int_list(items))
             except ValueError:
                 raise UserError(f"--subset: {key} takes integers, got '{value}'") from None
         else:

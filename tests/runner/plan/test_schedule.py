@@ -17,6 +17,7 @@ from semclip_bench.runner.plan.schedule import (
     unit_cost,
     work_items,
 )
+from semclip_bench.runner.plan.units import plan_units
 
 
 class Trained(FewShotMethod):  # declarations only, never built
@@ -76,43 +77,30 @@ def test_each_unit_is_claimed_once(tmp_path: Path) -> None:
 
 def test_work_items_group_by_key_at_the_first_members_place() -> None:
     stacked, memory = SimpleNamespace(label="semclip"), SimpleNamespace(label="patchcore")
-    units = [
-        (category, shots, seed, variant)
-        for category in ("a", "b")
-        for shots in (1, 5)
-        for seed in (0, 1)
-        for variant in (stacked, memory)
-    ]
-
-    def uid(u):
-        return f"{u[0]}/{u[3].label}/k{u[1]}/s{u[2]}"
+    units = plan_units(("a", "b"), (1, 5), (0, 1), (stacked, memory))
 
     def group(u):  # as the runner: one stack per (variant, K); memory methods alone
-        return (u[3].label, u[1]) if u[3] is stacked else None
+        return (u.variant.label, u.shots) if u.variant is stacked else None
 
-    items = work_items(units, uid, group)
-    assert sorted(u for item in items for u in map(uid, item.units)) == sorted(map(uid, units))
+    items = work_items(units, group)
+    ids = sorted(u.id for item in items for u in item.units)
+    assert ids == sorted(u.id for u in units)
     stacks = [item for item in items if len(item.units) > 1]
     assert [len(item.units) for item in stacks] == [4, 4]  # 2 categories x 2 seeds, per K
-    assert stacks[0].key == "a/semclip/k1/s0" and stacks[0].record == {
+    assert stacks[0].key == "a/semclip/k1/s0" and stacks[0].writes == {
         "a/semclip/k1/s0", "a/semclip/k1/s1", "b/semclip/k1/s0", "b/semclip/k1/s1"
     }  # fmt: skip
     assert items[0] is stacks[0]  # placed where its first member was
     assert len(items) == 2 + 8  # two stacks, eight patchcore episodes alone
-    assert work_items(units, uid, lambda u: None) == [
-        work_items([u], uid, lambda u: None)[0] for u in units
-    ]
+    assert work_items(units, lambda u: None) == [work_items([u], lambda u: None)[0] for u in units]
 
 
 def test_a_limit_splits_a_group_into_consecutive_items() -> None:
     stacked, memory = SimpleNamespace(label="semclip"), SimpleNamespace(label="patchcore")
-    units = [("a", 5, seed, v) for seed in range(5) for v in (stacked, memory)]
-
-    def uid(u):
-        return f"{u[0]}/{u[3].label}/k{u[1]}/s{u[2]}"
+    units = plan_units(("a",), (5,), range(5), (stacked, memory))
 
     def group(u):
-        return (u[3].label, u[1]) if u[3] is stacked else None
+        return (u.variant.label, u.shots) if u.variant is stacked else None
 
     limits = []
 
@@ -120,8 +108,8 @@ def test_a_limit_splits_a_group_into_consecutive_items() -> None:
         limits.append(key)
         return 2
 
-    items = work_items(units, uid, group, limit)
-    stacks = [[uid(u) for u in item.units] for item in items if item.units[0][3] is stacked]
+    items = work_items(units, group, limit)
+    stacks = [[u.id for u in item.units] for item in items if item.units[0].variant is stacked]
     assert stacks == [  # run order, at most two each, the rest last
         ["a/semclip/k5/s0", "a/semclip/k5/s1"],
         ["a/semclip/k5/s2", "a/semclip/k5/s3"],
@@ -134,7 +122,7 @@ def test_a_limit_splits_a_group_into_consecutive_items() -> None:
         "a/semclip/k5/s4",
     ]
     assert sum(len(item.units) for item in items) == len(units)
-    assert work_items(units, uid, group, lambda key: 0)[0].units == (units[0],)  # at least one
+    assert work_items(units, group, lambda key: 0)[0].units == (units[0],)  # at least one
 
 
 def test_members_per_stack_follows_the_support_bytes() -> None:
