@@ -39,7 +39,6 @@ of its extraction batch (fixed batch shape, ``runner/execute/features.py``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -81,13 +80,21 @@ from semclip_bench.runner.plan.schedule import (
     ClaimBoard,
     WorkItem,
     by_estimated_cost,
+    item_cost,
+    left_to_write,
     members_per_stack,
+    shard_items,
+    stack_group,
     support_images,
-    unit_cost,
     work_items,
 )
 from semclip_bench.runner.plan.units import EpisodeBook, Unit, plan_units
-from semclip_bench.runner.plan.validate import probe_class_names, validate_variants
+from semclip_bench.runner.plan.validate import (
+    check_shots,
+    probe_class_names,
+    run_categories,
+    validate_variants,
+)
 from semclip_bench.runner.record.provenance import (  # git_commit, device_name: re-exported
     backbone_spec,
     check_resume,
@@ -175,7 +182,7 @@ def _run_rank(fabric, job: tuple, device: torch.device, start: float, stages: _S
     says what to change (finished episodes are already on disk, so a rerun resumes)."""
     try:
         with deterministic_kernels(device):
-            return _rank_body(fabric, job, device, start, stages)
+            return _execute_rank(fabric, job, device, start, stages)
     except torch.OutOfMemoryError as exc:
         raise UserError(out_of_memory_message(exc, job[0], fabric, device)) from None
 
@@ -233,7 +240,7 @@ def check_whole_dataset(dataset, spec: str, fabric=None) -> None:
         raise UserError(problem)
 
 
-def _rank_body(
+def _execute_rank(
     fabric, job: tuple, device: torch.device, start: float, stages: _Stages
 ) -> RunResult:
     """One process's run: load and check the data and the variants, plan the work items, run the
@@ -250,7 +257,7 @@ def _rank_body(
     result = RunResult(folder=folder, is_main=rank == 0, world_size=world, precision=precision)
 
     dataset = _load_checked_dataset(config, fabric, stages)
-    categories = _categories(config, dataset)
+    categories = run_categories(config.categories, dataset)
     classes = {v.method: method_class(v.method) for v in variants}
 
     spec = backbone_spec(config)
@@ -265,26 +272,25 @@ def _rank_body(
     units = plan_units(categories, config.shots, config.seeds, variants)
     stacked = fit_stacked(config, device)
     result.training = "stacked" if stacked else "alone"
-    _check_shots(config, dataset, categories)
+    check_shots(config.shots, dataset, categories)
     # Every variant is built once now: a bad setting fails in seconds, not after other methods.
     class_names = probe_class_names(dataset, categories)
     built = validate_variants(variants, classes, backbone, class_names)
     limit = stack_limit(variants, classes, built, backbone, device) if stacked else None
     del built
 
-    group = _stack_group(classes, dataset) if stacked else _alone
-    shard_index, shard_count = config.shard
-    mine = [
-        item
-        for i, item in enumerate(work_items(units, group, limit))
-        if i % shard_count == shard_index
-    ]
+    def n_defect_types(category: str) -> int:
+        return len(dataset.defect_types(category))
+
+    group = stack_group(classes, n_defect_types) if stacked else None
+    mine = shard_items(work_items(units, group, limit), config.shard)
     done = store.done_ids()
-    todo = _left_to_write(mine, done, select)
+    todo = left_to_write(mine, done, select)
     result.already_done = sum(len(item.writes & done) for item in mine)
     claims = None
     if fabric is not None:  # the ranks pull items, longest estimated first (plan/schedule.py)
-        todo = by_estimated_cost(todo, [_item_cost(item, dataset, classes) for item in todo])
+        costs = [item_cost(item, n_defect_types, classes) for item in todo]
+        todo = by_estimated_cost(todo, costs)
         claims = ClaimBoard(folder, fabric.broadcast(uuid.uuid4().hex, src=0))
     if result.already_done:
         n_mine = sum(len(item.units) for item in mine)
@@ -383,48 +389,6 @@ def _load_checked_dataset(config: RunConfig, fabric, stages: _Stages):
     check_whole_dataset(dataset, config.data, fabric)  # every file, not only this run's
     stages.add("data check", time.perf_counter() - t0)
     return dataset
-
-
-def _alone(unit: Unit) -> None:
-    """The group of a unit that trains alone: none."""
-    return None
-
-
-def _stack_group(classes: dict[str, type[FewShotMethod]], dataset):
-    """``group`` of :func:`~semclip_bench.runner.plan.schedule.work_items` for a stacked run:
-    the episodes of one (variant, K, support size) of a method that trains together form one
-    stack; the others train alone (None)."""
-
-    def group(unit: Unit) -> tuple | None:
-        if not (classes[unit.variant.method].trains_together and unit.shots > 0):
-            return None
-        return (unit.variant.label, unit.shots, len(dataset.defect_types(unit.category)))
-
-    return group
-
-
-def _left_to_write(
-    items: Sequence[WorkItem], done: Collection[str], select: Collection[str] | None
-) -> list[WorkItem]:
-    """The items with rows still to write (not ``done``; among ``select`` when given), each
-    narrowed to those rows; its other members are still trained with it."""
-    wanted = None if select is None else set(select)
-    todo = []
-    for item in items:
-        writes = {i for i in item.writes if i not in done and (wanted is None or i in wanted)}
-        if writes:
-            todo.append(dataclasses.replace(item, writes=frozenset(writes)))
-    return todo
-
-
-def _item_cost(item: WorkItem, dataset, classes: dict[str, type[FewShotMethod]]) -> float:
-    """Estimated cost of a work item: the sum of its units' (plan/schedule.py)."""
-    return sum(
-        unit_cost(
-            u.shots, len(dataset.defect_types(u.category)), u.variant, classes[u.variant.method]
-        )
-        for u in item.units
-    )
 
 
 @dataclass
@@ -621,35 +585,3 @@ def stack_limit(
         return members_per_stack(images * per_image[label])
 
     return limit
-
-
-def _categories(config: RunConfig, dataset) -> list[str]:
-    available = dataset.categories()
-    if not config.categories:
-        return available
-    unknown = [c for c in config.categories if c not in available]
-    if unknown:
-        raise UserError(
-            f"--categories: unknown category '{unknown[0]}' in {dataset.name}; "
-            f"available: {', '.join(available)}"
-        )
-    return list(config.categories)
-
-
-def _check_shots(config: RunConfig, dataset, categories: Sequence[str]) -> None:
-    """A shot count that no category can serve is an option error, not a table of skips."""
-    for shots in config.shots:
-        fits = False
-        for category in categories:
-            normal = len(dataset.select(category=category, split="train", label="good"))
-            if normal >= shots:
-                fits = True
-                break
-        if not fits:
-            most = max(
-                len(dataset.select(category=c, split="train", label="good")) for c in categories
-            )
-            raise UserError(
-                f"--shots: {shots} shots is more than the data allows "
-                f"(at most {most} normal training images per category in {dataset.name})"
-            )

@@ -23,10 +23,11 @@ shards of an array are fixed before any job starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,17 +101,18 @@ class WorkItem:
 
 def work_items(
     units: Sequence[Unit],
-    group: Callable[[Unit], Hashable | None],
+    group: Callable[[Unit], Hashable | None] | None = None,
     limit: Callable[[Hashable], int] | None = None,
 ) -> list[WorkItem]:
     """Group ``units`` into work items: units with the same ``group(unit)`` key form one item,
-    at the position of its first member; a unit whose key is None is an item of its own.
+    at the position of its first member; a unit whose key is None (every unit, without
+    ``group``) is an item of its own.
     ``limit(key)`` caps the members of one item: a larger group becomes consecutive items of at
     most that many (in run order). ``writes`` is every member (narrow it with
     ``dataclasses.replace``)."""
     groups: dict[Hashable, list[Unit]] = {}
     for unit in units:
-        key = group(unit)
+        key = None if group is None else group(unit)
         groups.setdefault(("alone", unit.id) if key is None else ("group", key), []).append(unit)
     items = []
     for (kind, key), members in groups.items():
@@ -119,6 +121,52 @@ def work_items(
             part = members[begin : begin + size]
             items.append(WorkItem(part[0].id, tuple(part), frozenset(u.id for u in part)))
     return items
+
+
+def stack_group(
+    classes: dict[str, type[FewShotMethod]], n_defect_types: Callable[[str], int]
+) -> Callable[[Unit], tuple | None]:
+    """``group`` of :func:`work_items` for a stacked run: the episodes of one (variant, K,
+    support size) of a method that trains together form one stack; the others train alone."""
+
+    def group(unit: Unit) -> tuple | None:
+        if not (classes[unit.variant.method].trains_together and unit.shots > 0):
+            return None
+        return (unit.variant.label, unit.shots, n_defect_types(unit.category))
+
+    return group
+
+
+def shard_items(items: Sequence[WorkItem], shard: tuple[int, int]) -> list[WorkItem]:
+    """The items of ``--shard s/n``: those whose index ``i`` satisfies ``i % n == s``."""
+    index, count = shard
+    return [item for i, item in enumerate(items) if i % count == index]
+
+
+def left_to_write(
+    items: Sequence[WorkItem], done: Collection[str], select: Collection[str] | None = None
+) -> list[WorkItem]:
+    """What a (resumed) run still has to do: the items with rows not ``done`` (and among
+    ``select`` when given), each narrowed to those rows; its other members still train with it."""
+    wanted = None if select is None else set(select)
+    todo = []
+    for item in items:
+        writes = {i for i in item.writes if i not in done and (wanted is None or i in wanted)}
+        if writes:
+            todo.append(dataclasses.replace(item, writes=frozenset(writes)))
+    return todo
+
+
+def item_cost(
+    item: WorkItem,
+    n_defect_types: Callable[[str], int],
+    classes: dict[str, type[FewShotMethod]],
+) -> float:
+    """Estimated cost of a work item: the sum of its units' (:func:`unit_cost`)."""
+    return sum(
+        unit_cost(u.shots, n_defect_types(u.category), u.variant, classes[u.variant.method])
+        for u in item.units
+    )
 
 
 class ClaimBoard:

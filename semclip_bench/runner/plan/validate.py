@@ -87,4 +87,37 @@ def probe_class_names(dataset, categories: Sequence[str]) -> tuple[str, ...]:
     return (NORMAL_LABEL, "defect")
 
 
-__all__ = ["probe_class_names", "validate_variants"]
+def run_categories(requested: Sequence[str] | None, dataset) -> list[str]:
+    """The categories a run covers: ``--categories`` (each one checked), else all of them."""
+    available = dataset.categories()
+    if not requested:
+        return available
+    unknown = [c for c in requested if c not in available]
+    if unknown:
+        raise UserError(
+            f"--categories: unknown category '{unknown[0]}' in {dataset.name}; "
+            f"available: {', '.join(available)}"
+        )
+    return list(requested)
+
+
+def check_shots(shots_list: Sequence[int], dataset, categories: Sequence[str]) -> None:
+    """A shot count that no category can serve is an option error, not a table of skips."""
+    for shots in shots_list:
+        fits = False
+        for category in categories:
+            normal = len(dataset.select(category=category, split="train", label="good"))
+            if normal >= shots:
+                fits = True
+                break
+        if not fits:
+            most = max(
+                len(dataset.select(category=c, split="train", label="good")) for c in categories
+            )
+            raise UserError(
+                f"--shots: {shots} shots is more than the data allows "
+                f"(at most {most} normal training images per category in {dataset.name})"
+            )
+
+
+__all__ = ["check_shots", "probe_class_names", "run_categories", "validate_variants"]

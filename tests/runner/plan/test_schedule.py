@@ -12,7 +12,11 @@ from semclip_bench.runner.plan.schedule import (
     UNTRAINED_COST,
     ClaimBoard,
     by_estimated_cost,
+    item_cost,
+    left_to_write,
     members_per_stack,
+    shard_items,
+    stack_group,
     support_images,
     unit_cost,
     work_items,
@@ -135,3 +139,32 @@ def test_members_per_stack_follows_the_support_bytes() -> None:
     assert members_per_stack(35 * 6_453_760) >= 9
     assert members_per_stack(10 * STACK_SUPPORT_BYTES) == 1
     assert members_per_stack(0) == STACK_SUPPORT_BYTES
+
+
+def test_shards_resume_and_costs_of_items() -> None:
+    trained = SimpleNamespace(label="semclip", method="semclip", training={"epochs": 2})
+    memory = SimpleNamespace(label="patchcore", method="patchcore", training={})
+
+    class Stacked(Trained):
+        trains_together = True
+
+    classes = {"semclip": Stacked, "patchcore": Memory}
+    units = plan_units(("a", "b"), (0, 5), (0,), (trained, memory))
+    group = stack_group(classes, lambda category: 1)
+    assert group(units[0]) is None  # K = 0 trains nothing: alone
+    assert group(units[2]) == ("semclip", 5, 1) and group(units[3]) is None
+    items = work_items(units, group)
+    assert [len(item.units) for item in items] == [1, 1, 2, 1, 1, 1, 1]
+    assert shard_items(items, (1, 2)) == items[1::2]
+
+    done = {"a/patchcore/k0/s0", "b/semclip/k5/s0"}
+    todo = left_to_write(items, done)
+    assert [item.key for item in todo] == [
+        "a/semclip/k0/s0", "a/semclip/k5/s0", "a/patchcore/k5/s0", "b/semclip/k0/s0",
+        "b/patchcore/k0/s0", "b/patchcore/k5/s0",
+    ]  # fmt: skip
+    stack = todo[1]
+    assert stack.writes == {"a/semclip/k5/s0"} and len(stack.units) == 2  # b trains, unwritten
+    only = left_to_write(items, set(), select={"b/patchcore/k5/s0"})
+    assert [item.writes for item in only] == [{"b/patchcore/k5/s0"}]
+    assert item_cost(stack, lambda category: 1, classes) == 2 * unit_cost(5, 1, trained, Stacked)

@@ -127,3 +127,36 @@ def test_config_dir_override_is_used_by_the_run(
     )
     provenance = yaml.safe_load((out / "sweep" / "provenance.json").read_text())
     assert provenance["config"]["config_dir"] == str(bank.resolve())
+
+
+class _Counts:
+    """A dataset stand-in: categories with a number of normal training images each."""
+
+    name = "counts"
+
+    def __init__(self, normal: dict[str, int]) -> None:
+        self.normal = normal
+
+    def categories(self) -> list[str]:
+        return list(self.normal)
+
+    def select(self, category: str, split: str, label: str) -> list[int]:
+        return list(range(self.normal[category]))
+
+
+def test_categories_default_to_all_and_an_unknown_one_is_named() -> None:
+    from semclip_bench.runner.plan.validate import run_categories
+
+    data = _Counts({"a": 3, "b": 5})
+    assert run_categories(None, data) == ["a", "b"] and run_categories(["b"], data) == ["b"]
+    with pytest.raises(UserError, match="unknown category 'c'"):
+        run_categories(["a", "c"], data)
+
+
+def test_a_shot_count_no_category_serves_is_an_option_error() -> None:
+    from semclip_bench.runner.plan.validate import check_shots
+
+    data = _Counts({"a": 3, "b": 5})
+    check_shots([0, 5], data, ["a", "b"])  # b serves K = 5
+    with pytest.raises(UserError, match="--shots: 5 shots is more than the data allows"):
+        check_shots([5], data, ["a"])
