@@ -63,7 +63,7 @@ def _pair(command: list[str], base: Path, here: Path, tmp: Path) -> dict[str, di
 
 
 def _rows(run: dict[str, Any]):
-    from semclip_bench.runner.row_store import read_rows
+    from semclip_bench.runner.record.row_store import read_rows
 
     command = run["command"]
     out = Path(command[command.index("--out") + 1]) / KINDS.get(command[0], command[0])

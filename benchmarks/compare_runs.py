@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._sections import write_section
-from semclip_bench.runner.row_store import METRIC_COLUMNS, PROVENANCE_FILE, read_rows
+from semclip_bench.runner.record.row_store import METRIC_COLUMNS, PROVENANCE_FILE, read_rows
 
 #: Methods whose numbers involve no training: the protocol's tolerances apply to them.
 TRAINING_FREE = ("winclip", "patchcore", "linear_probe")

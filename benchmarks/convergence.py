@@ -33,7 +33,7 @@ from semclip_bench.errors import UserError
 
 
 def _int_list(text: str) -> list[int]:
-    from semclip_bench.runner.config import parse_int_list
+    from semclip_bench.runner.plan.config import parse_int_list
 
     try:
         return parse_int_list(text)
@@ -104,11 +104,9 @@ def run_episode(method_cls, variant, training, wanted, backbone, cache, episode,
     torch.manual_seed(episode.seed)
     method = method_cls(backbone, episode.class_names, **variant.options).to(device)
     method.eval()
-    size = int(getattr(method, "image_size", backbone.image_size))
-    mean, std = getattr(method, "mean", backbone.mean), getattr(method, "std", backbone.std)
-    support = list(episode.normal_support)
-    if method_cls.supervision == "normal+defects":
-        support += list(episode.defect_support_flat)
+    geometry = method.input_geometry(backbone)
+    size, mean, std = geometry.size, geometry.mean, geometry.std
+    support = method_cls.support_of(episode.normal_support, episode.defect_support_flat)
     index = {name: i for i, name in enumerate(episode.class_names)}
     support_features = cache.features(method, support, size, mean, std)
     support_set = SupportSet(
@@ -221,10 +219,10 @@ def _run(args: argparse.Namespace) -> str:
     from semclip_bench.data.episodes import make_episode
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig
-    from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.episode import no_uninitialized_fill
-    from semclip_bench.runner.features import FeatureCache
-    from semclip_bench.runner.processes import resolve_device
+    from semclip_bench.runner.execute.episode import no_uninitialized_fill
+    from semclip_bench.runner.execute.features import FeatureCache
+    from semclip_bench.runner.execute.processes import resolve_device
+    from semclip_bench.runner.plan.config import load_variant
 
     variant = load_variant(args.method)
     method_cls = method_class(variant.method)

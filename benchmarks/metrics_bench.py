@@ -173,7 +173,7 @@ def _write_section(args: argparse.Namespace, lines: list[str], gpu: bool) -> Non
 
     import semclip_bench
     from benchmarks._sections import write_section
-    from semclip_bench.runner.engine import git_commit
+    from semclip_bench.runner.execute.engine import git_commit
 
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

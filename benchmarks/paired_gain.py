@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semclip_bench.runner.store import drop_duplicate_episodes, read_rows
-from semclip_bench.runner.uncertainty import compare, episode_replicates
+from semclip_bench.runner.record.row_store import drop_duplicate_episodes, read_rows
+from semclip_bench.runner.record.uncertainty import compare, episode_replicates
 
 #: Metrics compared, in table order (classification only where both variants classify).
 METRICS = ("iAUROC", "iAP", "pAUROC", "pF1max", "AUPRO", "type_accuracy")

@@ -9,8 +9,8 @@ between alone and stacked, and between the two stacked fits (run-to-run repeatab
 every kernel is deterministic), one row per method and K. Any warning a fit raises about a kernel
 without a deterministic implementation is listed under the table. On CUDA it also prints the peak
 memory each fit adds to what was allocated before it (the largest single fit when alone) and the
-size of one episode's support features: what ``runner/schedule.py``'s stack-size rule is calibrated
-on. With ``--out`` the figures are written as a keyed section of that Markdown file
+size of one episode's support features: what ``runner/plan/schedule.py``'s stack-size rule is
+calibrated on. With ``--out`` the figures are written as a keyed section of that Markdown file
 (``results/performance.md``). This is the measurement behind the runner's ``--fit-mode auto``
 (stacked on CUDA, alone on the CPU).
 """
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
     from semclip_bench.models.stacked import fit_methods_stacked
-    from semclip_bench.runner.config import load_variant
-    from semclip_bench.runner.episode import head_trainer_settings
-    from semclip_bench.runner.provenance import git_commit
+    from semclip_bench.runner.execute.episode import head_trainer_settings
+    from semclip_bench.runner.plan.config import load_variant, parse_int_list
+    from semclip_bench.runner.record.provenance import git_commit
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack_bench")
     parser.add_argument("--method", default="semclip", help="one or more, comma-separated")
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        shot_counts = [int(k) for k in args.shots.split(",")]
-    except ValueError:
-        parser.error(f"--shots: comma-separated integers, got {args.shots!r}")
+        shot_counts = parse_int_list(args.shots)
+    except ValueError as exc:
+        parser.error(f"--shots: comma-separated integers >= 0, got {args.shots!r} ({exc})")
     try:
         variants = [load_variant(name) for name in args.method.split(",")]
     except UserError as exc:  # unknown method or variant: one line

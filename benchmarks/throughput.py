@@ -96,13 +96,12 @@ def make_support(
 ):
     """A K-shot support in feature space: K normal (+ K per defect type with random masks)."""
     from semclip_bench.models.base import SupportSet
-    from semclip_bench.runner.features import extract_features
+    from semclip_bench.runner.execute.features import extract_features
 
-    size = int(getattr(method, "image_size", backbone.image_size))
+    size = method.input_geometry(backbone).size
     generator = torch.Generator().manual_seed(0)
-    labels = [0] * shots
-    if type(method).supervision == "normal+defects":
-        labels += [c for c in range(1, len(class_names)) for _ in range(shots)]
+    defect_labels = [c for c in range(1, len(class_names)) for _ in range(shots)]
+    labels = type(method).support_of([0] * shots, defect_labels)
     n = len(labels)
     masks = torch.zeros(n, size, size)
     for i, label in enumerate(labels):  # one random rectangle per defect image (setup only)
@@ -133,9 +132,9 @@ def bench_method(
     from semclip_bench.data.types import DEFECT_TYPES, NORMAL_LABEL
     from semclip_bench.models import method_class
     from semclip_bench.models.lightning import TrainingConfig, fit_method
-    from semclip_bench.runner.config import method_config
-    from semclip_bench.runner.episode import head_trainer_settings
-    from semclip_bench.runner.features import extract_features, prediction_math
+    from semclip_bench.runner.execute.episode import head_trainer_settings
+    from semclip_bench.runner.execute.features import extract_features, prediction_math
+    from semclip_bench.runner.plan.config import method_config
 
     options, training = method_config(name)
     if args.epochs is not None and "epochs" in training:
@@ -159,7 +158,7 @@ def bench_method(
     # Best of the fits: the first one also pays one-off kernel/library initialisation.
     fit_s = time_call(fit, device, warmup=0, repeats=args.fit_repeats, reduce=min)
     fit_peak = _peak_gib(device)
-    size = int(getattr(method, "image_size", backbone.image_size))
+    size = method.input_geometry(backbone).size
     result: dict[str, Any] = {
         "method": name,
         "support_images": int(support.labels.numel()),
@@ -171,7 +170,8 @@ def bench_method(
     for batch in args.batch_sizes:
         images = torch.randn(batch, 3, size, size, device=device)
 
-        def query(images: torch.Tensor = images) -> None:  # as the runner: see runner/features.py
+        # as the runner: see runner/execute/features.py
+        def query(images: torch.Tensor = images) -> None:
             features = extract_features(method, images, precision, device)
             with torch.no_grad(), prediction_math(precision, device):
                 method.predict(features)
@@ -211,7 +211,7 @@ def bench_method(
 
 def _encode_fn(backbone, batch: int, precision: str, device: torch.device) -> Callable[[], None]:
     """A call of ``backbone.encode_image`` on a fresh random batch (the floor's unit of work)."""
-    from semclip_bench.runner.features import autocast
+    from semclip_bench.runner.execute.features import autocast
 
     images = torch.randn(batch, 3, backbone.image_size, backbone.image_size, device=device)
 
@@ -333,7 +333,7 @@ def environment(backbone, device: torch.device, precision: str, args) -> dict[st
     import open_clip
 
     from semclip_bench import __version__
-    from semclip_bench.runner.engine import device_name, git_commit
+    from semclip_bench.runner.execute.engine import device_name, git_commit
 
     spec = backbone.spec
     weights = (
@@ -395,9 +395,9 @@ def check_precision(args, device: torch.device) -> str:
     """Run the same episodes in fp32 and bf16 with the runner; metric differences per method."""
     import numpy as np
 
-    from semclip_bench.runner.config import RunConfig, sweep_variants
-    from semclip_bench.runner.engine import run
-    from semclip_bench.runner.row_store import METRIC_COLUMNS, read_rows
+    from semclip_bench.runner.execute.engine import run
+    from semclip_bench.runner.plan.config import RunConfig, sweep_variants
+    from semclip_bench.runner.record.row_store import METRIC_COLUMNS, read_rows
 
     rows = {}
     seconds = {}
@@ -453,14 +453,13 @@ def check_precision(args, device: torch.device) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def _int_list(text: str) -> list[int]:
+    """``--check-shots`` and the other lists, parsed as the runner parses ``--shots``."""
+    from semclip_bench.runner.plan.config import parse_int_list
+
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        message = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+        return parse_int_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -528,9 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     from semclip_bench.backbones import BackboneSpec, build_backbone, default_backbone_spec
-    from semclip_bench.runner.episode import no_uninitialized_fill
-    from semclip_bench.runner.features import resolve_precision
-    from semclip_bench.runner.processes import resolve_device
+    from semclip_bench.runner.execute.episode import no_uninitialized_fill
+    from semclip_bench.runner.execute.features import resolve_precision
+    from semclip_bench.runner.execute.processes import resolve_device
 
     try:
         no_uninitialized_fill()  # as the runner does

@@ -87,7 +87,7 @@ def run_ablation(
 
 def _run(kind: str, function: str, given: dict[str, Any], config: str | Path | None):
     from semclip_bench.runner.commands import execute
-    from semclip_bench.runner.config import RunConfig, merge_config, read_yaml
+    from semclip_bench.runner.plan.config import RunConfig, merge_config, read_yaml
 
     base = (
         RunConfig(kind="ablation", shots=[10], methods=["semclip"])
@@ -131,7 +131,7 @@ def load_results(folder: str | Path) -> pd.DataFrame:
     undefined), ``per_type_auroc`` and ``na_reasons`` are dicts (type -> iAUROC, metric -> why it
     is n/a). Several ``episodes.csv`` files (shards, ranks) are merged.
     """
-    from semclip_bench.runner.row_store import read_rows
+    from semclip_bench.runner.record.row_store import read_rows
 
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -244,7 +244,10 @@ class Method:
         """
         from semclip_bench.models.base import SupportSet
         from semclip_bench.models.lightning import TrainingConfig, fit_method
-        from semclip_bench.runner.episode import deterministic_mode_kept, head_trainer_settings
+        from semclip_bench.runner.execute.episode import (
+            deterministic_mode_kept,
+            head_trainer_settings,
+        )
 
         pictures = _image_list(images)
         names = _label_names(labels, class_names, len(pictures))
@@ -263,7 +266,8 @@ class Method:
             raise UserError(f"fit: {len(mask_list)} masks for {len(pictures)} images")
         keep = self._support_rows(names)
         module = self._build(class_names)
-        size, mean, std = _input_geometry(module, self.backbone)
+        geometry = module.input_geometry(self.backbone)
+        size, mean, std = geometry.size, geometry.mean, geometry.std
         rows = [pictures[i] for i in keep]
         row_masks = [mask_list[i] for i in keep]
         tensors, mask_tensors = _to_tensors(rows, row_masks, size, mean, std)
@@ -293,7 +297,7 @@ class Method:
 
     def predict(self, images: Sequence[Any] | Any) -> Prediction:
         """Scores, maps and class probabilities of ``images`` (see :class:`Prediction`)."""
-        from semclip_bench.runner.features import prediction_math
+        from semclip_bench.runner.execute.features import prediction_math
 
         if self.module is None:
             if not self.method_class.zero_shot:
@@ -301,7 +305,8 @@ class Method:
             self.fit([], [], class_names=self.class_names or (NORMAL_LABEL, "defect"))
         module = self.module
         assert module is not None and self.class_names is not None
-        size, mean, std = _input_geometry(module, self.backbone)
+        geometry = module.input_geometry(self.backbone)
+        size, mean, std = geometry.size, geometry.mean, geometry.std
         pictures = _image_list(images)
         if not pictures:
             raise UserError("predict: no images given")
@@ -327,14 +332,12 @@ class Method:
     # ------------------------------------------------------------------ internals
     def _support_rows(self, names: list[str]) -> list[int]:
         """Indices of the support images the method's supervision uses (as in an episode)."""
-        supervision = self.method_class.supervision
-        if supervision == "zero-shot":
+        method_class = self.method_class
+        if not method_class.draws_support():
             return []
-        keep = [
-            i for i, n in enumerate(names) if supervision == "normal+defects" or n == NORMAL_LABEL
-        ]
-        if not keep and not self.method_class.zero_shot:
-            what = "normal" if supervision == "normal" else "labelled"
+        keep = [i for i, n in enumerate(names) if method_class.draws_defects() or n == NORMAL_LABEL]
+        if not keep and not method_class.zero_shot:
+            what = "labelled" if method_class.draws_defects() else "normal"
             raise UserError(f"fit: {self.name} needs at least one {what} support image")
         return keep
 
@@ -347,7 +350,7 @@ class Method:
         return module.to(self.device).eval()
 
     def _extract(self, module: FewShotMethod, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        from semclip_bench.runner.features import extract_features
+        from semclip_bench.runner.execute.features import extract_features
 
         if images.shape[0] == 0:
             return {}
@@ -373,7 +376,7 @@ def load_method(
 ) -> Method:
     """A method on a backbone, ready to :meth:`Method.fit`: any name ``--methods`` takes (a
     built-in method, a named variant such as ``"semclip_plus"``, a plugin, a variant file of a
-    config folder), resolved by the same code (``runner.config.load_variant``).
+    config folder), resolved by the same code (``runner.plan.config.load_variant``).
 
     ``backbone``/``pretrained``/``image_size``/``device``/``precision`` as the sweep's flags
     (default: the shipped SEM backbone and its weights). Options and training settings come from
@@ -384,10 +387,10 @@ def load_method(
     """
     from semclip_bench.configs import check_config_dir, use_config_dir
     from semclip_bench.models import method_class
-    from semclip_bench.runner.config import Variant, load_variant
-    from semclip_bench.runner.features import resolve_precision
-    from semclip_bench.runner.processes import resolve_device
-    from semclip_bench.runner.validate import validate_variants
+    from semclip_bench.runner.execute.features import resolve_precision
+    from semclip_bench.runner.execute.processes import resolve_device
+    from semclip_bench.runner.plan.config import Variant, load_variant
+    from semclip_bench.runner.plan.validate import validate_variants
 
     folder = check_config_dir(config_dir, "load_method(config_dir=)")
     with use_config_dir(folder):  # the names --methods takes, resolved by the same code
@@ -478,13 +481,6 @@ def _label_names(
     return [class_names[int(x)] for x in labels]
 
 
-def _input_geometry(module: FewShotMethod, backbone) -> tuple[int, Any, Any]:
-    """Input size, mean and std of a method (its own, e.g. a timm extractor's, or the
-    backbone's), as the runner uses them."""
-    size = int(getattr(module, "image_size", None) or backbone.image_size)
-    return size, getattr(module, "mean", backbone.mean), getattr(module, "std", backbone.std)
-
-
 def _to_tensors(
     images: list[np.ndarray], masks: list[Any] | None, size: int, mean, std
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -539,7 +535,7 @@ def plot_maps(
     from matplotlib.figure import Figure
 
     from semclip_bench.data.images import as_mask
-    from semclip_bench.runner.maps import draw_panels
+    from semclip_bench.runner.record.maps import draw_panels
 
     pictures = _image_list(images)
     maps = prediction.maps if isinstance(prediction, Prediction) else np.asarray(prediction)
@@ -574,7 +570,7 @@ def plot_maps(
 def _panel_title(
     i: int, prediction: Any, titles: Sequence[str] | None, labels: Sequence[str] | None
 ) -> str:
-    from semclip_bench.runner.maps import panel_title
+    from semclip_bench.runner.record.maps import panel_title
 
     predicted, score = None, None
     if isinstance(prediction, Prediction):

@@ -20,7 +20,7 @@ from semclip_bench.data import load_dataset, make_episode
 from semclip_bench.data.fixtures import write_tiny_mvtec
 from semclip_bench.errors import UserError
 from semclip_bench.metrics import evaluate
-from semclip_bench.runner.row_store import METRIC_COLUMNS
+from semclip_bench.runner.record.row_store import METRIC_COLUMNS
 
 CHECKOUT = Path(sb.__file__).resolve().parents[1]
 FAST = {"semclip": {"training": {"epochs": 2, "batch_size": 8}}}
@@ -248,7 +248,7 @@ def test_load_method_takes_every_name_the_cli_takes(
 ) -> None:
     """Named variants, plugins and variant files of a config folder, as --methods resolves them."""
     from semclip_bench import models
-    from semclip_bench.runner.config import load_variant
+    from semclip_bench.runner.plan.config import load_variant
 
     plus = sb.load_method("semclip_plus", backbone="semclip-tiny", training={"epochs": 1})
     assert plus.name == "semclip_plus" and plus.method_class.name == "semclip"
@@ -276,7 +276,7 @@ def test_load_method_takes_every_name_the_cli_takes(
 
 
 def test_load_method_unknown_name_lists_every_accepted_name() -> None:
-    from semclip_bench.runner.config import available_variants
+    from semclip_bench.runner.plan.config import available_variants
 
     with pytest.raises(UserError) as error:
         sb.load_method("semclip_pluss", backbone="semclip-tiny")

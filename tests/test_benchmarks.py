@@ -47,7 +47,7 @@ def test_throughput_writes_a_row_per_method_and_the_floor(tmp_path: Path, capsys
 
 
 def _write_rows(folder, values):
-    from semclip_bench.runner.row_store import EpisodeStore
+    from semclip_bench.runner.record.row_store import EpisodeStore
 
     store = EpisodeStore(folder)
     for (method, seed), auroc in values.items():

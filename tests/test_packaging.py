@@ -22,7 +22,7 @@ CHECKOUT = Path(semclip_bench.__file__).resolve().parents[1]
 PROBE = """
 import importlib.metadata, json, sys
 import semclip_bench, semclip_bench.configs as configs, semclip_bench.prompts as prompts
-from semclip_bench.runner.config import method_config
+from semclip_bench.runner.plan.config import method_config
 method_config("semclip")
 print(json.dumps({
     "package": semclip_bench.__file__,

@@ -29,7 +29,7 @@ from semclip_bench.configs import (
 )
 from semclip_bench.errors import UserError
 from semclip_bench.runner import commands
-from semclip_bench.runner.config import RunConfig, available_variants
+from semclip_bench.runner.plan.config import RunConfig, available_variants
 
 REPO = Path(semclip_bench.__file__).resolve().parents[1]
 PRESETS = REPO / "configs"

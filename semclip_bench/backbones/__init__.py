@@ -82,7 +82,7 @@ def token_volume(name: str, image_size: int | None = None) -> int | None:
     """Patch tokens (with CLS) x width of one image in the visual tower of the open_clip model
     ``name``, from its config alone (nothing is built); None when the config does not say (a timm
     tower, an unknown name). Per-image features grow with it: the runner sizes its processes by
-    it (``runner/processes.py``)."""
+    it (``runner/execute/processes.py``)."""
     cfg = open_clip.get_model_config(name) or {}
     vision = cfg.get("vision_cfg", {})
     width, patch = vision.get("width"), vision.get("patch_size")

@@ -18,6 +18,12 @@ Masks are optional: a defect image may come without a mask (image-level labels o
 is all zero carries no pixel supervision (:func:`pixel_supervision` gives the per-row weights), and
 the image-level / classification losses still use it. Methods that train on masks declare
 ``uses_masks = True`` so that the tables say when they trained without them.
+
+A method declares its capabilities as class attributes (``supervision``, ``zero_shot``,
+``trainable``, ``trains_stacked``) and its input geometry as attributes (``image_size``, ``mean``,
+``std``; None: the backbone's). The runner, the API and the benchmarks read them through
+:meth:`FewShotMethod.input_geometry`, :meth:`FewShotMethod.support_of` and the other class methods
+below instead of deriving them again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +40,8 @@ from torch import Tensor, nn
 Features = dict[str, Tensor]
 
 Supervision = Literal["zero-shot", "normal", "normal+defects"]
+
+_Item = TypeVar("_Item")
 
 SUPERVISION_TEXT: dict[str, str] = {
     "zero-shot": "no support images",
@@ -72,6 +80,16 @@ def pixel_supervision(labels: Tensor, masks: Tensor) -> Tensor:
     with a non-empty mask, 0 for defect rows without a mask (image-level labels only)."""
     annotated = masks.flatten(1).amax(dim=1) > 0 if masks.numel() else labels.new_zeros(0).bool()
     return ((labels.to(annotated.device) == 0) | annotated).float()
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """The images ``extract`` takes: ``size`` x ``size`` pixels, normalised with ``mean`` and
+    ``std`` (per channel)."""
+
+    size: int
+    mean: Any
+    std: Any
 
 
 @dataclass
@@ -136,6 +154,57 @@ class FewShotMethod(nn.Module, ABC):
     produces_maps: ClassVar[bool] = True
     #: Whether ``training_loss`` uses the masks (pixel losses); see the module docstring.
     uses_masks: ClassVar[bool] = False
+    #: Whether the episodes of one (variant, K) may train as one stacked module
+    #: (``models/stacked.py``): ``training_loss`` has no data-dependent Python control flow.
+    trains_stacked: ClassVar[bool] = False
+
+    #: Input side in pixels of ``extract``'s images; None: the backbone's. A method with its own
+    #: extractor (e.g. a CNN) sets it, and ``mean`` / ``std``, in ``__init__``.
+    image_size: int | None = None
+    #: Per-channel normalisation mean of the input; None: the backbone's.
+    mean: Any = None
+    #: Per-channel normalisation std of the input; None: the backbone's.
+    std: Any = None
+
+    def input_geometry(self, backbone: Any) -> InputGeometry:
+        """Size, mean and std of the images ``extract`` takes: the method's own where it sets
+        them, else the backbone's."""
+        return InputGeometry(
+            size=int(self.image_size or backbone.image_size),
+            mean=backbone.mean if self.mean is None else self.mean,
+            std=backbone.std if self.std is None else self.std,
+        )
+
+    @classmethod
+    def draws_support(cls) -> bool:
+        """Whether the method takes support images at all (its supervision is not zero-shot)."""
+        return cls.supervision != "zero-shot"
+
+    @classmethod
+    def draws_defects(cls) -> bool:
+        """Whether its support holds K images per defect type besides the K normal ones."""
+        return cls.supervision == "normal+defects"
+
+    @classmethod
+    def support_of(cls, normal: Sequence[_Item], defects: Sequence[_Item]) -> list[_Item]:
+        """The support images the method draws, in episode order: the normal ones, then the
+        defect ones when its supervision takes them."""
+        return [*normal, *defects] if cls.draws_defects() else list(normal)
+
+    @classmethod
+    def supervision_at(cls, shots: int) -> Supervision:
+        """The supervision of an episode of ``shots`` (K = 0 is zero-shot for every method)."""
+        return "zero-shot" if shots == 0 else cls.supervision
+
+    @classmethod
+    def runs_at(cls, shots: int) -> bool:
+        """Whether an episode of ``shots`` is valid for the method (K = 0 needs ``zero_shot``)."""
+        return shots > 0 or cls.zero_shot
+
+    @classmethod
+    def trains_at(cls, shots: int) -> bool:
+        """Whether an episode of ``shots`` fits parameters (a trainable method with support)."""
+        return cls.trainable and shots > 0
 
     @abstractmethod
     def feature_key(self) -> str:

@@ -244,7 +244,7 @@ def expected_fit_warnings() -> Iterator[None]:
 def deterministic_attention(device: torch.device) -> Iterator[None]:
     """Training attention in its math form on CUDA, where the fused kernels' backward
     (memory-efficient attention: AnomalyCLIP-style's text tower) adds with atomics in no fixed
-    order under the warn-only deterministic mode CUDA runs need (``runner/episode.py``); the
+    order under the warn-only deterministic mode CUDA runs need (``runner/execute/episode.py``); the
     math form is plain matrix products, as in stacked fits (``models/stacked.py``). On the CPU
     nothing changes: its fused kernel is deterministic, and the committed CPU rows use it."""
     if device.type != "cuda":

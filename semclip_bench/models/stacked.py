@@ -51,7 +51,7 @@ def can_fit_stacked(methods: Sequence[FewShotMethod], supports: Sequence[Support
     if len(methods) < 2 or len(methods) != len(supports):
         return False
     first = methods[0]
-    if not getattr(first, "trains_stacked", False) or not first.trainable:
+    if not first.trains_stacked or not first.trainable:
         return False
     shapes = [_trainable_shapes(m) for m in methods]
     sizes = {len(s.labels) for s in supports}

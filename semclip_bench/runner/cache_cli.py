@@ -3,7 +3,7 @@
 The cache folder is ``$SEMCLIP_BENCH_CACHE`` (default ``~/.cache/semclip_bench``). It holds the
 generated ``sem-synth`` datasets (``sem-synth-<config hash>``) and the on-disk feature store
 (``features/<kind>/<key digest>/``, or ``$SEMCLIP_BENCH_FEATURES``; see
-``runner/feature_store.py``). Everything there can be
+``runner/execute/feature_store.py``). Everything there can be
 rebuilt: clearing costs time on the next run, never results.
 """
 
@@ -100,7 +100,10 @@ def _size(n: int) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from semclip_bench.runner.feature_store import features_root, folder_usage  # imports torch
+    from semclip_bench.runner.execute.feature_store import (  # imports torch
+        features_root,
+        folder_usage,
+    )
 
     base = cache_dir()
     print(f"cache folder: {base}" + ("" if base.is_dir() else " (does not exist)"))
@@ -136,7 +139,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    from semclip_bench.runner.feature_store import features_root  # imports torch
+    from semclip_bench.runner.execute.feature_store import features_root  # imports torch
 
     base = cache_dir()
     targets: list[Path] = []

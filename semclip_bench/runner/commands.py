@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from semclip_bench.errors import UserError
-from semclip_bench.runner.config import (
+from semclip_bench.runner.plan.config import (
     ABLATIONS,
     DEFAULT_OUT,
     FIT_MODES,
@@ -302,7 +302,7 @@ def _config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
 
 
 def _startup_seconds() -> float | None:
-    from semclip_bench.runner.processes import seconds_since_process_start
+    from semclip_bench.runner.execute.processes import seconds_since_process_start
 
     return seconds_since_process_start()
 
@@ -333,12 +333,12 @@ def execute(
     asked right before the run (after the runner's imports, which take seconds: Lightning) and
     recorded as its "startup" stage. Returns the engine's ``RunResult`` and the tables' path (None
     on ranks other than 0). Rank 0 ends by printing how the rows compare with the committed
-    reference of the same command, where there is one (``runner/compare.py``).
+    reference of the same command, where there is one (``runner/record/compare.py``).
     """
     from semclip_bench.configs import use_config_dir
-    from semclip_bench.runner.compare import reference_report
-    from semclip_bench.runner.engine import run
-    from semclip_bench.runner.report import write_report
+    from semclip_bench.runner.execute.engine import run
+    from semclip_bench.runner.record.compare import reference_report
+    from semclip_bench.runner.record.report import write_report
 
     if config.maps_shots is not None and config.maps_shots not in config.shots:
         raise UserError(
@@ -392,7 +392,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from semclip_bench.runner.report import write_report
+    from semclip_bench.runner.record.report import write_report
 
     for source in args.sources:
         if not source.exists():
@@ -411,7 +411,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from semclip_bench.runner.verify import mismatch_table, parse_subset, verify
+    from semclip_bench.runner.record.verify import mismatch_table, parse_subset, verify
 
     result = verify(args.source, parse_subset(args.subset), args.out, _command_line())
     for note in result.notes:

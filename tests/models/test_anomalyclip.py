@@ -269,7 +269,7 @@ def test_invalid_options(backbone, options) -> None:
 
 
 def test_method_config_builds_the_method(backbone) -> None:
-    from semclip_bench.runner.config import method_config
+    from semclip_bench.runner.plan.config import method_config
 
     options, training = method_config("anomalyclip", None)
     method = AnomalyClip(backbone, CLASS_NAMES, **options)

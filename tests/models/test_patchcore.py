@@ -224,7 +224,7 @@ def test_clip_feature_space_options(backbone, norm: str, project: bool) -> None:
 
 
 def test_clip_feature_variant_configs(backbone) -> None:
-    from semclip_bench.runner.config import load_variant
+    from semclip_bench.runner.plan.config import load_variant
 
     spaces = {}
     for name in ("patchcore", "patchcore_ln", "patchcore_ln_post", "patchcore_projected"):

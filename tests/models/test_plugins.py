@@ -87,7 +87,7 @@ def test_plugin_runs_like_a_builtin_method_and_reaches_wandb(
     monkeypatch: pytest.MonkeyPatch, tiny_synth_root: Path, tmp_path: Path
 ) -> None:
     """In-process with the example plugin importable: rows, tables and the W&B run names."""
-    from semclip_bench.runner import engine
+    from semclip_bench.runner.execute import engine
 
     monkeypatch.syspath_prepend(str(PLUGIN_SOURCE))
     _register(monkeypatch, "mean_patch", "semclip_bench_example_plugin:MeanPatchDistance")

@@ -351,7 +351,7 @@ def test_published_form_and_semclip_plus_configs() -> None:
     = the same with exactly the two additions switched on, same training budget."""
     import inspect
 
-    from semclip_bench.runner.config import load_variant
+    from semclip_bench.runner.plan.config import load_variant
 
     published, plus = load_variant("semclip"), load_variant("semclip_plus")
     defaults = {

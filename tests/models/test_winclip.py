@@ -283,7 +283,7 @@ def test_prompt_average_raw_vs_normalized(backbone, method) -> None:
 
 
 def test_reference_config_and_projected_variant(backbone) -> None:
-    from semclip_bench.runner.config import load_variant
+    from semclip_bench.runner.plan.config import load_variant
 
     reference = WinClip(backbone, CLASSES, **load_variant("winclip").options)
     assert (reference.patch_space, reference.sigma, reference.prompt_average) == (

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from semclip_bench.cli import main
-from semclip_bench.runner.feature_store import FeatureStore, StoreKey
+from semclip_bench.runner.execute.feature_store import FeatureStore, StoreKey
 
 
 def _fill(cache: Path) -> None:
