@@ -3,7 +3,8 @@
 Run: ``python -m benchmarks.convergence --method semclip --data sem-synth:val`` (``--help``).
 For every (category, K, seed) episode (default K in {1, 20}) the method (a registered method or a
 named variant of ``configs/methods``) is trained for 2E epochs, E = its config's ``epochs``
-(or ``--epochs``), under the benchmark's budget rule (``TrainingConfig``). It prints
+(or ``--epochs``), under the benchmark's budget rule (``TrainingConfig``) without its step floor,
+so that E counts the epochs at every K. It prints
 
 - the training loss of every epoch (``FewShotModule.history``: per-epoch mean over the support
   images), and
@@ -232,7 +233,8 @@ def _run(args: argparse.Namespace) -> str:
     epochs = training.epochs if args.epochs is None else int(args.epochs)
     if epochs < 1:
         raise UserError(f"--epochs: need E >= 1, got {epochs}")
-    training = replace(training, epochs=2 * epochs)
+    # The curve is over epochs: no step floor, so E counts every epoch at every K.
+    training = replace(training, epochs=2 * epochs, min_steps=0)
     dataset = load_dataset(args.data)
     categories = args.categories or dataset.categories()
     unknown = sorted(set(categories) - set(dataset.categories()))

@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="semclip", help="one or more, comma-separated")
     parser.add_argument("--shots", default="5", help="one or more, comma-separated")
     parser.add_argument("--members", type=int, default=9)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the method's config")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: the method's config; a given count turns the step floor off",
+    )
     parser.add_argument("--backbone", default="semclip-vit-m16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
@@ -137,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     nondeterministic: dict[str, set[str]] = {}
     for name, variant in zip(args.method.split(","), variants, strict=True):
         training = dict(variant.training or {})
-        if args.epochs is not None:
+        if args.epochs is not None:  # a fixed epoch count: no step floor
             training["epochs"] = args.epochs
+            training["min_steps"] = 0
         config = TrainingConfig(**training)
         method_cls = method_class(variant.method)
         options = dict(variant.options or {})
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             diff = _largest_difference(members["alone"], members["stacked"])
             repeat = _largest_difference(members["stacked"], members["stacked again"])
             support = shots * len(CLASSES)
-            steps = config.epochs * config.steps_per_epoch(support)
+            steps = config.epochs_for(support) * config.steps_per_epoch(support)
             rows.append(
                 f"| {name} | {shots} | {steps} | {timings[0]:.2f} | {timings[1]:.2f} | "
                 f"{timings[1] / timings[0]:.2f} | {diff:.1e} | {repeat:.1e} | {feature_mib:.0f} | "

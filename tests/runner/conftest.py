@@ -45,9 +45,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """YAML that keeps training to a couple of epochs."""
+    """YAML that keeps training to a couple of epochs (no step floor)."""
     path = tmp_path_factory.mktemp("cfg") / "fast.yaml"
-    quick = {"training": {"epochs": 2, "batch_size": 8}}
+    quick = {"training": {"epochs": 2, "batch_size": 8, "min_steps": 0}}
     path.write_text(
         yaml.safe_dump(
             {
