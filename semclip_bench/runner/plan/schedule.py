@@ -23,7 +23,6 @@ shards of an array are fixed before any job starts.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 from collections.abc import Callable, Collection, Hashable, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from semclip_bench.models.base import FewShotMethod
+from semclip_bench.models.lightning import TrainingConfig
 from semclip_bench.runner.plan.units import Unit
 
 #: Relative cost of an episode whose method does not train (memory banks, zero-shot prompts):
@@ -72,12 +72,8 @@ def unit_cost(
     if not method_cls.trains_at(shots):
         return UNTRAINED_COST
     support = support_images(shots, n_defect_types, method_cls)
-    training = variant.training or {}
-    epochs = int(training.get("epochs", 20))
-    batch = training.get("batch_size") or support
-    per_epoch = math.ceil(support / int(batch))
-    floor = int(training.get("min_steps", 0))
-    return UNTRAINED_COST + max(epochs * per_epoch, floor if epochs else 0)
+    training = TrainingConfig(**(variant.training or {}))
+    return UNTRAINED_COST + training.epochs_for(support) * training.steps_per_epoch(support)
 
 
 def by_estimated_cost(items: Sequence[_Item], costs: Sequence[float]) -> list[_Item]:
