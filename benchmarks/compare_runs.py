@@ -6,7 +6,10 @@ Rows are matched by episode id; for every method the largest absolute difference
 (in points, i.e. x100) over the shared episodes is printed next to the protocol's tolerance:
 training-free methods must agree within 1e-3 (0.1 points) in fp32 and within 0.5 points in bf16;
 for trainable methods the measured difference is stated, not judged. The table also counts the
-episodes whose metrics are identical to the last bit (run-to-run repeatability). With ``--out``
+episodes whose metrics are identical to the last bit (run-to-run repeatability). A second table
+compares what a reader sees: the table cells' means (over seeds and categories, per variant and K)
+of the shared episodes, with the largest |difference| per method and the K where it occurs. With
+``--out``
 the table is written as a keyed section of that Markdown file (``results/performance.md``).
 """
 
@@ -60,6 +63,30 @@ def compare(reference: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def compare_means(reference: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the largest |difference| of the cell means (mean over the shared episodes of one
+    variant and K, as a table's cell before its interval) of each metric, and the K where the
+    largest of them occurs. A metric NaN in both means counts as equal.
+    """
+    merged = reference.merge(candidate, on="episode_id", suffixes=("_ref", "_new"))
+    merged = merged[(merged["status_ref"] == "ok") & (merged["status_new"] == "ok")]
+    metrics = [m for m in METRIC_COLUMNS if f"{m}_ref" in merged.columns]
+    cells = merged.groupby(["method_ref", "variant_ref", "shots_ref"], sort=True)
+    ref = cells[[f"{m}_ref" for m in metrics]].mean()
+    new = cells[[f"{m}_new" for m in metrics]].mean()
+    gaps = pd.DataFrame(
+        {m: (new[f"{m}_new"] - ref[f"{m}_ref"]).abs().fillna(0.0) for m in metrics}, index=ref.index
+    )
+    records = []
+    for method, frame in gaps.groupby(level=0, sort=True):
+        record: dict[str, float | int | str] = {"method": method, "cells": len(frame)}
+        record.update({m: float(frame[m].max()) for m in metrics})
+        worst_cell = frame.max(axis=1).idxmax()
+        record["at"] = f"{worst_cell[1]}, K = {int(worst_cell[2])}"
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
 def verdict(method: str, worst: float, precision: str) -> str:
     """PASS/MISS against the protocol tolerance for training-free methods; 'stated' otherwise."""
     if method not in TRAINING_FREE:
@@ -96,6 +123,17 @@ def markdown(table: pd.DataFrame, precision: str) -> str:
     return "\n".join(lines)
 
 
+def means_markdown(table: pd.DataFrame) -> str:
+    metrics = [m for m in METRIC_COLUMNS if m in table.columns]
+    header = ["method", "cells", *metrics, "largest at"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [f"{100 * float(row[m]):.3f}" for m in metrics]
+        values = [str(row["method"]), str(int(row["cells"])), *cells, str(row["at"])]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path, help="run folder of the reference (e.g. CPU fp32)")
@@ -112,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ref_prov, new_prov = _provenance(args.reference), _provenance(args.candidate)
     precision = args.precision or new_prov.get("precision", "fp32")
-    table = compare(read_rows([args.reference]), read_rows([args.candidate]))
+    reference_rows, candidate_rows = read_rows([args.reference]), read_rows([args.candidate])
+    table = compare(reference_rows, candidate_rows)
     if table.empty:
         print("error: the two runs share no finished episode", file=sys.stderr)
         return 2
@@ -134,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             "Tolerance for training-free methods: 0.1 points (fp32 vs CPU), 0.5 points (bf16).",
             "",
             markdown(table, precision),
+            "",
+            "Largest |difference| of the cell means (mean over the shared seeds and categories of "
+            "one variant and K, before any interval), in points, and the cell where the largest "
+            "of them occurs:",
+            "",
+            means_markdown(compare_means(reference_rows, candidate_rows)),
         ]
     )
     print(f"## {label}\n\n{body}")

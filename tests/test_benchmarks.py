@@ -93,9 +93,17 @@ def test_compare_runs_reports_largest_gap_and_verdict(tmp_path, capsys):
     assert compare_runs.verdict("patchcore", 0.01, "fp32") == "MISS"
     assert compare_runs.verdict("patchcore", 0.0004, "fp32") == "PASS"
     assert compare_runs.verdict("semclip", 0.1, "fp32").startswith("stated")
+    means = compare_runs.compare_means(
+        compare_runs.read_rows([tmp_path / "a"]), compare_runs.read_rows([tmp_path / "b"])
+    ).set_index("method")
+    assert abs(means.loc["patchcore", "iAUROC"] - 0.0048) < 1e-9  # |0.74520 - 0.75|, one cell
+    assert abs(means.loc["semclip", "iAUROC"] - 0.1) < 1e-9 and means.loc["winclip", "iAUROC"] == 0
+    assert means.loc["patchcore", "cells"] == 1
+    assert means.loc["patchcore", "at"] == "patchcore, K = 1"
     out = tmp_path / "perf.md"
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     assert "| patchcore | 2 | 0 |" in out.read_text() and "| winclip | 1 | 1 |" in out.read_text()
+    assert "| patchcore | 1 | 0.480 |" in out.read_text()
 
 
 def test_stack_bench_times_alone_and_stacked(tmp_path: Path, capsys) -> None:
