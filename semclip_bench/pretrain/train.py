@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -34,9 +35,22 @@ from semclip_bench.pretrain.export import (
     sha256_file,
     write_loss_curve,
 )
-from semclip_bench.pretrain.module import ClipPretrainModule, PretrainConfig, model_image_size
+from semclip_bench.pretrain.module import (
+    ClipPretrainModule,
+    FormulaPretrainModule,
+    MixedPretrainModule,
+    PretrainConfig,
+    model_image_size,
+)
 
 log = logging.getLogger(__name__)
+
+#: ``--data`` value of the formula-driven supervised stage.
+FORMULA_DATA = "formula"
+#: Defaults of the formula options (None in :class:`PretrainOptions` = not given).
+DEFAULT_FORMULA_CLASSES = 1000
+DEFAULT_FORMULA_SEED = 0
+DEFAULT_LABEL_SMOOTHING = 0.1
 
 
 @dataclass
@@ -66,7 +80,30 @@ class PretrainOptions:
     eval_workers: int | None = None
     retrieval_images: int = 1000
     log_every: int = 50
+    init: str | None = None
+    formula_classes: int | None = None
+    formula_seed: int | None = None
+    formula_weight: float = 0.0
+    label_smoothing: float | None = None
     command: list[str] = field(default_factory=list)
+
+    @property
+    def uses_formula(self) -> bool:
+        """Whether this run draws formula images (formula stage or mixed objective)."""
+        return self.data == FORMULA_DATA or self.formula_weight > 0
+
+    def formula_config(self) -> Any:
+        """The :class:`~semclip_bench.pretrain.formula.FormulaConfig` of this run's formula data."""
+        from semclip_bench.pretrain.formula import FormulaConfig
+
+        return FormulaConfig(
+            seed=DEFAULT_FORMULA_SEED if self.formula_seed is None else self.formula_seed,
+            classes=self.formula_classes or DEFAULT_FORMULA_CLASSES,
+            render_size=self.render_size,
+        )
+
+    def smoothing(self) -> float:
+        return DEFAULT_LABEL_SMOOTHING if self.label_smoothing is None else self.label_smoothing
 
     def validate(self) -> None:
         if self.steps is None and self.max_minutes is None:
@@ -93,6 +130,38 @@ class PretrainOptions:
                 raise UserError(
                     f"option --synth-seed {RETRIEVAL_SEED} is the held-out retrieval seed"
                 )
+        self._validate_formula()
+        if self.init is not None and not Path(self.init).is_file():
+            raise UserError(f"option --init: checkpoint file {self.init} does not exist")
+
+    def _validate_formula(self) -> None:
+        w = self.formula_weight
+        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise UserError(f"option --formula-weight must be a finite number >= 0, got {w}")
+        if w > 0 and self.data != "sem-synth":
+            raise UserError(
+                "option --formula-weight (the mixed objective) needs --data sem-synth, "
+                f"got --data {self.data}"
+            )
+        for option, value in (
+            ("--formula-classes", self.formula_classes),
+            ("--formula-seed", self.formula_seed),
+            ("--label-smoothing", self.label_smoothing),
+        ):
+            if value is not None and not self.uses_formula:
+                raise UserError(
+                    f"option {option} applies only to --data {FORMULA_DATA} or --formula-weight > 0"
+                )
+        if self.formula_classes is not None and not 2 <= self.formula_classes <= 1_000_000:
+            raise UserError(
+                f"option --formula-classes must be 2..1000000, got {self.formula_classes}"
+            )
+        if self.formula_seed is not None and self.formula_seed < 0:
+            raise UserError(f"option --formula-seed must be >= 0, got {self.formula_seed}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise UserError(
+                f"option --label-smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
 
 
 class _DataModule:
@@ -102,7 +171,7 @@ class _DataModule:
         self.opts = opts
         self.image_size = image_size
         self.csv = None
-        if opts.data != "sem-synth":
+        if opts.data not in ("sem-synth", FORMULA_DATA):
             self.csv = CaptionCsvDataset(opts.data, opts.arch, image_size, augment=opts.augment)
 
     def loader(self, rank: int, world_size: int) -> DataLoader:
@@ -127,7 +196,20 @@ class _DataModule:
         length = None
         if o.steps is not None and o.max_minutes is None:
             length = o.steps * o.batch_size * world_size
-        stream = SynthCaptionStream(
+        if o.uses_formula:
+            from semclip_bench.pretrain.formula import FormulaStream
+
+            formula = FormulaStream(
+                o.formula_config(),
+                self.image_size,
+                augment=o.augment,
+                length=length if o.data == FORMULA_DATA else None,
+                rank=rank,
+                world_size=world_size,
+            )
+            if o.data == FORMULA_DATA:
+                return DataLoader(formula, **common)
+        stream: Any = SynthCaptionStream(
             o.arch,
             self.image_size,
             seed=o.synth_seed,
@@ -139,6 +221,10 @@ class _DataModule:
             reuse=o.reuse,
             buffer_size=o.buffer_size or o.batch_size,
         )
+        if o.formula_weight > 0:
+            from semclip_bench.pretrain.formula import MixedStream
+
+            stream = MixedStream(stream, formula)
         return DataLoader(stream, **common)
 
 
@@ -150,12 +236,17 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "text": torch.stack([it["text"] for it in items]),
-        "caption": [it["caption"] for it in items],
-        "index": torch.tensor([it["index"] for it in items]),
-    }
+    """Stack tensors, make int columns (index, label) tensors, keep strings as lists."""
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        column = [it[key] for it in items]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(column)
+        elif isinstance(first, int):
+            out[key] = torch.tensor(column)
+        else:
+            out[key] = column
+    return out
 
 
 class _ProgressBar(L.Callback):
@@ -198,13 +289,124 @@ class _ProgressBar(L.Callback):
             self.bar = None
 
 
-class _Module(ClipPretrainModule):
-    """The pretraining module with its DataLoader (built after DDP setup)."""
+class _WithData:
+    """Gives a pretraining module its DataLoader (built after DDP setup)."""
 
     pretrain_data: _DataModule
+    trainer: L.Trainer
 
     def train_dataloader(self) -> DataLoader:
         return self.pretrain_data.loader(self.trainer.global_rank, self.trainer.world_size)
+
+
+class _Module(_WithData, ClipPretrainModule):
+    """Contrastive stage (sem-synth or a captions CSV)."""
+
+
+class _FormulaModule(_WithData, FormulaPretrainModule):
+    """Formula-driven supervised stage."""
+
+
+class _MixedModule(_WithData, MixedPretrainModule):
+    """Contrastive stage plus the weighted formula classification loss."""
+
+
+def build_module(opts: PretrainOptions, cfg: PretrainConfig) -> ClipPretrainModule:
+    """The Lightning module of ``opts``' objective (seeded init, then ``--init`` if given)."""
+    module: ClipPretrainModule
+    if opts.data == FORMULA_DATA:
+        module = _FormulaModule(cfg, opts.formula_config().classes, opts.smoothing())
+    elif opts.formula_weight > 0:
+        module = _MixedModule(
+            cfg, opts.formula_config().classes, opts.formula_weight, opts.smoothing()
+        )
+    else:
+        module = _Module(cfg)
+    if opts.init is not None:
+        load_init(module.model, opts.init, opts.arch)
+    return module
+
+
+def load_init(model: torch.nn.Module, path: str | Path, arch: str) -> None:
+    """Load a checkpoint file of an earlier stage into ``model`` strictly (same keys, same
+    shapes); one-line UserError naming ``--init`` and the file otherwise."""
+    from semclip_bench.backbones.clip import _read_state_dict
+
+    try:
+        state = _read_state_dict(str(path))
+    except UserError as exc:
+        raise UserError(f"option --init: {exc}") from exc
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
+                f"model {tuple(own[k].shape)})"
+            )
+        raise UserError(
+            f"option --init: checkpoint {path} does not match --arch {arch}: " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def previous_stage(init: str | Path, sha256: str) -> dict[str, Any] | None:
+    """The summary of the run that wrote ``init`` (``pretrain_summary.json`` next to it, if its
+    sha256 is the file's), else None."""
+    path = Path(init).with_name("pretrain_summary.json")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("sha256") != sha256:
+        return None
+    return summary
+
+
+def stage_record(opts: PretrainOptions) -> dict[str, Any]:
+    """What this stage trained on and from: data, objective, formula config and digest, init."""
+    if opts.data == FORMULA_DATA:
+        objective = "formula classification (cross-entropy, linear head on the image embedding)"
+    elif opts.formula_weight > 0:
+        objective = f"contrastive (ClipLoss) + {opts.formula_weight:g} x formula classification"
+    else:
+        objective = "contrastive (ClipLoss)"
+    record: dict[str, Any] = {
+        "data": opts.data if opts.data in ("sem-synth", FORMULA_DATA) else "captions-csv",
+        "objective": objective,
+    }
+    if opts.uses_formula:
+        from semclip_bench.pretrain.formula import formula_digest
+
+        config = opts.formula_config()
+        record["formula"] = {
+            "config": config.to_dict(),
+            "digest": formula_digest(config),
+            "label_smoothing": opts.smoothing(),
+            "weight": opts.formula_weight if opts.data != FORMULA_DATA else 1.0,
+        }
+    if opts.init is not None:
+        record["init"] = {"file": str(opts.init), "sha256": sha256_file(opts.init)}
+    return record
+
+
+def curve_digest(history: list[tuple[int, float]], points: int = 100) -> list[list[float]]:
+    """The loss curve in at most ``points`` (last step, mean loss) bins (kept in the summary, so
+    a later stage's summary carries it along)."""
+    if not history:
+        return []
+    size = max(1, math.ceil(len(history) / points))
+    out = []
+    for k in range(0, len(history), size):
+        chunk = history[k : k + size]
+        out.append([int(chunk[-1][0]), round(sum(v for _, v in chunk) / len(chunk), 5)])
+    return out
 
 
 def default_precision() -> str:
@@ -261,7 +463,8 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         log_every=opts.log_every,
     )
     L.seed_everything(opts.seed, workers=True, verbose=False)
-    module = _Module(cfg)
+    module = build_module(opts, cfg)
+    stage = stage_record(opts)  # before training: a bad --init fails here, not after the run
     module.pretrain_data = _DataModule(opts, model_image_size(module.model))
     strategy = "ddp" if opts.devices > 1 else "auto"
     trainer = L.Trainer(
@@ -288,7 +491,11 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     model = module.model.float().cpu().eval()
     out.mkdir(parents=True, exist_ok=True)
     ckpt = export_checkpoint(model, out, opts.arch)
-    curves = write_loss_curve(module.history, out)
+    curves = write_loss_curve(
+        module.history,
+        out,
+        ylabel="formula classification loss (cross-entropy)" if opts.data == FORMULA_DATA else None,
+    )
     size = ckpt.stat().st_size
     history = module.history
     tail = [v for _, v in history[-max(1, min(50, len(history) // 10 or 1)) :]]
@@ -319,7 +526,11 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         "options": {k: v for k, v in asdict(opts).items() if k != "command"},
         "command": opts.command,
         "files": [p.name for p in curves],
+        "stage": stage,
+        "loss_curve": curve_digest(history),
     }
+    if opts.init is not None:
+        summary["previous_stage"] = previous_stage(opts.init, stage["init"]["sha256"])
     if opts.evaluate:
         summary["evaluation"] = evaluate_trained(ckpt, opts)
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -357,11 +568,17 @@ def shell_command(argv: list[str]) -> str:
 
 
 __all__ = [
+    "FORMULA_DATA",
     "NORMAL_FRACTION",
     "PretrainOptions",
+    "build_module",
     "command_line",
+    "curve_digest",
     "default_precision",
     "evaluate_trained",
+    "load_init",
+    "previous_stage",
     "run_pretrain",
     "shell_command",
+    "stage_record",
 ]
