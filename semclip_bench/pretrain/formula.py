@@ -172,14 +172,16 @@ def chaos_game(
 def canvas_index(points: np.ndarray, size: int, margin: float) -> np.ndarray | None:
     """Flat pixel index (row * size + col) of each of the (2, N) ``points`` scaled into a
     ``size`` canvas (aspect kept, centred, ``margin`` of the side left free; the second
-    coordinate gives the row); None when the points are not finite."""
+    coordinate gives the row); None when the points are not finite. A point-like set (span below
+    1e-6 of its coordinates' size: rounding noise around a fixed point) stays a point."""
     lo, hi = points.min(axis=1), points.max(axis=1)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         return None
     span = float((hi - lo).max())
-    if span <= 1e-12:
-        span = 1.0
-    scale = (size - 1) * (1.0 - 2.0 * margin) / span
+    if span <= 1e-6 * max(1.0, float(np.abs(lo).max()), float(np.abs(hi).max())):
+        scale = 0.0  # do not blow rounding noise up to the canvas
+    else:
+        scale = (size - 1) * (1.0 - 2.0 * margin) / span
     offset = (size - 1) / 2.0 - (lo + hi) / 2.0 * scale
     col = np.clip(np.rint(points[0] * scale + offset[0]), 0, size - 1).astype(np.int64)
     row = np.clip(np.rint(points[1] * scale + offset[1]), 0, size - 1).astype(np.int64)
