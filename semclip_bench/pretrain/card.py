@@ -311,7 +311,10 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
     lines += [
         "## Limitations",
         "- trained on synthetic SEM images only; real tools differ in noise, charging and "
-        "pattern variety. Fine-tune on a fab archive with `--data captions.csv`.",
+        "pattern variety. Fine-tune on a fab archive with `--data captions.csv`."
+        if stage.get("data") != "formula"
+        else "- trained on formula renders only (no SEM image, no caption): a first stage to "
+        "continue with `--init` on sem-synth or a captions CSV; its text tower is untrained.",
         "- a compact model: useful as an offline default, not a replacement for large CLIPs.",
         "",
     ]

@@ -157,7 +157,10 @@ def chaos_game(
     coef = ifs.coefficients.T.copy()  # (6, n): one row per coefficient
     cum = np.cumsum(ifs.p)
     steps = burn_in + iterations
-    choice = np.minimum(np.searchsorted(cum, rng.random((steps, chains)) * cum[-1]), len(cum) - 1)
+    u = rng.random((steps, chains))
+    choice = np.zeros((steps, chains), np.intp)  # map k where cum[k-1] <= u < cum[k]
+    for threshold in cum[:-1] / cum[-1]:  # n - 1 comparisons beat searchsorted for n <= 4
+        choice += u >= threshold
     x = rng.uniform(-1.0, 1.0, size=chains)
     y = rng.uniform(-1.0, 1.0, size=chains)
     out = np.empty((2, iterations, chains))
