@@ -131,6 +131,8 @@ class PretrainOptions:
                     f"option --synth-seed {RETRIEVAL_SEED} is the held-out retrieval seed"
                 )
         self._validate_formula()
+        if self.data == FORMULA_DATA and (self.reuse != 1 or self.buffer_size is not None):
+            raise UserError("options --reuse and --buffer-size apply to --data sem-synth only")
         if self.init is not None and not Path(self.init).is_file():
             raise UserError(f"option --init: checkpoint file {self.init} does not exist")
 

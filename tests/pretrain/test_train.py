@@ -376,6 +376,7 @@ def test_init_that_is_missing_or_of_another_arch_is_one_line(tmp_path: Path, cap
         (["--formula-weight", "nan"], "--formula-weight"),
         (["--formula-classes", "10"], "--formula-classes"),
         (["--data", "formuls"], "--data"),
+        (["--data", "formula", "--reuse", "4"], "--reuse"),
     ],
 )
 def test_bad_formula_options_are_one_line_errors(
