@@ -42,11 +42,16 @@ from semclip_bench.pretrain.module import (
     PretrainConfig,
     model_image_size,
 )
+from semclip_bench.pretrain.stages import (
+    FORMULA_DATA,
+    curve_digest,
+    load_init,
+    previous_stage,
+    stage_record,
+)
 
 log = logging.getLogger(__name__)
 
-#: ``--data`` value of the formula-driven supervised stage.
-FORMULA_DATA = "formula"
 #: Defaults of the formula options (None in :class:`PretrainOptions` = not given).
 DEFAULT_FORMULA_CLASSES = 1000
 DEFAULT_FORMULA_SEED = 0
@@ -329,88 +334,6 @@ def build_module(opts: PretrainOptions, cfg: PretrainConfig) -> ClipPretrainModu
     return module
 
 
-def load_init(model: torch.nn.Module, path: str | Path, arch: str) -> None:
-    """Load a checkpoint file of an earlier stage into ``model`` strictly (same keys, same
-    shapes); one-line UserError naming ``--init`` and the file otherwise."""
-    from semclip_bench.backbones.clip import _read_state_dict
-
-    try:
-        state = _read_state_dict(str(path))
-    except UserError as exc:
-        raise UserError(f"option --init: {exc}") from exc
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
-                f"model {tuple(own[k].shape)})"
-            )
-        raise UserError(
-            f"option --init: checkpoint {path} does not match --arch {arch}: " + "; ".join(parts)
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def previous_stage(init: str | Path, sha256: str) -> dict[str, Any] | None:
-    """The summary of the run that wrote ``init`` (``pretrain_summary.json`` next to it, if its
-    sha256 is the file's), else None."""
-    path = Path(init).with_name("pretrain_summary.json")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("sha256") != sha256:
-        return None
-    return summary
-
-
-def stage_record(opts: PretrainOptions) -> dict[str, Any]:
-    """What this stage trained on and from: data, objective, formula config and digest, init."""
-    if opts.data == FORMULA_DATA:
-        objective = "formula classification (cross-entropy, linear head on the image embedding)"
-    elif opts.formula_weight > 0:
-        objective = f"contrastive (ClipLoss) + {opts.formula_weight:g} x formula classification"
-    else:
-        objective = "contrastive (ClipLoss)"
-    record: dict[str, Any] = {
-        "data": opts.data if opts.data in ("sem-synth", FORMULA_DATA) else "captions-csv",
-        "objective": objective,
-    }
-    if opts.uses_formula:
-        from semclip_bench.pretrain.formula import formula_digest
-
-        config = opts.formula_config()
-        record["formula"] = {
-            "config": config.to_dict(),
-            "digest": formula_digest(config),
-            "label_smoothing": opts.smoothing(),
-            "weight": opts.formula_weight if opts.data != FORMULA_DATA else 1.0,
-        }
-    if opts.init is not None:
-        record["init"] = {"file": str(opts.init), "sha256": sha256_file(opts.init)}
-    return record
-
-
-def curve_digest(history: list[tuple[int, float]], points: int = 100) -> list[list[float]]:
-    """The loss curve in at most ``points`` (last step, mean loss) bins (kept in the summary, so
-    a later stage's summary carries it along)."""
-    if not history:
-        return []
-    size = max(1, math.ceil(len(history) / points))
-    out = []
-    for k in range(0, len(history), size):
-        chunk = history[k : k + size]
-        out.append([int(chunk[-1][0]), round(sum(v for _, v in chunk) / len(chunk), 5)])
-    return out
-
-
 def default_precision() -> str:
     """bf16-mixed on a CUDA GPU that supports it, else full fp32."""
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -575,12 +498,8 @@ __all__ = [
     "PretrainOptions",
     "build_module",
     "command_line",
-    "curve_digest",
     "default_precision",
     "evaluate_trained",
-    "load_init",
-    "previous_stage",
     "run_pretrain",
     "shell_command",
-    "stage_record",
 ]
