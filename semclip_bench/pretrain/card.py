@@ -150,17 +150,75 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     ]
 
 
+def _formula_lines(formula: dict[str, Any]) -> list[str]:
+    """Data lines of the formula images of a stage (see ``train.stage_record``)."""
+    c = formula["config"]
+    return [
+        f"- formula images (FractalDB-style, rendered on the fly): {c['classes']} classes, each a "
+        f"random IFS of {c['min_maps']}-{c['max_maps']} contractive 2-D affine maps drawn from "
+        f"seed ({c['seed']}, class), redrawn until its attractor fills >= "
+        f"{c['fill_threshold']:g} of a {c['fill_grid']} x {c['fill_grid']} grid; instances vary "
+        f"one map by +-{c['jitter']:g}, the point patch and the brightness; chaos game with "
+        f"{c['chains']} parallel points x {c['iterations']} iterations, {c['render_size']} px gray",
+        f"- formula data digest (generator code, NumPy, config) `{formula['digest']}`",
+        f"- classification: linear head on the image embedding (not exported), cross-entropy "
+        f"with label smoothing {formula['label_smoothing']:g}; loss weight {formula['weight']:g}",
+    ]
+
+
+def _stage_summary_lines(summary: dict[str, Any], depth: int = 1) -> list[str]:
+    """One paragraph per earlier stage (``previous_stage``, recursively)."""
+    stage = summary.get("stage") or {"data": summary["options"]["data"],
+                                     "objective": "contrastive (ClipLoss)"}  # fmt: skip
+    command = " ".join(shlex.quote(a) for a in summary.get("command") or [])
+    lines = [
+        f"### Stage -{depth}: {stage['data']}, {stage['objective']}",
+        "",
+        f"- file `{summary['checkpoint']}`, sha256 `{summary['sha256']}`",
+        f"- steps {summary['steps']}, batch size {summary['batch_size']} per device, images seen "
+        f"{summary['images_seen']:,}, wall time {summary['wall_seconds']:.0f} s on "
+        f"{summary['device']}",
+        f"- loss: first step {_fmt(summary['first_loss'])}, final {_fmt(summary['final_loss'])}",
+    ]
+    if stage.get("formula"):
+        lines += _formula_lines(stage["formula"])
+    if stage.get("init"):
+        lines.append(f"- started from `{stage['init']['file']}` (sha256 {stage['init']['sha256']})")
+    lines += [f"- command: `{command}`" if command else "- command: not recorded", ""]
+    previous = summary.get("previous_stage")
+    if previous:
+        lines += _stage_summary_lines(previous, depth + 1)
+    return lines
+
+
 def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
     """Write the model card of a pretraining run (see :func:`run_pretrain` for ``summary``)."""
     o = summary["options"]
     synth = o["data"] == "sem-synth"
+    stage = summary.get("stage") or {}
+    formula = stage.get("formula")
     command = " ".join(shlex.quote(a) for a in summary.get("command") or [])
     arch_line = _architecture(summary["arch"])
+    if stage.get("data") == "formula":
+        intro = (
+            "Formula-driven supervised pretraining (FractalDB-style IFS classes; open_clip "
+            "vision tower with a linear head, cross-entropy, Lightning Trainer), with the "
+            "project's own code; no external data or weights. The text tower keeps its seeded "
+            "random init."
+        )
+    else:
+        intro = (
+            "Contrastive image-text pretraining from random init (open_clip model and ClipLoss, "
+            "Lightning Trainer), with the project's own code; no external weights."
+        )
+        if formula:
+            intro += f" Objective: {stage['objective']}."
+    if stage.get("init"):
+        intro = intro.replace("from random init", "from an earlier stage's checkpoint")
     lines = [
         f"# {summary['arch']}: compact SEM-domain CLIP pretrained by semclip_bench",
         "",
-        "Contrastive image-text pretraining from random init (open_clip model and ClipLoss, "
-        "Lightning Trainer), with the project's own code; no external weights.",
+        intro,
         "",
         "## Model",
         f"- architecture: open_clip config `{summary['arch']}`, "
@@ -192,8 +250,12 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
             "",
             *(f'- "{c}"' for c in example_captions()),
         ]
-    else:
+    elif o["data"] != "formula":
         lines += [f"- captions CSV `{o['data']}` (image_path, caption)"]
+    if formula:
+        lines += (["", "Formula data (with every step):"] if synth else []) + _formula_lines(
+            formula
+        )
     lines += [
         "",
         "## Training",
@@ -207,6 +269,11 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         f"- loss: first step {_fmt(summary['first_loss'])}, final (mean of last steps) "
         f"{_fmt(summary['final_loss'])}; curve in `loss_curve.csv` / `loss_curve.png`",
         f"- seed {o['seed']}",
+        *(
+            [f"- init: `{stage['init']['file']}` (sha256 `{stage['init']['sha256']}`)"]
+            if stage.get("init")
+            else []
+        ),
         "",
         "Reproduce:",
         "",
@@ -214,6 +281,16 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
         command or "python -m semclip_bench pretrain ...",
         "```",
         "",
+    ]
+    if stage.get("init"):
+        previous = summary.get("previous_stage")
+        lines += ["## Earlier stages", ""]
+        lines += (
+            _stage_summary_lines(previous)
+            if previous
+            else ["The init checkpoint's summary was not next to it; stages not recorded.", ""]
+        )
+    lines += [
         "## Evaluation",
         "",
     ]
@@ -234,7 +311,10 @@ def write_model_card(path: str | Path, summary: dict[str, Any]) -> Path:
     lines += [
         "## Limitations",
         "- trained on synthetic SEM images only; real tools differ in noise, charging and "
-        "pattern variety. Fine-tune on a fab archive with `--data captions.csv`.",
+        "pattern variety. Fine-tune on a fab archive with `--data captions.csv`."
+        if stage.get("data") != "formula"
+        else "- trained on formula renders only (no SEM image, no caption): a first stage to "
+        "continue with `--init` on sem-synth or a captions CSV; its text tower is untrained.",
         "- a compact model: useful as an offline default, not a replacement for large CLIPs.",
         "",
     ]

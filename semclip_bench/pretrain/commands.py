@@ -30,11 +30,19 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
             "random init on sem-synth renders (data seed >= 100000; scratch and infilm held\n"
             "out) or on a captions CSV (image_path,caption). Writes <arch>.pt (fp16), .sha256,\n"
             "loss curve and MODEL_CARD.md into --out.\n"
+            "'--data formula': formula-driven supervised stage (FractalDB-style IFS classes,\n"
+            "vision tower + linear head, cross-entropy); '--init FILE' starts a stage from an\n"
+            "earlier stage's <arch>.pt; '--formula-weight W' adds W x the formula loss to the\n"
+            "contrastive loss of --data sem-synth.\n"
             "'pretrain evaluate --checkpoint FILE' evaluates a checkpoint file."
         ),
         formatter_class=formatter_class,
     )
-    p.add_argument("--data", default="sem-synth", help="'sem-synth' or a captions CSV path")
+    p.add_argument(
+        "--data",
+        default="sem-synth",
+        help="'sem-synth', 'formula' (formula-driven supervised stage) or a captions CSV path",
+    )
     p.add_argument("--arch", default=DEFAULT_ARCH, help="open_clip model config name")
     p.add_argument("--out", default=None, help="output folder (required for training)")
     p.add_argument(
@@ -98,6 +106,38 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter_class: type) ->
         help="only measure the DataLoader's images/s for SECONDS (no training, no output files)",
     )
     p.add_argument("--log-every", type=int, default=50, help="print the loss every N steps")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="FILE",
+        help="start from this checkpoint of an earlier stage (<arch>.pt; strict load) instead "
+        "of the seeded random init",
+    )
+    p.add_argument(
+        "--formula-classes",
+        type=int,
+        default=None,
+        help="formula data: number of IFS classes (default 1000)",
+    )
+    p.add_argument(
+        "--formula-seed",
+        type=int,
+        default=None,
+        help="formula data: seed of the classes (default 0)",
+    )
+    p.add_argument(
+        "--formula-weight",
+        type=float,
+        default=0.0,
+        help="with --data sem-synth: add W x the formula classification loss of a formula batch "
+        "drawn with each step (default 0: contrastive only)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        help="formula classification: label smoothing of the cross-entropy (default 0.1)",
+    )
     p.set_defaults(func=_run_train)
 
     actions = p.add_subparsers(dest="pretrain_command", metavar="ACTION")
@@ -166,8 +206,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise UserError("pretrain needs --out DIR (where the checkpoint and model card go)")
-    if args.data != "sem-synth" and not Path(args.data).is_file():
-        raise UserError(f"option --data: {args.data} is neither 'sem-synth' nor a captions CSV")
+    if args.data not in ("sem-synth", "formula") and not Path(args.data).is_file():
+        raise UserError(
+            f"option --data: {args.data} is neither 'sem-synth', 'formula' nor a captions CSV"
+        )
     opts = PretrainOptions(
         data=args.data,
         arch=args.arch,
@@ -192,6 +234,11 @@ def _run_train(args: argparse.Namespace) -> int:
         eval_workers=args.eval_workers,
         retrieval_images=args.retrieval_images,
         log_every=args.log_every,
+        init=args.init,
+        formula_classes=args.formula_classes,
+        formula_seed=args.formula_seed,
+        formula_weight=args.formula_weight,
+        label_smoothing=args.label_smoothing,
         command=command_line(),
     )
     if args.profile_data is not None:

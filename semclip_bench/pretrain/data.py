@@ -159,6 +159,41 @@ def prepare_image(
     return normalise_batch(t.unsqueeze(0), mean, std)[0]
 
 
+def random_dihedral(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int, bool]:
+    """``np.rot90(image, k)`` then a left-right flip with probability 1/2 (k, flip drawn from
+    ``rng`` in that order); returns (view, k, flip). The augmentation of the pretraining streams."""
+    k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+    image = np.rot90(image, k)
+    if flip:
+        image = image[:, ::-1]
+    return image, k, flip
+
+
+def worker_slot() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) in the main
+    process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def shard_indices(start: int, rank: int, world_size: int) -> Iterator[int]:
+    """Endless sample indices of this (rank, worker): index ``j`` of worker ``w`` on rank ``r``
+    of ``R`` ranks with ``W`` workers is ``start + (j * R + r) * W + w`` (disjoint shards)."""
+    w, n_workers = worker_slot()
+    j = 0
+    while True:
+        yield start + (j * world_size + rank) * n_workers + w
+        j += 1
+
+
+def shard_share(length: int | None, rank: int, world_size: int) -> float:
+    """How many of a ``length``-long stream's items this (rank, worker) yields (inf if endless)."""
+    if length is None:
+        return math.inf
+    w, n_workers = worker_slot()
+    return len(range(rank * n_workers + w, int(length), world_size * n_workers))
+
+
 class _Tokenize:
     """Lazily built open_clip tokenizer (built in each worker, not pickled)."""
 
@@ -228,10 +263,7 @@ class SynthCaptionStream(IterableDataset):
     ) -> dict[str, Any]:
         """One training item of a render: augmentation, caption, tokens (randomness from rng)."""
         if self.augment:
-            k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
-            image = np.rot90(image, k)
-            if flip:
-                image = image[:, ::-1]
+            image, k, flip = random_dihedral(image, rng)
             meta = dihedral_meta(meta, k, flip, self.config.image_size)
         caption = caption_from_meta(meta, rng)
         return {
@@ -247,23 +279,11 @@ class SynthCaptionStream(IterableDataset):
         return self.view(image, meta, np.random.default_rng([self.config.seed, i, 11]), i)
 
     def _render_indices(self) -> Iterator[int]:
-        info = get_worker_info()
-        w, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        j = 0
-        while True:
-            yield self.start + (j * self.world_size + self.rank) * n_workers + w
-            j += 1
+        return shard_indices(self.start, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        w, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        total = math.inf if self.length is None else self.length
-        # this worker's share of ``length`` items
-        share = (
-            total
-            if total == math.inf
-            else len(range(self.rank * n_workers + w, int(total), self.world_size * n_workers))
-        )
+        w = worker_slot()[0]
+        share = shard_share(self.length, self.rank, self.world_size)
         indices = self._render_indices()
         emitted = 0
         if self.reuse == 1:
@@ -374,9 +394,13 @@ __all__ = [
     "dihedral_meta",
     "normalise_batch",
     "prepare_image",
+    "random_dihedral",
     "read_captions_csv",
     "render_sample",
     "resize_unit",
     "sample_plan",
+    "shard_indices",
+    "shard_share",
     "unit_tensor",
+    "worker_slot",
 ]

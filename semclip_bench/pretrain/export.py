@@ -50,8 +50,11 @@ def export_checkpoint(model: nn.Module, out_dir: str | Path, arch: str) -> Path:
     return path
 
 
-def write_loss_curve(history: Sequence[tuple[int, float]], out_dir: str | Path) -> list[Path]:
-    """Write ``loss_curve.csv`` (step, loss) and ``loss_curve.png``; returns the written paths."""
+def write_loss_curve(
+    history: Sequence[tuple[int, float]], out_dir: str | Path, ylabel: str | None = None
+) -> list[Path]:
+    """Write ``loss_curve.csv`` (step, loss) and ``loss_curve.png`` (y axis ``ylabel``, default
+    the contrastive loss); returns the written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "loss_curve.csv"
@@ -76,7 +79,7 @@ def write_loss_curve(history: Sequence[tuple[int, float]], out_dir: str | Path) 
             smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
             ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window} steps")
         ax.set_xlabel("step")
-        ax.set_ylabel("contrastive loss (ClipLoss)")
+        ax.set_ylabel(ylabel or "contrastive loss (ClipLoss)")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

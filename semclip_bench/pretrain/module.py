@@ -117,9 +117,13 @@ class ClipPretrainModule(L.LightningModule):
         txt = self.model.encode_text(texts, normalize=True)
         return self.loss_fn(img, txt, self.model.logit_scale.exp())
 
+    def batch_loss(self, batch: dict) -> Tensor:
+        """Training loss of one batch (here: the contrastive loss of its images and texts)."""
+        return self.contrastive_loss(normalise_batch(batch["image"]), batch["text"])
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         self._set_lr()
-        loss = self.contrastive_loss(normalise_batch(batch["image"]), batch["text"])
+        loss = self.batch_loss(batch)
         self._pending.append((self.global_step, loss.detach()))
         self.images_seen += int(batch["image"].shape[0])
         if len(self._pending) >= self.cfg.log_every:
@@ -162,7 +166,7 @@ class ClipPretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for name, p in self.named_parameters():  # the model and any head of a subclass
             if not p.requires_grad:
                 continue
             exclude = p.ndim < 2 or "logit_scale" in name or name.endswith(".bias")
@@ -178,4 +182,75 @@ class ClipPretrainModule(L.LightningModule):
         )
 
 
-__all__ = ["ClipPretrainModule", "PretrainConfig", "create_clip", "lr_factor", "model_image_size"]
+class FormulaPretrainModule(ClipPretrainModule):
+    """Formula-driven supervised stage: the vision tower with a linear head on the image
+    embedding, cross-entropy (optional label smoothing) on formula class labels.
+
+    Batches hold "image" and "label". Only the vision tower and the head train; the text tower
+    and the temperature keep their seeded random init (frozen, so DDP sees no unused
+    parameters). The head is not part of ``self.model``, so it is not exported.
+    """
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        classes: int,
+        label_smoothing: float = 0.0,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__(cfg, model)
+        self.head = self._new_head(classes)
+        self.label_smoothing = label_smoothing
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith("visual."))
+
+    def _new_head(self, classes: int) -> nn.Linear:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 1)
+            return nn.Linear(int(self.model.visual.output_dim), classes)
+
+    def classification_loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of the head's logits on the (unnormalised) image embedding."""
+        logits = self.head(self.model.encode_image(images))
+        return nn.functional.cross_entropy(
+            logits.float(), labels, label_smoothing=self.label_smoothing
+        )
+
+    def batch_loss(self, batch: dict) -> Tensor:
+        return self.classification_loss(normalise_batch(batch["image"]), batch["label"])
+
+
+class MixedPretrainModule(FormulaPretrainModule):
+    """Contrastive loss plus ``formula_weight`` x the formula classification loss of a formula
+    batch drawn with each step ("formula_image" / "formula_label"); every tower trains."""
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        classes: int,
+        formula_weight: float,
+        label_smoothing: float = 0.0,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__(cfg, classes, label_smoothing, model)
+        self.formula_weight = formula_weight
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def batch_loss(self, batch: dict) -> Tensor:
+        contrastive = self.contrastive_loss(normalise_batch(batch["image"]), batch["text"])
+        formula = self.classification_loss(
+            normalise_batch(batch["formula_image"]), batch["formula_label"]
+        )
+        return contrastive + self.formula_weight * formula
+
+
+__all__ = [
+    "ClipPretrainModule",
+    "FormulaPretrainModule",
+    "MixedPretrainModule",
+    "PretrainConfig",
+    "create_clip",
+    "lr_factor",
+    "model_image_size",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -34,9 +35,27 @@ from semclip_bench.pretrain.export import (
     sha256_file,
     write_loss_curve,
 )
-from semclip_bench.pretrain.module import ClipPretrainModule, PretrainConfig, model_image_size
+from semclip_bench.pretrain.module import (
+    ClipPretrainModule,
+    FormulaPretrainModule,
+    MixedPretrainModule,
+    PretrainConfig,
+    model_image_size,
+)
+from semclip_bench.pretrain.stages import (
+    FORMULA_DATA,
+    curve_digest,
+    load_init,
+    previous_stage,
+    stage_record,
+)
 
 log = logging.getLogger(__name__)
+
+#: Defaults of the formula options (None in :class:`PretrainOptions` = not given).
+DEFAULT_FORMULA_CLASSES = 1000
+DEFAULT_FORMULA_SEED = 0
+DEFAULT_LABEL_SMOOTHING = 0.1
 
 
 @dataclass
@@ -66,7 +85,30 @@ class PretrainOptions:
     eval_workers: int | None = None
     retrieval_images: int = 1000
     log_every: int = 50
+    init: str | None = None
+    formula_classes: int | None = None
+    formula_seed: int | None = None
+    formula_weight: float = 0.0
+    label_smoothing: float | None = None
     command: list[str] = field(default_factory=list)
+
+    @property
+    def uses_formula(self) -> bool:
+        """Whether this run draws formula images (formula stage or mixed objective)."""
+        return self.data == FORMULA_DATA or self.formula_weight > 0
+
+    def formula_config(self) -> Any:
+        """The :class:`~semclip_bench.pretrain.formula.FormulaConfig` of this run's formula data."""
+        from semclip_bench.pretrain.formula import FormulaConfig
+
+        return FormulaConfig(
+            seed=DEFAULT_FORMULA_SEED if self.formula_seed is None else self.formula_seed,
+            classes=self.formula_classes or DEFAULT_FORMULA_CLASSES,
+            render_size=self.render_size,
+        )
+
+    def smoothing(self) -> float:
+        return DEFAULT_LABEL_SMOOTHING if self.label_smoothing is None else self.label_smoothing
 
     def validate(self) -> None:
         if self.steps is None and self.max_minutes is None:
@@ -93,6 +135,40 @@ class PretrainOptions:
                 raise UserError(
                     f"option --synth-seed {RETRIEVAL_SEED} is the held-out retrieval seed"
                 )
+        self._validate_formula()
+        if self.data == FORMULA_DATA and (self.reuse != 1 or self.buffer_size is not None):
+            raise UserError("options --reuse and --buffer-size apply to --data sem-synth only")
+        if self.init is not None and not Path(self.init).is_file():
+            raise UserError(f"option --init: checkpoint file {self.init} does not exist")
+
+    def _validate_formula(self) -> None:
+        w = self.formula_weight
+        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise UserError(f"option --formula-weight must be a finite number >= 0, got {w}")
+        if w > 0 and self.data != "sem-synth":
+            raise UserError(
+                "option --formula-weight (the mixed objective) needs --data sem-synth, "
+                f"got --data {self.data}"
+            )
+        for option, value in (
+            ("--formula-classes", self.formula_classes),
+            ("--formula-seed", self.formula_seed),
+            ("--label-smoothing", self.label_smoothing),
+        ):
+            if value is not None and not self.uses_formula:
+                raise UserError(
+                    f"option {option} applies only to --data {FORMULA_DATA} or --formula-weight > 0"
+                )
+        if self.formula_classes is not None and not 2 <= self.formula_classes <= 1_000_000:
+            raise UserError(
+                f"option --formula-classes must be 2..1000000, got {self.formula_classes}"
+            )
+        if self.formula_seed is not None and self.formula_seed < 0:
+            raise UserError(f"option --formula-seed must be >= 0, got {self.formula_seed}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise UserError(
+                f"option --label-smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
 
 
 class _DataModule:
@@ -102,7 +178,7 @@ class _DataModule:
         self.opts = opts
         self.image_size = image_size
         self.csv = None
-        if opts.data != "sem-synth":
+        if opts.data not in ("sem-synth", FORMULA_DATA):
             self.csv = CaptionCsvDataset(opts.data, opts.arch, image_size, augment=opts.augment)
 
     def loader(self, rank: int, world_size: int) -> DataLoader:
@@ -127,7 +203,20 @@ class _DataModule:
         length = None
         if o.steps is not None and o.max_minutes is None:
             length = o.steps * o.batch_size * world_size
-        stream = SynthCaptionStream(
+        if o.uses_formula:
+            from semclip_bench.pretrain.formula import FormulaStream
+
+            formula = FormulaStream(
+                o.formula_config(),
+                self.image_size,
+                augment=o.augment,
+                length=length if o.data == FORMULA_DATA else None,
+                rank=rank,
+                world_size=world_size,
+            )
+            if o.data == FORMULA_DATA:
+                return DataLoader(formula, **common)
+        stream: Any = SynthCaptionStream(
             o.arch,
             self.image_size,
             seed=o.synth_seed,
@@ -139,6 +228,10 @@ class _DataModule:
             reuse=o.reuse,
             buffer_size=o.buffer_size or o.batch_size,
         )
+        if o.formula_weight > 0:
+            from semclip_bench.pretrain.formula import MixedStream
+
+            stream = MixedStream(stream, formula)
         return DataLoader(stream, **common)
 
 
@@ -150,12 +243,17 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "text": torch.stack([it["text"] for it in items]),
-        "caption": [it["caption"] for it in items],
-        "index": torch.tensor([it["index"] for it in items]),
-    }
+    """Stack tensors, make int columns (index, label) tensors, keep strings as lists."""
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        column = [it[key] for it in items]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(column)
+        elif isinstance(first, int):
+            out[key] = torch.tensor(column)
+        else:
+            out[key] = column
+    return out
 
 
 class _ProgressBar(L.Callback):
@@ -198,13 +296,42 @@ class _ProgressBar(L.Callback):
             self.bar = None
 
 
-class _Module(ClipPretrainModule):
-    """The pretraining module with its DataLoader (built after DDP setup)."""
+class _WithData:
+    """Gives a pretraining module its DataLoader (built after DDP setup)."""
 
     pretrain_data: _DataModule
+    trainer: L.Trainer
 
     def train_dataloader(self) -> DataLoader:
         return self.pretrain_data.loader(self.trainer.global_rank, self.trainer.world_size)
+
+
+class _Module(_WithData, ClipPretrainModule):
+    """Contrastive stage (sem-synth or a captions CSV)."""
+
+
+class _FormulaModule(_WithData, FormulaPretrainModule):
+    """Formula-driven supervised stage."""
+
+
+class _MixedModule(_WithData, MixedPretrainModule):
+    """Contrastive stage plus the weighted formula classification loss."""
+
+
+def build_module(opts: PretrainOptions, cfg: PretrainConfig) -> ClipPretrainModule:
+    """The Lightning module of ``opts``' objective (seeded init, then ``--init`` if given)."""
+    module: ClipPretrainModule
+    if opts.data == FORMULA_DATA:
+        module = _FormulaModule(cfg, opts.formula_config().classes, opts.smoothing())
+    elif opts.formula_weight > 0:
+        module = _MixedModule(
+            cfg, opts.formula_config().classes, opts.formula_weight, opts.smoothing()
+        )
+    else:
+        module = _Module(cfg)
+    if opts.init is not None:
+        load_init(module.model, opts.init, opts.arch)
+    return module
 
 
 def default_precision() -> str:
@@ -261,7 +388,8 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         log_every=opts.log_every,
     )
     L.seed_everything(opts.seed, workers=True, verbose=False)
-    module = _Module(cfg)
+    module = build_module(opts, cfg)
+    stage = stage_record(opts)  # before training: a bad --init fails here, not after the run
     module.pretrain_data = _DataModule(opts, model_image_size(module.model))
     strategy = "ddp" if opts.devices > 1 else "auto"
     trainer = L.Trainer(
@@ -288,7 +416,11 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
     model = module.model.float().cpu().eval()
     out.mkdir(parents=True, exist_ok=True)
     ckpt = export_checkpoint(model, out, opts.arch)
-    curves = write_loss_curve(module.history, out)
+    curves = write_loss_curve(
+        module.history,
+        out,
+        ylabel="formula classification loss (cross-entropy)" if opts.data == FORMULA_DATA else None,
+    )
     size = ckpt.stat().st_size
     history = module.history
     tail = [v for _, v in history[-max(1, min(50, len(history) // 10 or 1)) :]]
@@ -319,7 +451,11 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any] | None:
         "options": {k: v for k, v in asdict(opts).items() if k != "command"},
         "command": opts.command,
         "files": [p.name for p in curves],
+        "stage": stage,
+        "loss_curve": curve_digest(history),
     }
+    if opts.init is not None:
+        summary["previous_stage"] = previous_stage(opts.init, stage["init"]["sha256"])
     if opts.evaluate:
         summary["evaluation"] = evaluate_trained(ckpt, opts)
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -357,8 +493,10 @@ def shell_command(argv: list[str]) -> str:
 
 
 __all__ = [
+    "FORMULA_DATA",
     "NORMAL_FRACTION",
     "PretrainOptions",
+    "build_module",
     "command_line",
     "default_precision",
     "evaluate_trained",

@@ -280,3 +280,108 @@ def test_model_card_reports_banks_seen_unseen_and_baseline(tmp_path: Path) -> No
     assert "100000" in text and "scratch, infilm" in text and "2 x NVIDIA H200" in text
     assert "vision ViT 12 blocks x width 240" in text and "SynthConfig(seed=1)" in text
     assert "'jpeg'" in text and "Example captions" in text
+
+
+# ------------------------------------------------------------------------ formula stage and --init
+CPU_RUN = ["--arch", ARCH, "--steps", "2", "--batch-size", "4", "--workers", "0",
+           "--render-size", "64", "--no-eval", "--accelerator", "cpu"]  # fmt: skip
+
+
+def test_formula_module_trains_vision_and_head_only() -> None:
+    from semclip_bench.pretrain.module import FormulaPretrainModule, MixedPretrainModule
+
+    module = FormulaPretrainModule(PretrainConfig(arch=ARCH), classes=5, label_smoothing=0.1)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.visual.", "head.")) for n in trainable)
+    assert "head.weight" in trainable and not any(k.startswith("head") for k in
+                                                  module.model.state_dict())  # fmt: skip
+    optimised = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert id(module.head.weight) in optimised
+    x = torch.randn(6, 3, 64, 64)
+    loss = module.classification_loss(x, torch.tensor([0, 1, 2, 3, 4, 0]))
+    loss.backward()
+    assert module.model.visual.conv1.weight.grad is not None and torch.isfinite(loss)
+    mixed = MixedPretrainModule(PretrainConfig(arch=ARCH), classes=5, formula_weight=0.5)
+    assert all(p.requires_grad for p in mixed.model.parameters())
+
+
+def test_cli_formula_stage_then_sem_stage_from_its_checkpoint(tmp_path: Path) -> None:
+    from semclip_bench.pretrain.module import create_clip
+
+    s1, s2, s3 = tmp_path / "formula", tmp_path / "sem", tmp_path / "mixed"
+    assert main(["pretrain", "--data", "formula", "--formula-classes", "7", "--out", str(s1),
+                 *CPU_RUN]) == 0  # fmt: skip
+    ckpt1 = s1 / f"{ARCH}.pt"
+    summary1 = json.loads((s1 / "pretrain_summary.json").read_text())
+    assert summary1["steps"] == 2 and summary1["sha256"] == sha256_file(ckpt1)
+    formula = summary1["stage"]["formula"]
+    assert summary1["stage"]["data"] == "formula" and formula["config"]["classes"] == 7
+    assert len(formula["digest"]) == 64 and len(summary1["loss_curve"]) == 2
+    card1 = (s1 / "MODEL_CARD.md").read_text()
+    assert "Formula-driven supervised" in card1 and formula["digest"] in card1
+    # the file loads as a backbone; the text tower is still the seeded random init
+    state = torch.load(ckpt1, weights_only=True)
+    assert not any(k.startswith("head") for k in state)
+    build_backbone(BackboneSpec(ARCH, str(ckpt1)))
+    init = create_clip(ARCH, 0).state_dict()
+    assert torch.equal(state["token_embedding.weight"], init["token_embedding.weight"].half())
+    assert not torch.equal(state["visual.conv1.weight"], init["visual.conv1.weight"].half())
+
+    assert main(["pretrain", "--data", "sem-synth", "--init", str(ckpt1), "--out", str(s2),
+                 *CPU_RUN]) == 0  # fmt: skip
+    summary2 = json.loads((s2 / "pretrain_summary.json").read_text())
+    assert summary2["stage"]["init"]["sha256"] == summary1["sha256"]
+    assert summary2["previous_stage"]["sha256"] == summary1["sha256"]
+    assert summary2["previous_stage"]["stage"]["formula"]["digest"] == formula["digest"]
+    card2 = (s2 / "MODEL_CARD.md").read_text()
+    assert "## Earlier stages" in card2 and "Stage -1: formula" in card2
+    assert "- command: `" in card2 and summary1["sha256"] in card2
+
+    # mixed objective, itself started from stage 2: the card lists both earlier stages
+    assert main(["pretrain", "--data", "sem-synth", "--formula-weight", "0.5",
+                 "--formula-classes", "7", "--init", str(s2 / f"{ARCH}.pt"), "--out", str(s3),
+                 *CPU_RUN]) == 0  # fmt: skip
+    summary3 = json.loads((s3 / "pretrain_summary.json").read_text())
+    assert summary3["stage"]["formula"]["weight"] == 0.5
+    assert summary3["previous_stage"]["previous_stage"]["sha256"] == summary1["sha256"]
+    card3 = (s3 / "MODEL_CARD.md").read_text()
+    assert "0.5 x formula classification" in card3 and "Stage -2: formula" in card3
+
+
+def test_init_that_is_missing_or_of_another_arch_is_one_line(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "out")
+    missing = tmp_path / "none.pt"
+    assert main(["pretrain", "--init", str(missing), "--out", out, *CPU_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--init" in err and str(missing) in err
+    state = ClipPretrainModule(PretrainConfig(arch=ARCH)).model.state_dict()
+    state.pop("visual.proj")
+    state["ln_final.weight"] = torch.ones(3)
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    assert main(["pretrain", "--init", str(other), "--out", out, *CPU_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--init" in err and str(other) in err
+    assert "missing" in err and "shape" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--data", "formula", "--formula-classes", "1"], "--formula-classes"),
+        (["--data", "formula", "--formula-seed", "-1"], "--formula-seed"),
+        (["--data", "formula", "--label-smoothing", "1.5"], "--label-smoothing"),
+        (["--data", "formula", "--formula-weight", "0.5"], "--formula-weight"),
+        (["--formula-weight", "-1"], "--formula-weight"),
+        (["--formula-weight", "nan"], "--formula-weight"),
+        (["--formula-classes", "10"], "--formula-classes"),
+        (["--data", "formuls"], "--data"),
+        (["--data", "formula", "--reuse", "4"], "--reuse"),
+    ],
+)
+def test_bad_formula_options_are_one_line_errors(
+    args: list[str], option: str, tmp_path: Path, capsys
+) -> None:
+    assert main(["pretrain", *args, "--out", str(tmp_path / "o"), *CPU_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and option in err, err
