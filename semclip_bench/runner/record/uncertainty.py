@@ -54,6 +54,9 @@ class Replicates:
     #: Defect-type (true, predicted) ids over the union of type names, per episode.
     types: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     type_names: list[str] = field(default_factory=list)
+    _seed_weights_made: dict[int, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def has(self, variant: str, shots: int) -> bool:
         return self.resamples > 0 and (variant, shots) not in self.missing
@@ -69,33 +72,60 @@ class Replicates:
         them."""
         if self.resamples == 0 or frame.empty:
             return None
-        seeds = sorted(int(s) for s in frame["seed"].unique()) if seeds is None else seeds
-        weights = seed_weights(len(seeds), self.resamples)
+        episodes = _episodes(frame)
+        seeds = sorted(int(s) for s in dict.fromkeys(episodes.seeds)) if seeds is None else seeds
+        weights = self._seed_weights(len(seeds))
         per_category = []
-        for category, part in frame.groupby("category"):
+        for category, first in episodes.first.items():
             series = []
             for seed in seeds:
-                match = part[part["seed"] == seed]
-                if match.empty:
+                key = first.get(seed)
+                if key is None:
                     return None
-                row = match.iloc[0]
-                key = (category, row["variant"], int(row["shots"]), seed)
-                values = self.values.get(key, {}).get(metric)
+                values = self.values.get((category, key[0], key[1], seed), {}).get(metric)
                 if values is None:
                     return None
                 series.append(values)
             per_category.append(hierarchical(series, weights))
         return np.mean(per_category, axis=0)
 
+    def _seed_weights(self, n_seeds: int) -> np.ndarray:
+        """:func:`seed_weights` of ``n_seeds`` (the same draw for every cell), made once."""
+        if n_seeds not in self._seed_weights_made:
+            self._seed_weights_made[n_seeds] = seed_weights(n_seeds, self.resamples)
+        return self._seed_weights_made[n_seeds]
+
     def point(self, frame: pd.DataFrame, metric: str) -> float:
         """Mean over categories of the seed means of a stored point value (NaN if missing)."""
-        means = []
-        for _, part in frame.groupby("category"):
-            values = [
-                self.points.get(_key(r), {}).get(metric, math.nan) for _, r in part.iterrows()
-            ]
-            means.append(np.mean(values))
+        means = [
+            np.mean([self.points.get(key, {}).get(metric, math.nan) for key in keys])
+            for keys in _episodes(frame).keys.values()
+        ]
         return float(np.mean(means)) if means else math.nan
+
+
+@dataclass
+class _Episodes:
+    """The episode keys of a frame's rows by category (sorted, as ``groupby`` orders them), in
+    row order (``keys``), and the (variant, shots) of the first row of each seed (``first``)."""
+
+    seeds: list
+    keys: dict[str, list[tuple]]
+    first: dict[str, dict[int, tuple[str, int]]]
+
+
+def _episodes(frame: pd.DataFrame) -> _Episodes:
+    """One pass over the four key columns of ``frame`` as Python lists: no boolean masks."""
+    categories = frame["category"].tolist()
+    variants = frame["variant"].tolist()
+    shots = frame["shots"].tolist()
+    seeds = frame["seed"].tolist()
+    keys: dict[str, list[tuple]] = {c: [] for c in sorted(set(categories))}
+    first: dict[str, dict[int, tuple[str, int]]] = {c: {} for c in keys}
+    for category, variant, k, seed in zip(categories, variants, shots, seeds, strict=True):
+        keys[category].append((category, variant, int(k), int(seed)))
+        first[category].setdefault(seed, (variant, int(k)))
+    return _Episodes(seeds, keys, first)
 
 
 def _key(row) -> tuple:
