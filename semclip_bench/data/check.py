@@ -163,7 +163,8 @@ def check_headers(dataset: DefectDataset, workers: int = 4) -> list[str]:
 
     The same per-file checks and messages as :func:`check_dataset`, without decoding pixels, so
     a run can check the whole dataset, not only the files its episodes read, before its first
-    episode (sem-synth's 1,230 images: well under a second; see README "Data").
+    episode (sem-synth's 1,230 images: well under a second; see docs/running.md "Checks before
+    and around a run", the timing in docs/performance.md, the formats in docs/data.md).
     """
     problems: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

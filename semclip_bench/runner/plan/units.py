@@ -15,8 +15,9 @@ from typing import Any
 from semclip_bench.runner.plan.config import Variant
 
 
-def shots_tag(shots: int) -> str:
-    """K as episode ids, support keys, W&B runs and map files spell it: ``k5``."""
+def shots_tag(shots: int | str) -> str:
+    """K as episode ids, support keys, W&B runs and map files spell it: ``k5`` (``"*"``: the
+    glob of any K)."""
     return f"k{shots}"
 
 

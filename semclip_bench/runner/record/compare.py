@@ -41,7 +41,7 @@ COMPARED: tuple[str, ...] = (
 )
 
 #: The committed reference folder of each run, relative to the repository root, by (kind, device
-#: type, precision): the folders README.md lists as "what is committed in results/".
+#: type, precision): the folders docs/results.md lists in its table of committed results.
 REFERENCES: dict[tuple[str, str, str], str] = {
     ("sweep", "cpu", "fp32"): "results/sweep",
     ("sweep", "cuda", "fp32"): "results/gpu/sweep",

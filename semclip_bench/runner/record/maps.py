@@ -108,7 +108,7 @@ def save_episode_maps(
     target.mkdir(parents=True, exist_ok=True)
     if not (target / IMAGES_FILE).is_file():  # the same for every variant: stored once
         _save_images(target / IMAGES_FILE, [query[i] for i in chosen])
-    path = target / f"{_safe(variant)}-{shots_tag(episode.shots)}-s{episode.seed}.npz"
+    path = target / map_file_name(_safe(variant), episode.shots, episode.seed)
     _savez(
         path,
         variant=variant,
@@ -122,6 +122,16 @@ def save_episode_maps(
         maps=np.stack([_shrink(m, MAP_SIDE) for m in maps]).astype(np.float16),
     )
     return path
+
+
+def map_file_name(variant: str, shots: int | str, seed: int | str) -> str:
+    """The one spelling of a stored maps file's name, ``<variant>-k<K>-s<seed>.npz``: the writer
+    fills it with the episode's parts, the reader (:data:`MAP_FILES`) with wildcards."""
+    return f"{variant}-{shots_tag(shots)}-s{seed}.npz"
+
+
+#: Glob of the stored maps files of a category folder (the images file does not match it).
+MAP_FILES = map_file_name("*", "*", "*")
 
 
 def _savez(path: Path, **arrays: Any) -> None:
@@ -169,7 +179,7 @@ def find_maps(folders: Sequence[Path], shots: int | None = None) -> dict[str, li
     stored), one record per variant (the lowest seed when several are stored)."""
     records: list[dict[str, Any]] = []
     for folder in folders:
-        for path in sorted(Path(folder).rglob(f"{MAPS_DIR}/*/*-k*-s*.npz")):
+        for path in sorted(Path(folder).rglob(f"{MAPS_DIR}/*/{MAP_FILES}")):
             if not path.name.startswith(".") and (path.parent / IMAGES_FILE).is_file():
                 records.append(_load(path))
     if not records:
