@@ -240,13 +240,52 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
 # ---------------------------------------------------------------- replicate metrics
 
 
-def _auroc_weighted(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _auroc_pairs(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted AUROC from the (positive, negative) pairs' win matrix."""
     pos, neg = labels == 1, labels == 0
     sp, sn = scores[pos], scores[neg]
     wins = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
     wp, wn = weights[:, pos], weights[:, neg]
     with np.errstate(invalid="ignore", divide="ignore"):
         return ((wp @ wins) * wn).sum(axis=1) / (wp.sum(axis=1) * wn.sum(axis=1))
+
+
+def _counted(scores: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether every sum of an AUROC's numerator is exact, so that any order of summing gives
+    the floats of :func:`_auroc_pairs`: finite scores and whole multiplicities (every term is a
+    multiple of 0.5, every sum at most the square of a row's total, far below 2**52)."""
+    if weights.size == 0:
+        return False
+    total = float(np.abs(weights).sum(axis=1).max())
+    return bool(
+        np.isfinite(scores).all() and (weights == np.floor(weights)).all() and total**2 < 2.0**50
+    )
+
+
+def _weighted_placements(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(R, n_pos): per resample, the weight of the negatives below each positive plus half of
+    those tied with it, from one sort and cumulative sum of the negatives' weights."""
+    pos, neg = labels == 1, labels == 0
+    order = np.argsort(scores[neg], kind="stable")
+    sn = scores[neg][order]
+    cumulative = np.zeros((weights.shape[0], sn.size + 1))
+    np.cumsum(weights[:, neg][:, order], axis=1, out=cumulative[:, 1:])
+    below = cumulative[:, np.searchsorted(sn, scores[pos], side="left")]
+    upto = cumulative[:, np.searchsorted(sn, scores[pos], side="right")]
+    return below + 0.5 * (upto - below)
+
+
+def _auroc_weighted(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of each resample (rows of ``weights``). With whole multiplicities (resamples) every
+    sum is exact, and the placements of the positives (one sort, no pair matrix) give the same
+    floats as the pairs; otherwise the pairs."""
+    if not _counted(scores, weights):
+        return _auroc_pairs(scores, labels, weights)
+    wp, wn = weights[:, labels == 1], weights[:, labels == 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (wp * _weighted_placements(scores, labels, weights)).sum(axis=1) / (
+            wp.sum(axis=1) * wn.sum(axis=1)
+        )
 
 
 def image_replicates(
@@ -278,10 +317,23 @@ def per_type_replicates(
     """iAUROC of each defect type against the normal images, per resample (NaN where a resample
     drew no image of the type)."""
     types = np.asarray(types).astype(str)
+    names = sorted(set(types[labels == 1].tolist()))
+    if not _counted(scores, weights):
+        out = {}
+        for name in names:
+            keep = (labels == 0) | (types == name)
+            out[name] = _auroc_pairs(scores[keep], labels[keep], weights[:, keep])
+        return out
+    # the negatives are every type's: their placements of all positives serve each type's
+    placements = _weighted_placements(scores, labels, weights)
+    wp, negatives = weights[:, labels == 1], weights[:, labels == 0].sum(axis=1)
+    of_type = types[labels == 1]
     out = {}
-    for name in sorted(set(types[labels == 1].tolist())):
-        keep = (labels == 0) | (types == name)
-        out[name] = _auroc_weighted(scores[keep], labels[keep], weights[:, keep])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in names:
+            mine = of_type == name
+            w = wp[:, mine]
+            out[name] = (w * placements[:, mine]).sum(axis=1) / (w.sum(axis=1) * negatives)
     return out
 
 
