@@ -16,8 +16,9 @@ rerunning anything:
 :func:`write_map_pictures` draws one picture per category: a first row of images (ground-truth
 contours where masks exist), then one row per method with its maps on one colour scale shared by
 its panels (methods' score ranges differ by orders of magnitude), each titled with the true label,
-the predicted class where the method classifies, and the image score. :func:`draw_panels` is the
-drawing shared with :func:`semclip_bench.plot_maps`.
+the predicted class where the method classifies, and the image score, in a fixed layout (one axes
+per row, :func:`_draw_row`). :func:`draw_panels` draws the same panels one axes each for
+:func:`semclip_bench.plot_maps`.
 """
 
 from __future__ import annotations
@@ -261,6 +262,66 @@ LEFT, TOP, RIGHT, BOTTOM = 0.45, 0.45, 0.8, 0.1
 COLORBAR_WIDTH = 0.14
 
 
+def _draw_row(
+    ax: Any,
+    height: float,
+    pictures: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray] | None,
+    masks: Sequence[np.ndarray | None],
+    titles: Sequence[str],
+    fontsize: float,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Any:
+    """:func:`draw_panels` on one axes for a whole row (data units: inches): each picture fitted
+    in its panel and centred, its map on top on the row's colour scale (the maps' minimum to
+    maximum), the mask's contour in white, the title 6 points above the picture; returns the
+    last map's artist, or None without maps."""
+    import cv2
+
+    from semclip_bench.data.images import as_mask
+
+    scale = None
+    if maps is not None:
+        scale = (min(float(m.min()) for m in maps), max(float(m.max()) for m in maps))
+    artist = None
+    for i, picture in enumerate(pictures):
+        h, w = picture.shape[:2]
+        side = min(PANEL / w, height / h)
+        x0 = i * (PANEL + GAP) + (PANEL - w * side) / 2
+        y0 = (height - h * side) / 2
+        extent = (x0, x0 + w * side, y0, y0 + h * side)
+        ax.imshow(
+            picture[..., 0] if picture.shape[2] == 1 else picture,
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            extent=extent,
+        )
+        if maps is not None and scale is not None:
+            heat = cv2.resize(
+                np.asarray(maps[i], np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+            )
+            artist = ax.imshow(
+                heat, cmap=cmap, alpha=alpha, vmin=scale[0], vmax=scale[1], extent=extent
+            )
+        if masks[i] is not None:
+            xs = x0 + (np.arange(w) + 0.5) * side  # pixel centres, rows from the top
+            ys = y0 + h * side - (np.arange(h) + 0.5) * side
+            ax.contour(xs, ys, as_mask(masks[i]).astype(float), levels=[0.5], colors="white")
+        ax.text(
+            x0 + w * side / 2,
+            y0 + h * side + 6 / 72,
+            titles[i],
+            fontsize=fontsize,
+            ha="center",
+            va="bottom",
+        )
+    ax.set_xlim(0, len(pictures) * (PANEL + GAP) - GAP)  # imshow fitted them to one picture
+    ax.set_ylim(0, height)
+    return artist
+
+
 #: Characters of a panel title's line that fit the panel and its gap (7-point text).
 TITLE_CHARS = 34
 
@@ -308,20 +369,24 @@ def _picture(records: Sequence[dict[str, Any]], order: Sequence[str]) -> tuple[A
     def row_bottom(row: int) -> float:
         return total - top - row * (TITLE_BAND + height) - TITLE_BAND - height
 
+    right = LEFT + n * PANEL + (n - 1) * GAP
+    # one axes per row, in inches: panel i spans x in [i (PANEL + GAP), + PANEL], y in [0, height]
+    # (an axes per panel cost more to make than to draw)
     axes = [
-        [
-            fig.add_axes(rect(LEFT + col * (PANEL + GAP), row_bottom(row), PANEL, height))
-            for col in range(n)
-        ]
-        for row in range(n_rows)
+        fig.add_axes(rect(LEFT, row_bottom(row), right - LEFT, height)) for row in range(n_rows)
     ]
+    for ax in axes:
+        ax.set_axis_off()
+        ax.set_xlim(0, right - LEFT)
+        ax.set_ylim(0, height)
 
     def row_name(row: int, text: str) -> None:
         y = (row_bottom(row) + height / 2) / total
         fig.text((LEFT - 0.08) / width, y, text, rotation=90, ha="right", va="center")
 
-    draw_panels(
+    _draw_row(
         axes[0],
+        height,
         pictures,
         None,
         masks,
@@ -329,7 +394,6 @@ def _picture(records: Sequence[dict[str, Any]], order: Sequence[str]) -> tuple[A
         fontsize=8,
     )
     row_name(0, "image")
-    right = LEFT + n * PANEL + (n - 1) * GAP
     for row, record in enumerate(shown, start=1):
         predicted = [str(p) for p in record["predicted"]] or [None] * n
         titles = [
@@ -337,7 +401,7 @@ def _picture(records: Sequence[dict[str, Any]], order: Sequence[str]) -> tuple[A
             for label, pred, score in zip(labels, predicted, record["scores"], strict=True)
         ]
         maps = [np.asarray(m, np.float32) for m in record["maps"]]
-        artist = draw_panels(axes[row], pictures, maps, masks, titles, fontsize=7)
+        artist = _draw_row(axes[row], height, pictures, maps, masks, titles, fontsize=7)
         row_name(row, str(record["variant"]))
         if artist is not None:
             bar = fig.add_axes(
