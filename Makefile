@@ -43,7 +43,7 @@ lock:
 		--python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
 		--quiet $(LOCK_FLAGS) -o requirements/pip.txt
 
-.PHONY: install test sweep ablate lint verify-results verify-gpu-results elpv-sweep controls
+.PHONY: install test sweep ablate lint verify-results verify-gpu-results verify-elpv-results elpv-sweep controls
 install: $(STAMP)
 
 test: $(STAMP)
@@ -95,6 +95,12 @@ verify-gpu-results: $(STAMP)
 	$(PY) -m semclip_bench verify --from results/gpu/sweep
 	$(PY) -m semclip_bench verify --from results/gpu/ablation
 	$(PY) -m semclip_bench verify --from results/gpu/control/sweep
+
+# The same check for the committed real-image tables (needs the elpv extra; CPU, fp32).
+verify-elpv-results: $(STAMP)
+	$(PY) -m pip install -q -e ".[elpv]"
+	$(PY) -m semclip_bench verify --from results/elpv/sweep
+	$(PY) -m semclip_bench verify --from results/elpv/control/sweep
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

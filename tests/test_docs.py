@@ -59,6 +59,30 @@ def test_readme_headline_cells_are_those_of_results_sweep() -> None:
             assert cell == source[column], (row["Method"], row["Shots"], column)
 
 
+#: The README's backbone table: column -> the committed table its cells are quoted from.
+BACKBONE_SOURCES = {
+    "sem-synth, shipped": "results/gpu/sweep.md",
+    "sem-synth, random init": "results/gpu/control/sweep.md",
+    "ELPV, shipped": "results/elpv/sweep.md",
+    "ELPV, random init": "results/elpv/control/sweep.md",
+}
+
+
+def test_readme_backbone_cells_are_those_of_the_control_tables() -> None:
+    """The README's "what the backbone contributes" table quotes iAUROC cells of the committed
+    sweeps and their random-init controls; every quoted cell must be the committed one."""
+    readme = (CHECKOUT / "README.md").read_text()
+    quoted = _table(readme.split("## What the backbone contributes")[1].split("\n## ")[0])
+    assert len(quoted) >= 10 and set(BACKBONE_SOURCES) <= set(quoted[0])
+    for column, source in BACKBONE_SOURCES.items():
+        text = (CHECKOUT / source).read_text()
+        detection = _table(text.split("\n## Detection\n")[1].split("\n## ")[0])
+        committed = {(row["Method"], row["Shots"]): row["iAUROC"] for row in detection}
+        for row in quoted:  # bold marks the source table's own comparison: not quoted
+            source = committed[(row["Method"], row["Shots"])].replace("**", "")
+            assert row[column] == source, (column, row)
+
+
 def test_performance_page_cites_existing_sections() -> None:
     """docs/performance.md cites results/performance.md by section title ("section ..." with the
     title, or the end of it, in double quotes); every cited title must exist."""
