@@ -9,7 +9,6 @@ shots and, for the classifying methods, a defect-type confusion matrix at the la
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -202,9 +201,7 @@ def _build(
     parts.append("## Provenance\n")
     records = read_provenance(folders)
     parts.append(provenance_block(records, report_command))
-    t0 = time.perf_counter()
     reps = episode_replicates(ok, resamples) if not ok.empty else None
-    seconds = time.perf_counter() - t0
     parts.append(
         LEGEND.format(
             categories=_plural(ok["category"].nunique(), "category", "categories"),
@@ -242,7 +239,7 @@ def _build(
                 "Per method, over the K x metric cells of the detection and defect-type tables: "
                 "a win where it is bold (its paired interval against every other row excludes "
                 "0), a loss where the best row's paired interval against it excludes 0, a tie "
-                f"otherwise. Intervals: {resamples} resamples, computed in {seconds:.1f} s.\n"
+                f"otherwise. Intervals: {resamples} resamples.\n"
             )
             parts.append(tally_table(tally, order) + "\n")
         parts.append("## Detection\n")
