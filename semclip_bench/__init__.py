@@ -1,7 +1,7 @@
 """semclip_bench: reference benchmark for few-shot defect detection in SEM wafer images.
 
 Python API (imported on first use, so ``import semclip_bench`` stays light; see
-:mod:`semclip_bench.api` and the README's notebook example):
+:mod:`semclip_bench.api` and the README's "Python API" section):
 
 * ``run_sweep(data=..., methods=..., shots=..., seeds=..., out=..., **flags) -> DataFrame``
 * ``run_ablation(...) -> DataFrame``
