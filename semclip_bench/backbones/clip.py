@@ -214,7 +214,7 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = False
 
 
-def _read_state_dict(path: str) -> dict[str, Tensor]:
+def read_state_dict(path: str) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat {key: tensor} dict; UserError naming the file if not."""
     try:
         if path.endswith(".safetensors"):
@@ -266,10 +266,28 @@ def _strip_prefix(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, T
     return out
 
 
+def state_dict_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
+    """How ``state`` fails to fit a model whose state dict is ``own`` (missing and unexpected
+    keys, shape mismatches, each counted with an example), or None where it fits exactly."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
+            f"vs model {tuple(own[k].shape)})"
+        )
+    return "; ".join(parts) or None
+
+
 def _load_local_checkpoint(model: nn.Module, path: str) -> None:
     """Load a local state dict into ``model`` strictly, resizing position embeddings if needed."""
     own = model.state_dict()
-    state = _strip_prefix(_read_state_dict(path), set(own))
+    state = _strip_prefix(read_state_dict(path), set(own))
     if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
     try:
@@ -279,24 +297,9 @@ def _load_local_checkpoint(model: nn.Module, path: str) -> None:
         raise UserError(
             f"backbone checkpoint {path}: position embeddings do not fit the model ({exc})"
         ) from exc
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
-                f"vs model {tuple(own[k].shape)})"
-            )
-        raise UserError(
-            f"backbone checkpoint {path} does not match the architecture: " + "; ".join(parts)
-        )
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
+        raise UserError(f"backbone checkpoint {path} does not match the architecture: {mismatch}")
     model.load_state_dict(state, strict=True)
 
 

@@ -24,28 +24,16 @@ FORMULA_DATA = "formula"
 def load_init(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     """Load a checkpoint file of an earlier stage into ``model`` strictly (same keys, same
     shapes); one-line UserError naming ``--init`` and the file otherwise."""
-    from semclip_bench.backbones.clip import _read_state_dict
+    from semclip_bench.backbones.clip import read_state_dict, state_dict_mismatch
 
     try:
-        state = _read_state_dict(str(path))
+        state = read_state_dict(str(path))
     except UserError as exc:
         raise UserError(f"option --init: {exc}") from exc
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
-                f"model {tuple(own[k].shape)})"
-            )
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
         raise UserError(
-            f"option --init: checkpoint {path} does not match --arch {arch}: " + "; ".join(parts)
+            f"option --init: checkpoint {path} does not match --arch {arch}: {mismatch}"
         )
     model.load_state_dict(state, strict=True)
 
