@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
 from benchmarks._sections import read_sections, write_section
@@ -125,3 +127,27 @@ def test_stack_bench_times_alone_and_stacked(tmp_path: Path, capsys) -> None:
         assert repeat == 0.0  # deterministic on the CPU: the second stacked fit is bit-identical
         assert support_mib >= 0 and cells[9:11] == ["n/a", "n/a"]  # no peak memory on a CPU
     assert "Kernels without a deterministic implementation that the fits ran: none" in body
+
+
+def test_backbone_candidates_gains_and_targets(tmp_path: Path, capsys) -> None:
+    from benchmarks import backbone_candidates
+
+    study = tmp_path / "study"
+    _write_rows(study / "random_init" / "sweep", {("patchcore", 0): 0.80, ("winclip", 0): 0.78})
+    _write_rows(study / "good" / "sweep", {("patchcore", 0): 0.85, ("winclip", 0): 0.80})
+    _write_rows(study / "bad" / "sweep", {("patchcore", 0): 0.70, ("winclip", 0): 0.74})
+    (study / "not_a_run").mkdir()
+    out = tmp_path / "candidates.md"
+    assert backbone_candidates.main([str(study), "--resamples", "0", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    # the reference first, then the others by name; gains are candidate - reference
+    assert (
+        "| method | K | random_init | bad | good | bad - random_init | good - random_init |" in text
+    )
+    assert "| patchcore | 1 | 80.0 | 70.0 | 85.0 | -10.0 | +5.0 |" in text
+    assert "| winclip | 1 | 78.0 | 74.0 | 80.0 | -4.0 | +2.0 |" in text
+    assert "| bad | 2 of 2 | -10.0 (patchcore, K = 1) | 74.0 | no |" in text
+    assert "| good | 0 of 2 | — | 80.0 | yes |" in text
+    with pytest.raises(SystemExit, match="no candidate folder named 'nope'"):
+        backbone_candidates.main([str(study), "--resamples", "0", "--reference", "nope"])
