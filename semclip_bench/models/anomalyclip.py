@@ -21,7 +21,12 @@ from semclip_bench.models.base import (
     SupportSet,
     pixel_supervision,
 )
-from semclip_bench.models.common import dice_loss, focal_loss, gaussian_blur, upsample_maps
+from semclip_bench.models.common import (
+    binary_focal_loss,
+    dice_loss,
+    gaussian_blur,
+    upsample_maps,
+)
 
 if TYPE_CHECKING:
     from semclip_bench.backbones import ClipBackbone
@@ -269,8 +274,9 @@ class AnomalyClip(FewShotMethod):
         # and taking 1 - it gives exactly the upsampled normal channel (half the work).
         p_abn = upsample_maps(probs[:, :, 1], self.backbone.grid_size, size).flatten(0, 1)
         p_norm = 1.0 - p_abn  # (B * n, H, W)
-        gt = (masks.to(p_abn.device).float() > 0.5).float()
-        gt = gt.unsqueeze(1).expand(b, n, *size).flatten(0, 1)
+        hard = (masks.to(p_abn.device).float() > 0.5).unsqueeze(1).expand(b, n, *size)
+        hard = hard.flatten(0, 1)  # (B * n, H, W) bool
+        gt = hard.float()
         # Pixel losses only on rows with pixel supervision (None: all rows, the plain mean).
         rows = pixel_supervision(labels, masks).to(p_abn.device)
         weighted = self._pixel_weighted
@@ -278,7 +284,8 @@ class AnomalyClip(FewShotMethod):
             weighted = not bool(rows.all())
         weight = rows.repeat_interleave(n) if weighted else None
         # Means over (image, tap) pairs times n = per-tap means summed over taps.
-        focal = focal_loss(p_abn, gt, weight=weight) * n
+        # focal_loss(p_abn, gt) bit for bit, without the normal channel's zero terms.
+        focal = binary_focal_loss(p_abn, hard, weight=weight) * n
         dice = (
             dice_loss(p_abn, gt, weight=weight) + dice_loss(p_norm, 1.0 - gt, weight=weight)
         ) * n

@@ -197,6 +197,46 @@ def focal_loss(
         p = probs.clamp(eps, 1.0)
         log_p = p.log()
     per_elem = -(q * (1 - p).pow(gamma) * log_p).sum(dim=1)  # (B, *S)
+    return _mean_per_item(per_elem, weight, eps)
+
+
+def binary_focal_loss(
+    probs: Tensor,
+    target: Tensor,
+    gamma: float = 2.0,
+    *,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """:func:`focal_loss` of a binary probability map against a hard {0, 1} target, at half the
+    work: the same value and the same gradient, bit for bit.
+
+    ``probs`` (B, *S) float, the probability of the positive class; ``target`` (B, *S) bool.
+    :func:`focal_loss` stacks both classes, ``[1 - p, p]``, and sums ``q_c (1 - p_c)^gamma
+    log p_c`` over them; with a hard target one of the two ``q_c`` is 0 and the other 1, so its
+    sum is the chosen class's term plus a product with 0 (a signed zero: ``p_c`` is clamped to
+    [eps, 1], so every factor is finite), and multiplying by ``q_c = 1`` is exact. Here the chosen
+    class's ``p_c`` is picked first (``torch.where``) and only its term is computed, with the
+    same operations in the same order; in the backward the other class's gradient, a signed zero
+    there, is a zero here, and adding a zero changes no sum (``tests/models/test_common.py``
+    checks both bit for bit). AnomalyCLIP-style's full-resolution pixel loss spends most of its
+    forward here (``docs/performance.md``, issue 23).
+    """
+    if target.dtype != torch.bool:
+        raise ValueError(f"binary_focal_loss: target must be bool, got {target.dtype}")
+    if target.shape != probs.shape:
+        raise ValueError(
+            f"binary_focal_loss: target {tuple(target.shape)} does not fit probs "
+            f"{tuple(probs.shape)}"
+        )
+    p = torch.where(target, probs, 1 - probs).clamp(eps, 1.0)
+    log_p = p.log()
+    per_elem = -((1 - p).pow(gamma) * log_p)  # (B, *S)
+    return _mean_per_item(per_elem, weight, eps)
+
+
+def _mean_per_item(per_elem: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """Mean of (B, *S) per-element losses, each item weighted by ``weight`` (B,) when given."""
     per_elem = per_elem.reshape(per_elem.shape[0], -1)
     if weight is None:
         return per_elem.mean()
@@ -272,6 +312,7 @@ def grid_side(n_tokens: int) -> tuple[int, int]:
 
 
 __all__ = [
+    "binary_focal_loss",
     "cosine_logits",
     "dice_loss",
     "downsample_masks",

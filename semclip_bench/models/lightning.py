@@ -158,11 +158,25 @@ class FewShotModule(L.LightningModule):
         self.history: dict[str, list[float]] = {}
         self._epoch_sums: dict[str, Tensor] = {}
         self._epoch_count = 0
+        #: Whether steps call ``self.log`` (set at fit start; see :meth:`on_fit_start`).
+        self._log_steps = True
 
     @property
     def loss_history(self) -> list[float]:
         """Mean total training loss of each epoch (empty when nothing was trained)."""
         return self.history.get("loss", [])
+
+    def on_fit_start(self) -> None:
+        """Log the per-step loss terms only where something can read them: a logger (W&B), a
+        progress bar or a callback (``trainer.callback_metrics``). The runner's CPU fits have
+        none of them, and there ``self.log`` (four terms, each through Lightning's result
+        collection, plus their epoch reductions) cost about 3.5 ms of a 77 ms SEM-CLIP step
+        (``docs/performance.md``, issue 23). ``history`` is kept either way; the loss and the
+        parameters do not depend on it."""
+        trainer = self.trainer
+        self._log_steps = bool(
+            trainer.loggers or trainer.callbacks or trainer.progress_bar_callback is not None
+        )
 
     def training_step(self, batch: tuple[Features, Tensor, Tensor], batch_idx: int) -> Tensor:
         features, labels, masks = batch
@@ -170,7 +184,8 @@ class FewShotModule(L.LightningModule):
         n = len(labels)
         for name, value in terms.items():
             value = value.detach()
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+            if self._log_steps:
+                self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
             total = value.float() * n
             self._epoch_sums[name] = self._epoch_sums.get(name, 0) + total
         self._epoch_count += n

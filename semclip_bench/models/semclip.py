@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 Paths = Literal["dual", "vanilla"]
 
 #: Feature-name prefixes of the Transformation Layers' inputs a fit computes once
-#: (:meth:`SemClip.training_features`): ``LN(x)`` and its standardisation ``z``, per layer module.
+#: (:meth:`SemClip.training_features`): ``LN(x)`` and its standardisation ``z``, per layer module,
+#: and the frozen base's output ``W0 LN(x) + b0`` (``transform_init="projection"``).
 _NORMALISED_Y = "transform_ln_"
 _NORMALISED_Z = "transform_z_"
+_BASE_OUTPUT = "transform_base_"
 
 #: Text embeddings already computed, keyed by (backbone weights, bank content, class names).
 _TEXT_CACHE: dict[tuple, Tensor] = {}
@@ -354,20 +356,29 @@ class SemClip(FewShotMethod):
         ``LN(x)`` and its support standardisation ``z`` depend on the frozen tokens and the
         support statistics only, yet the step recomputed them for every batch; here they are
         computed once per fit for every support image (a batch gathers its rows). The raw patch
-        tokens are then not needed by the step and are left out. ``LN(x)`` is kept only where a
-        frozen projection base uses it (``transform_init="projection"``).
+        tokens are then not needed by the step and are left out. Where a frozen projection base
+        acts on ``LN(x)`` (``transform_init="projection"``), its output ``W0 LN(x) + b0`` is
+        computed once too (a matrix product of the size of the trainable one, issue 23) and
+        kept instead of ``LN(x)``.
         """
         features = support.features
         if self.transforms is None or not bool(self.transform_active) or not features:
             return features
         with torch.no_grad():
             parts = self._normalised_tokens(features)
-        out = {k: v for k, v in features.items() if k not in ("patches", "patches_vv")}
-        for i, (y, z) in enumerate(parts):
-            out[f"{_NORMALISED_Z}{i}"] = z
-            if self.transforms.has_base and z is not y:
-                out[f"{_NORMALISED_Y}{i}"] = y
+            layers = [self.transforms, self.transforms_vv][: len(parts)]
+            out = {k: v for k, v in features.items() if k not in ("patches", "patches_vv")}
+            for i, ((y, z), layer) in enumerate(zip(parts, layers, strict=True)):
+                out[f"{_NORMALISED_Z}{i}"] = z
+                if layer is not None and layer.has_base:
+                    out[f"{_BASE_OUTPUT}{i}"] = layer.base_output(y)
         return out
+
+    def _base_outputs(self, features: Features) -> list[Tensor | None]:
+        """The per-fit base outputs of :meth:`training_features`, one per layer module (None:
+        not there, computed from ``LN(x)`` in the step)."""
+        n = 1 if self.transforms_vv is None else 2
+        return [features.get(f"{_BASE_OUTPUT}{i}") for i in range(n)]
 
     def _tokens_in_text_space(self, features: Features) -> Tensor:
         """(B, n_maps, L, embed_dim) tokens of every (level, path), F levels first."""
@@ -376,10 +387,14 @@ class SemClip(FewShotMethod):
             tokens = self._raw_tokens(features)
             return self.backbone.project_tokens(tokens).to(tokens.dtype)
         parts = self._normalised_tokens(features)
+        bases = self._base_outputs(features)
         if self.transforms_vv is None:
-            return self.transforms.on_normalised(*parts[0], self.map_levels)
+            return self.transforms.on_normalised(*parts[0], self.map_levels, base=bases[0])
         return torch.cat(
-            [self.transforms.on_normalised(*parts[0]), self.transforms_vv.on_normalised(*parts[1])],
+            [
+                self.transforms.on_normalised(*parts[0], base=bases[0]),
+                self.transforms_vv.on_normalised(*parts[1], base=bases[1]),
+            ],
             dim=1,
         )
 

@@ -78,8 +78,20 @@ class TransformationLayers(nn.Module):
         y, z = self.normalise(tokens, mean, std)
         return self.on_normalised(y, z, levels)
 
-    def on_normalised(self, y: Tensor, z: Tensor, levels: Tensor | None = None) -> Tensor:
-        """The layers on already normalised tokens ``y = LN(x)``, ``z`` (see :meth:`normalise`)."""
+    def base_output(self, y: Tensor) -> Tensor:
+        """``W0 LN(x) + b0`` of normalised tokens ``y`` (..., width): the frozen base's part of
+        :meth:`on_normalised`. A per-row product with frozen weights, so a fit may compute it once
+        for its whole support set (its rows equal the product on a batch's rows, bit for bit:
+        ``tests/models/test_semclip.py``)."""
+        return F.linear(y, self.base_weight, self.base_bias)
+
+    def on_normalised(
+        self, y: Tensor, z: Tensor, levels: Tensor | None = None, *, base: Tensor | None = None
+    ) -> Tensor:
+        """The layers on already normalised tokens ``y = LN(x)``, ``z`` (see :meth:`normalise`).
+
+        ``base``: :meth:`base_output` of ``y`` when already computed (then ``y`` is not used).
+        """
         weight, bias = self.weight, self.bias  # (n, D, W), (n, D)
         if levels is not None:  # select by a one-hot matmul: deterministic backward on CUDA
             sel = F.one_hot(levels, weight.shape[0]).to(weight.dtype)  # (M, n)
@@ -87,7 +99,7 @@ class TransformationLayers(nn.Module):
             bias = sel @ bias
         out = torch.einsum("bmlw,mdw->bmld", z, weight) + bias[None, :, None, :]
         if self.has_base:
-            out = out + F.linear(y, self.base_weight, self.base_bias)
+            out = out + (self.base_output(y) if base is None else base)
         return out
 
 

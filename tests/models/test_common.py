@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from semclip_bench.models.common import (
+    binary_focal_loss,
     cosine_logits,
     dice_loss,
     downsample_masks,
@@ -109,6 +110,41 @@ def test_focal_loss_binary_known_values() -> None:
     )
     logits = torch.logit(p)
     assert focal_loss(logits, t, from_logits=True).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_binary_focal_loss_equals_focal_loss_bit_for_bit(weighted: bool, threads: int) -> None:
+    # AnomalyCLIP-style's shapes (B * taps, H, W), with probabilities at and beyond the clamp
+    # (0, 1, 1e-9) and a weight that drops a row: same loss and same gradient to the last bit.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 64, 64, generator=g) * 4
+    logits[0, :3, 0] = torch.tensor([-1e4, 1e4, -20.7])
+    target = torch.rand(12, 64, 64, generator=g) > 0.7
+    target[3] = False
+    weight = (torch.arange(12) != 5).float() if weighted else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for fast in (False, True):
+            x = logits.clone().requires_grad_(True)
+            p = torch.sigmoid(x)
+            if fast:
+                loss = binary_focal_loss(p, target, weight=weight)
+            else:
+                loss = focal_loss(p, target.float(), weight=weight)
+            (loss * 3.0).backward()
+            results.append((loss.detach(), x.grad))
+    finally:
+        torch.set_num_threads(before)
+    (slow_loss, slow_grad), (fast_loss, fast_grad) = results
+    assert torch.equal(slow_loss, fast_loss)
+    assert torch.equal(slow_grad, fast_grad)
+    with pytest.raises(ValueError, match="bool"):
+        binary_focal_loss(p, target.float())
+    with pytest.raises(ValueError, match="does not fit"):
+        binary_focal_loss(p, target[:, :2])
 
 
 def test_focal_loss_multiclass_ids_soft_targets_and_weights() -> None:

@@ -147,6 +147,31 @@ def test_training_is_seeded() -> None:
     assert not torch.equal(weights[0], torch.zeros(3))
 
 
+def test_steps_log_only_where_something_reads_the_logs(monkeypatch) -> None:
+    # Without logger, progress bar or callback the steps skip self.log (issue 23: its cost on
+    # the CPU); the history and the trained weights are the same either way.
+    import lightning as L
+
+    from semclip_bench.models.lightning import FewShotModule
+
+    calls: list[str] = []
+    original = FewShotModule.log
+
+    def counting_log(self, name, *args, **kwargs):
+        calls.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(FewShotModule, "log", counting_log)
+    config = TrainingConfig(epochs=3, batch_size=4, lr=0.1)
+    quiet, watched = _Counting(), _Counting()
+    a = fit_method(quiet, _support(8), config, seed=1)
+    assert calls == []
+    b = fit_method(watched, _support(8), config, seed=1, callbacks=[L.Callback()])
+    assert calls and set(calls) == {"train/loss"}
+    assert a.history == b.history
+    assert torch.equal(quiet.weight, watched.weight)
+
+
 def test_cuda_fits_train_attention_in_its_math_form(monkeypatch) -> None:
     """On CUDA the fused attention kernels' backward is not deterministic under the warn-only
     mode; fits there use the math form. The CPU keeps its (deterministic) fused kernel."""

@@ -470,6 +470,10 @@ def test_training_features_give_the_same_loss_and_gradients(
     method.setup_support(support)
     cached = method.training_features(support)
     assert "patches" not in cached and any(k.startswith("transform_z_") for k in cached)
+    # A frozen projection base: its output is computed once per fit, LN(x) is then not kept.
+    projected = options.get("transform_init") == "projection"
+    assert any(k.startswith("transform_base_") for k in cached) == projected
+    assert not any(k.startswith("transform_ln_") for k in cached)
     rows = torch.tensor([4, 1, 5, 2])
 
     def loss_and_grads(features) -> tuple[dict, list]:
@@ -501,6 +505,26 @@ def test_normalise_of_a_batch_equals_normalise_of_the_whole_set(backbone, images
     rows = torch.tensor([5, 0, 3])
     y, z = method.transforms.normalise(tokens[rows], mean, std)
     assert torch.equal(y, y_all[rows]) and torch.equal(z, z_all[rows])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_base_output_of_a_batch_equals_base_output_of_the_whole_set(backbone, threads) -> None:
+    """The frozen base's product is per row too, at the default backbone's token count (8 maps
+    of 196 tokens, width 240): a batch's rows of the whole set's product equal the product of
+    those rows alone, bit for bit (what lets a fit compute it once; issue 23)."""
+    method = make(backbone, transform_init="projection")
+    assert method.transforms is not None and method.transforms.has_base
+    gen = torch.Generator().manual_seed(4)
+    width = method.transforms.width
+    y = torch.randn(20, 8, 196, width, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = method.transforms.base_output(y)
+        for rows in (torch.tensor([7, 2, 19, 0, 11, 5, 13]), torch.tensor([3]), torch.arange(16)):
+            assert torch.equal(method.transforms.base_output(y[rows]), whole[rows])
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("options", CACHED_FORMS[:2])
