@@ -359,7 +359,10 @@ class SemClip(FewShotMethod):
         tokens are then not needed by the step and are left out. Where a frozen projection base
         acts on ``LN(x)`` (``transform_init="projection"``), its output ``W0 LN(x) + b0`` is
         computed once too (a matrix product of the size of the trainable one, issue 23) and
-        kept instead of ``LN(x)``.
+        kept instead of ``LN(x)``: on the CPU only, where its rows were checked to equal a
+        batch's product bit for bit (``tests/models/test_semclip.py``). A CUDA GEMM may choose
+        another kernel, and so another summation order, for another row count; there ``LN(x)``
+        is kept and the step multiplies its batch, as the committed GPU rows were made.
         """
         features = support.features
         if self.transforms is None or not bool(self.transform_active) or not features:
@@ -370,8 +373,12 @@ class SemClip(FewShotMethod):
             out = {k: v for k, v in features.items() if k not in ("patches", "patches_vv")}
             for i, ((y, z), layer) in enumerate(zip(parts, layers, strict=True)):
                 out[f"{_NORMALISED_Z}{i}"] = z
-                if layer is not None and layer.has_base:
+                if layer is None or not layer.has_base:
+                    continue
+                if y.device.type == "cpu":
                     out[f"{_BASE_OUTPUT}{i}"] = layer.base_output(y)
+                elif z is not y:
+                    out[f"{_NORMALISED_Y}{i}"] = y
         return out
 
     def _base_outputs(self, features: Features) -> list[Tensor | None]:
