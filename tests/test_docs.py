@@ -83,6 +83,26 @@ def test_readme_backbone_cells_are_those_of_the_control_tables() -> None:
             assert row[column] == source, (column, row)
 
 
+def test_backbone_candidates_table_is_that_of_the_committed_rows() -> None:
+    """``results/tuning/backbone_elpv/candidates.md`` (docs/tuning.md) was written by
+    ``benchmarks.backbone_candidates`` from the committed candidate runs: its values and gains
+    (the intervals need the uncommitted score files) and its target check recompute from them."""
+    import sys
+
+    sys.path.insert(0, str(CHECKOUT))  # benchmarks/ is not installed
+    from benchmarks.backbone_candidates import candidate_rows, compare_candidates, markdown
+
+    study = CHECKOUT / "results" / "tuning" / "backbone_elpv"
+    committed = (study / "candidates.md").read_text()
+    frame, candidates = compare_candidates(candidate_rows(study), "random_init", resamples=0)
+    assert {"random_init", "shipped", "formula"} <= set(candidates)
+    fresh = markdown(frame, candidates, "random_init")
+    strip = re.compile(r"\*\*|\s\[[^\]]*\]")  # bold marks and intervals
+    fresh_lines = fresh.splitlines()
+    committed_lines = [strip.sub("", line) for line in committed.splitlines()]
+    assert all(line in committed_lines for line in fresh_lines if line)
+
+
 def test_performance_page_cites_existing_sections() -> None:
     """docs/performance.md cites results/performance.md by section title ("section ..." with the
     title, or the end of it, in double quotes); every cited title must exist."""
