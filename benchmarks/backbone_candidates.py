@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semclip_bench.errors import UserError
 from semclip_bench.runner.record.row_store import drop_duplicate_episodes, read_rows
 from semclip_bench.runner.record.uncertainty import compare, episode_replicates
 
@@ -144,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         parser.error(f"{args.study}: not a folder")
-    rows = candidate_rows(args.study)
+    if args.resamples < 0:
+        parser.error(f"--resamples: need 0 or more, got {args.resamples}")
+    try:
+        rows = candidate_rows(args.study)
+    except UserError as exc:  # an unreadable episodes.csv: one line naming it
+        raise SystemExit(f"error: {exc}") from None
     frame, candidates = compare_candidates(rows, args.reference, args.resamples)
     text = (
         f"# Backbone candidates: `{args.study.as_posix()}`\n\n"
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sys.stdout.write(text)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0
 

@@ -151,3 +151,6 @@ def test_backbone_candidates_gains_and_targets(tmp_path: Path, capsys) -> None:
     assert "| good | 0 of 2 | — | 80.0 | yes |" in text
     with pytest.raises(SystemExit, match="no candidate folder named 'nope'"):
         backbone_candidates.main([str(study), "--resamples", "0", "--reference", "nope"])
+    (study / "bad" / "sweep" / "episodes.csv").write_bytes(b"\x00\xff\xfe broken")
+    with pytest.raises(SystemExit, match=r"cannot read episode rows .*bad"):
+        backbone_candidates.main([str(study), "--resamples", "0"])
