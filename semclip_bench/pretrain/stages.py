@@ -24,7 +24,7 @@ FORMULA_DATA = "formula"
 def load_init(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     """Load a checkpoint file of an earlier stage into ``model`` strictly (same keys, same
     shapes); one-line UserError naming ``--init`` and the file otherwise."""
-    from semclip_bench.backbones.clip import read_state_dict, state_dict_mismatch
+    from semclip_bench.backbones.loading import read_state_dict, state_dict_mismatch
 
     try:
         state = read_state_dict(str(path))

@@ -20,7 +20,7 @@ from semclip_bench.backbones import (
     default_backbone_spec,
     requested_backbone_spec,
 )
-from semclip_bench.backbones import clip as clip_module
+from semclip_bench.backbones import loading as loading_module
 from semclip_bench.errors import UserError
 
 TINY = BackboneSpec("semclip-tiny", None)
@@ -443,7 +443,7 @@ def test_unknown_name_and_tags(monkeypatch) -> None:
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
-    monkeypatch.setattr(clip_module, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(loading_module, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(UserError, match=r"laion400m_e32.*local checkpoint file"):
         build_backbone(BackboneSpec("ViT-B-16-plus-240", "laion400m_e32"))

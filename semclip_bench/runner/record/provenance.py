@@ -100,7 +100,7 @@ def weights_identity(spec) -> tuple[str, str]:
     download cache and is not hashed).
     """
     from semclip_bench.backbones import DEFAULT_WEIGHTS
-    from semclip_bench.backbones.clip import RANDOM_INIT_SEED
+    from semclip_bench.backbones.loading import RANDOM_INIT_SEED
     from semclip_bench.data import file_sha256
 
     if spec.pretrained is None:
