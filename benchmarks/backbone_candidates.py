@@ -10,13 +10,19 @@ the same query images, seeds and support draws, since only the weights differ. W
 score files are stored, the gain carries the protocol's 95% interval (paired hierarchical
 bootstrap over seeds and query images, ``docs/PROTOCOL.md``) and is bold when the interval
 excludes zero; without them (a fresh clone: score files are not committed) the mean gain alone.
-A last table checks the selection targets of a new default backbone (``docs/tuning.md``): at
-every K >= 1 each method at least as good as with random weights, and WinCLIP+ above 75.
+A last table checks the selection targets of a new default backbone on real images
+(``docs/tuning.md``): at every K >= 1 each method at least as good as with random weights, and
+WinCLIP+ above 75 (``--no-targets`` leaves it out, for the sem-synth study, whose target is the
+zero-shot one). ``--zero-shot DIR`` adds the sem-synth zero-shot table of the candidates'
+``pretrain evaluate --json`` files (``DIR/<candidate>.json``) and checks that target: every prompt
+bank at or above the reference weights' lowest bank, seen and unseen types apart, and the banks
+within 0.01 of each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +37,8 @@ RESAMPLES = 1000
 METRIC = "iAUROC"
 #: Selection target of the real-image study: WinCLIP+'s iAUROC above this at every K >= 1.
 WINCLIP_FLOOR = 75.0
+#: Selection target of the sem-synth zero-shot evaluation: largest gap between prompt banks.
+BANK_SPREAD = 0.01
 
 
 def candidate_rows(study: Path) -> pd.DataFrame:
@@ -96,8 +104,10 @@ def _gain_cell(record: pd.Series, cand: str) -> str:
     return f"{text} [{low:+.1f}, {high:+.1f}]"
 
 
-def markdown(frame: pd.DataFrame, candidates: list[str], reference: str) -> str:
-    """The comparison table and the target check, as Markdown."""
+def markdown(
+    frame: pd.DataFrame, candidates: list[str], reference: str, targets: bool = True
+) -> str:
+    """The comparison table and (``targets``) the real-image target check, as Markdown."""
     others = [c for c in candidates if c != reference]
     head = ["method", "K", *candidates, *(f"{c} - {reference}" for c in others)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -105,6 +115,8 @@ def markdown(frame: pd.DataFrame, candidates: list[str], reference: str) -> str:
         values = [f"{record[c]:.1f}" if np.isfinite(record[c]) else "—" for c in candidates]
         gains = [_gain_cell(record, c) for c in others]
         lines.append(f"| {record['method']} | {record['K']} | " + " | ".join(values + gains) + " |")
+    if not targets:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Targets at K >= 1 (means over seeds): no method below {reference}; "
@@ -134,6 +146,66 @@ def markdown(frame: pd.DataFrame, candidates: list[str], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def zero_shot_scores(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{candidate: {bank: {"seen", "unseen"}}} from ``folder/<candidate>.json`` (``pretrain
+    evaluate --json``): the checkpoint's zero-shot iAUROC, and where a file also holds the
+    random-init baseline and no ``random_init.json`` exists, that one as ``random_init``."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    baselines = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            entries = {"pretrained": result["pretrained"]["zero_shot"]}
+            if "random_init" in result:
+                entries["random_init"] = result["random_init"]["zero_shot"]
+            parsed = {
+                key: {b: {t: float(v[t]) for t in ("seen", "unseen")} for b, v in zs.items()}
+                for key, zs in entries.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a pretrain evaluate --json file ({exc})") from exc
+        scores[path.stem] = parsed["pretrained"]
+        if "random_init" in parsed:
+            baselines[path.stem] = parsed["random_init"]
+    if "random_init" not in scores and baselines:
+        scores["random_init"] = baselines[sorted(baselines)[0]]
+    if not scores:
+        raise UserError(f"{folder}: no <candidate>.json files")
+    return scores
+
+
+def zero_shot_markdown(scores: dict[str, dict[str, dict[str, float]]], reference: str) -> str:
+    """Each candidate's zero-shot iAUROC per bank (seen / unseen types) and the target check
+    against ``reference``: every bank at or above the reference's lowest, banks within 0.01."""
+    if reference not in scores:
+        raise UserError(f"no zero-shot file for {reference!r} (--zero-shot-reference)")
+    banks = sorted(scores[reference])
+    floor = {t: min(scores[reference][b][t] for b in banks) for t in ("seen", "unseen")}
+    head = ["candidate", *(f"{b} seen / unseen" for b in banks), "bank spread", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    for cand in sorted(scores, key=lambda c: (c != reference, c)):
+        mine = scores[cand]
+        if sorted(mine) != banks:
+            raise UserError(f"zero-shot file {cand}.json has banks {sorted(mine)}, not {banks}")
+        cells = [f"{mine[b]['seen']:.3f} / {mine[b]['unseen']:.3f}" for b in banks]
+        spread = max(
+            max(mine[b][t] for b in banks) - min(mine[b][t] for b in banks)
+            for t in ("seen", "unseen")
+        )
+        met = spread <= BANK_SPREAD and all(
+            mine[b][t] >= floor[t] for b in banks for t in ("seen", "unseen")
+        )
+        verdict = "yes" if met else "no"
+        lines.append(f"| {cand} | " + " | ".join(cells) + f" | {spread:.3f} | {verdict} |")
+    return (
+        f"Zero-shot iAUROC on sem-synth:val (`pretrain evaluate`), seen / unseen defect types. "
+        f"Target: every bank at or above {reference}'s lowest (seen {floor['seen']:.3f}, unseen "
+        f"{floor['unseen']:.3f}), the banks within {BANK_SPREAD} of each other.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="folder of <candidate>/sweep outputs")
@@ -142,22 +214,44 @@ def main(argv: list[str] | None = None) -> int:
         "--resamples", type=int, default=RESAMPLES, help="bootstrap replicates (0: means only)"
     )
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--no-targets", action="store_true", help="leave out the real-image target check"
+    )
+    parser.add_argument(
+        "--zero-shot", type=Path, metavar="DIR", help="folder of <candidate>.json evaluations"
+    )
+    parser.add_argument(
+        "--zero-shot-reference", default="shipped", help="candidate the zero-shot target keeps"
+    )
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         parser.error(f"{args.study}: not a folder")
     if args.resamples < 0:
         parser.error(f"--resamples: need 0 or more, got {args.resamples}")
+    if args.zero_shot is not None and not args.zero_shot.is_dir():
+        parser.error(f"--zero-shot {args.zero_shot}: not a folder")
     try:
         rows = candidate_rows(args.study)
-    except UserError as exc:  # an unreadable episodes.csv: one line naming it
+        zero_shot = (
+            zero_shot_markdown(zero_shot_scores(args.zero_shot), args.zero_shot_reference)
+            if args.zero_shot is not None
+            else ""
+        )
+    except UserError as exc:  # an unreadable episodes.csv or evaluation: one line naming it
         raise SystemExit(f"error: {exc}") from None
     frame, candidates = compare_candidates(rows, args.reference, args.resamples)
+    command = " ".join(
+        ["python -m benchmarks.backbone_candidates", args.study.as_posix()]
+        + ["--reference", args.reference]
+        + (["--no-targets"] if args.no_targets else [])
+        + (["--zero-shot", args.zero_shot.as_posix()] if args.zero_shot is not None else [])
+    )
     text = (
         f"# Backbone candidates: `{args.study.as_posix()}`\n\n"
-        f"Written by `python -m benchmarks.backbone_candidates {args.study.as_posix()} "
-        f"--reference {args.reference}`. iAUROC in points; gains are paired (same queries, seeds "
+        f"Written by `{command}`. iAUROC in points; gains are paired (same queries, seeds "
         f"and supports), bold where the 95% interval excludes zero.\n\n"
-        + markdown(frame, candidates, args.reference)
+        + markdown(frame, candidates, args.reference, targets=not args.no_targets)
+        + ("\n" + zero_shot if zero_shot else "")
     )
     sys.stdout.write(text)
     if args.out:

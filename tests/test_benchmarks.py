@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -154,3 +155,51 @@ def test_backbone_candidates_gains_and_targets(tmp_path: Path, capsys) -> None:
     (study / "bad" / "sweep" / "episodes.csv").write_bytes(b"\x00\xff\xfe broken")
     with pytest.raises(SystemExit, match=r"cannot read episode rows .*bad"):
         backbone_candidates.main([str(study), "--resamples", "0"])
+
+
+def _write_evaluation(path: Path, banks: dict[str, tuple[float, float]], baseline=None) -> None:
+    def zero_shot(values: dict[str, tuple[float, float]]) -> dict:
+        return {b: {"seen": s, "unseen": u, "all": (s + u) / 2} for b, (s, u) in values.items()}
+
+    result = {"pretrained": {"zero_shot": zero_shot(banks)}, "protocol": {}}
+    if baseline is not None:
+        result["random_init"] = {"zero_shot": zero_shot(baseline)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+
+
+def test_backbone_candidates_zero_shot_target(tmp_path: Path, capsys) -> None:
+    from benchmarks import backbone_candidates
+
+    study = tmp_path / "study"
+    _write_rows(study / "random_init" / "sweep", {("patchcore", 0): 0.80})
+    _write_rows(study / "shipped" / "sweep", {("patchcore", 0): 0.70})
+    evals = tmp_path / "zero_shot"
+    _write_evaluation(
+        evals / "shipped.json",
+        {"expert": (0.865, 0.773), "generic": (0.864, 0.775)},
+        baseline={"expert": (0.50, 0.49), "generic": (0.48, 0.49)},
+    )
+    _write_evaluation(evals / "keeps.json", {"expert": (0.87, 0.78), "generic": (0.869, 0.774)})
+    _write_evaluation(evals / "spread.json", {"expert": (0.90, 0.80), "generic": (0.88, 0.79)})
+    _write_evaluation(evals / "lower.json", {"expert": (0.86, 0.80), "generic": (0.86, 0.80)})
+    argv = [str(study), "--resamples", "0", "--no-targets", "--zero-shot", str(evals)]
+    assert backbone_candidates.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Targets at K >= 1" not in text  # --no-targets: no real-image target table
+    assert "--no-targets --zero-shot" in text.splitlines()[2]  # the command that wrote it
+    assert "at or above shipped's lowest (seen 0.864, unseen 0.773)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "/" in line]
+    assert [r.split(" | ")[0][2:] for r in rows[1:]] == [
+        "shipped", "keeps", "lower", "random_init", "spread"
+    ]  # fmt: skip
+    assert rows[1].endswith("| 0.865 / 0.773 | 0.864 / 0.775 | 0.002 | yes |")
+    assert rows[2].endswith("| 0.006 | yes |")  # unseen 0.780 - 0.774
+    assert rows[3].endswith("| no |")  # seen 0.86 < 0.864
+    assert rows[4].startswith("| random_init | 0.500 / 0.490 | 0.480 / 0.490 |")  # the baseline
+    assert rows[5].endswith("| 0.020 | no |")  # banks 0.02 apart
+    with pytest.raises(SystemExit, match="no zero-shot file for 'nope'"):
+        backbone_candidates.main([*argv, "--zero-shot-reference", "nope"])
+    (evals / "broken.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"broken.json: not a pretrain evaluate --json file"):
+        backbone_candidates.main(argv)
