@@ -83,20 +83,39 @@ def test_readme_backbone_cells_are_those_of_the_control_tables() -> None:
             assert row[column] == source, (column, row)
 
 
-def test_backbone_candidates_table_is_that_of_the_committed_rows() -> None:
-    """``results/tuning/backbone_elpv/candidates.md`` (docs/tuning.md) was written by
+@pytest.mark.parametrize(
+    ("study", "expected", "targets"),
+    [
+        ("backbone_elpv", {"random_init", "shipped", "formula", "formula_sem"}, True),
+        ("backbone_sem", {"random_init", "formula", "formula_sem"}, False),
+    ],
+)
+def test_backbone_candidates_table_is_that_of_the_committed_rows(
+    study: str, expected: set[str], targets: bool
+) -> None:
+    """``results/tuning/<study>/candidates.md`` (docs/tuning.md) was written by
     ``benchmarks.backbone_candidates`` from the committed candidate runs: its values and gains
-    (the intervals need the uncommitted score files) and its target check recompute from them."""
+    (the intervals need the uncommitted score files) and its target check recompute from them,
+    and so does its zero-shot table from the committed ``pretrain evaluate`` files."""
     import sys
 
     sys.path.insert(0, str(CHECKOUT))  # benchmarks/ is not installed
-    from benchmarks.backbone_candidates import candidate_rows, compare_candidates, markdown
+    from benchmarks.backbone_candidates import (
+        candidate_rows,
+        compare_candidates,
+        markdown,
+        zero_shot_markdown,
+        zero_shot_scores,
+    )
 
-    study = CHECKOUT / "results" / "tuning" / "backbone_elpv"
-    committed = (study / "candidates.md").read_text()
-    frame, candidates = compare_candidates(candidate_rows(study), "random_init", resamples=0)
-    assert {"random_init", "shipped", "formula"} <= set(candidates)
-    fresh = markdown(frame, candidates, "random_init")
+    folder = CHECKOUT / "results" / "tuning" / study
+    committed = (folder / "candidates.md").read_text()
+    frame, candidates = compare_candidates(candidate_rows(folder), "random_init", resamples=0)
+    assert expected <= set(candidates)
+    fresh = markdown(frame, candidates, "random_init", targets=targets)
+    fresh += zero_shot_markdown(
+        zero_shot_scores(CHECKOUT / "results" / "tuning" / "backbone_zero_shot"), "shipped"
+    )
     strip = re.compile(r"\*\*|\s\[[^\]]*\]")  # bold marks and intervals
     fresh_lines = fresh.splitlines()
     committed_lines = [strip.sub("", line) for line in committed.splitlines()]
