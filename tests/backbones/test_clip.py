@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import open_clip
@@ -22,25 +21,6 @@ from semclip_bench.backbones import (
 from semclip_bench.errors import UserError
 
 TINY = BackboneSpec("semclip-tiny", None)
-
-
-@pytest.fixture(scope="module")
-def bb() -> ClipBackbone:
-    return build_backbone(TINY)
-
-
-@pytest.fixture
-def images(bb: ClipBackbone) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(3, 3, bb.image_size, bb.image_size, generator=g)
-
-
-def _state_hash(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _naive_vv(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -311,14 +291,14 @@ def test_text_tower_under_vmap_matches_each_member_alone(bb: ClipBackbone) -> No
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_weights_unchanged_and_no_hooks(bb: ClipBackbone, images: torch.Tensor) -> None:
-    before = _state_hash(bb)
+def test_weights_unchanged_and_no_hooks(bb: ClipBackbone, images: torch.Tensor, state_hash) -> None:
+    before = state_hash(bb)
     bb.forward_features(images, vv_blocks=4)
     bb.encode_token_subsets(images, torch.arange(16).view(4, 4))
     bb.encode_text(["a"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bb.forward_features(images, vv_blocks=2)
-    assert _state_hash(bb) == before
+    assert state_hash(bb) == before
     for m in bb.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
         assert not m._backward_hooks

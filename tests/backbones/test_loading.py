@@ -4,8 +4,6 @@ wrapped forms, resized position embeddings, bad files and unreachable tags."""
 
 from __future__ import annotations
 
-import hashlib
-
 import huggingface_hub
 import open_clip
 import pytest
@@ -19,36 +17,19 @@ from semclip_bench.errors import UserError
 TINY = BackboneSpec("semclip-tiny", None)
 
 
-@pytest.fixture(scope="module")
-def bb() -> ClipBackbone:
-    return build_backbone(TINY)
-
-
-@pytest.fixture
-def images(bb: ClipBackbone) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(3, 3, bb.image_size, bb.image_size, generator=g)
-
-
-def _state_hash(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def test_random_init_deterministic_and_rng_untouched() -> None:
+def test_random_init_deterministic_and_rng_untouched(state_hash) -> None:
     torch.manual_seed(123)
     state = torch.get_rng_state()
     a = build_backbone(TINY)
     assert torch.equal(torch.get_rng_state(), state)
     b = build_backbone(TINY)
-    assert _state_hash(a) == _state_hash(b)
+    assert state_hash(a) == state_hash(b)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "module", "lightning"])
-def test_checkpoint_roundtrip(bb: ClipBackbone, images: torch.Tensor, tmp_path, wrap) -> None:
+def test_checkpoint_roundtrip(
+    bb: ClipBackbone, images: torch.Tensor, tmp_path, wrap, state_hash
+) -> None:
     # perturb a copy so the loaded weights differ from the random init
     src = build_backbone(TINY)
     with torch.no_grad():
@@ -67,7 +48,7 @@ def test_checkpoint_roundtrip(bb: ClipBackbone, images: torch.Tensor, tmp_path, 
     path = tmp_path / "ckpt.pt"
     torch.save(obj, path)
     loaded = build_backbone(BackboneSpec("semclip-tiny", str(path)))
-    assert _state_hash(loaded.model) == _state_hash(src.model)
+    assert state_hash(loaded.model) == state_hash(src.model)
     torch.testing.assert_close(loaded.encode_image(images), src.encode_image(images))
     assert not torch.allclose(loaded.encode_image(images), bb.encode_image(images))
     key = BackboneSpec("semclip-tiny", str(path)).key()
