@@ -16,7 +16,27 @@ LOCK_TOOLS := .venv-lock
 # uv keeps the pins already in the lock files wherever pyproject.toml still allows them.
 LOCK_FLAGS ?=
 
+# Free disk a new .venv needs, in GB: the lock's torch is the CUDA build, about 6.3 GB installed
+# with its libraries. Checked before pip starts, so a full disk is one line, not a broken venv.
+VENV_DISK_GB ?= 7
+define CHECK_DISK_PY
+import os, shutil, sys, tempfile
+need = float(sys.argv[1])
+places = {}
+for place in (os.getcwd(), tempfile.gettempdir()):
+    places.setdefault(os.stat(place).st_dev, place)
+free = {place: shutil.disk_usage(place).free / 2**30 for place in places.values()}
+low = [f"{place} has {gb:.1f} GB free" for place, gb in free.items() if gb < need]
+if low:
+    sys.exit(
+        f"error: a new .venv needs about {need:g} GB of free disk and " + "; ".join(low)
+        + ": free some space (or set VENV_DISK_GB)"
+    )
+endef
+export CHECK_DISK_PY
+
 $(STAMP): pyproject.toml $(LOCK) requirements/pip.txt
+	@$(PYTHON) -c "$$CHECK_DISK_PY" $(VENV_DISK_GB)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r requirements/pip.txt
 	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
@@ -43,8 +63,12 @@ lock:
 		--python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
 		--quiet $(LOCK_FLAGS) -o requirements/pip.txt
 
-.PHONY: install test sweep ablate lint verify-results verify-gpu-results verify-elpv-results elpv-sweep controls
+.PHONY: check-disk install test sweep ablate lint verify-results verify-gpu-results verify-elpv-results elpv-sweep controls
 install: $(STAMP)
+
+# The free-disk check that a new .venv runs first, on its own.
+check-disk:
+	@$(PYTHON) -c "$$CHECK_DISK_PY" $(VENV_DISK_GB)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -92,6 +94,25 @@ def test_make_targets_and_the_stamp_depend_on_the_lock() -> None:
     assert "--upgrade pip" not in text
     locked = re.search(r"^LOCK_PYTHONS := (.*)$", text, re.M).group(1).split()
     assert tuple(locked) == LOCKED_PYTHONS
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_a_new_venv_checks_free_disk_first() -> None:
+    """A full disk stops the install with one line naming the place, before pip starts."""
+
+    def check(gigabytes: str) -> subprocess.CompletedProcess:
+        command = ["make", "--no-print-directory", "-C", str(REPO), "check-disk"]
+        command += [f"PYTHON={sys.executable}", f"VENV_DISK_GB={gigabytes}"]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    assert check("0").returncode == 0
+    refused = check("1e9")
+    assert refused.returncode != 0
+    first = refused.stderr.splitlines()[0]
+    assert first.startswith("error: a new .venv needs about 1e+09 GB of free disk and ")
+    assert f"{REPO} has " in first and "GB free" in first
+    stamp = re.search(r"^\$\(STAMP\):.*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M)
+    assert stamp and "CHECK_DISK_PY" in stamp.group(1), "the check runs before the venv is made"
 
 
 def test_lock_status_compares_every_pin_with_the_environment(tmp_path: Path) -> None:
