@@ -34,9 +34,10 @@ if low:
     )
 endef
 export CHECK_DISK_PY
+CHECK_DISK = $(PYTHON) -c "$$CHECK_DISK_PY" $(VENV_DISK_GB)
 
 $(STAMP): pyproject.toml $(LOCK) requirements/pip.txt
-	@$(PYTHON) -c "$$CHECK_DISK_PY" $(VENV_DISK_GB)
+	@$(CHECK_DISK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r requirements/pip.txt
 	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
@@ -68,7 +69,7 @@ install: $(STAMP)
 
 # The free-disk check that a new .venv runs first, on its own.
 check-disk:
-	@$(PYTHON) -c "$$CHECK_DISK_PY" $(VENV_DISK_GB)
+	@$(CHECK_DISK)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -112,7 +112,7 @@ def test_a_new_venv_checks_free_disk_first() -> None:
     assert first.startswith("error: a new .venv needs about 1e+09 GB of free disk and ")
     assert f"{REPO} has " in first and "GB free" in first
     stamp = re.search(r"^\$\(STAMP\):.*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M)
-    assert stamp and "CHECK_DISK_PY" in stamp.group(1), "the check runs before the venv is made"
+    assert stamp and "$(CHECK_DISK)" in stamp.group(1), "the check runs before the venv is made"
 
 
 def test_lock_status_compares_every_pin_with_the_environment(tmp_path: Path) -> None:
