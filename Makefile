@@ -20,8 +20,13 @@ LOCK_FLAGS ?=
 # with its libraries. Checked before pip starts, so a full disk is one line, not a broken venv.
 VENV_DISK_GB ?= 7
 define CHECK_DISK_PY
-import os, shutil, sys, tempfile
-need = float(sys.argv[1])
+import math, os, shutil, sys, tempfile
+try:
+    need = float(sys.argv[1])
+except (IndexError, ValueError):
+    need = math.nan
+if not need >= 0:
+    sys.exit(f"error: VENV_DISK_GB={' '.join(sys.argv[1:])!r}: need a number of GB, 0 or more")
 places = {}
 for place in (os.getcwd(), tempfile.gettempdir()):
     places.setdefault(os.stat(place).st_dev, place)

@@ -111,6 +111,12 @@ def test_a_new_venv_checks_free_disk_first() -> None:
     first = refused.stderr.splitlines()[0]
     assert first.startswith("error: a new .venv needs about 1e+09 GB of free disk and ")
     assert f"{REPO} has " in first and "GB free" in first
+    for bad in ("abc", "-1", ""):
+        refused = check(bad)
+        assert refused.returncode != 0
+        assert refused.stderr.splitlines()[0] == (
+            f"error: VENV_DISK_GB={bad!r}: need a number of GB, 0 or more"
+        )
     stamp = re.search(r"^\$\(STAMP\):.*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M)
     assert stamp and "$(CHECK_DISK)" in stamp.group(1), "the check runs before the venv is made"
 
